@@ -1,0 +1,42 @@
+//! Database schema of WhatsApp Orchestrator as a sea-orm-migration crate.
+//!
+//! [`Migrator`] creates every table of the design: the orchestrator's own
+//! (`processed_messages`, `dead_letter_queue`, `saga_steps`, `lead_activities`)
+//! and the built-in executors' effect tables (`orders`, `support_tickets`,
+//! `review_flags`, `sales_notifications`). Both SQLite and PostgreSQL are
+//! supported; the orchestrator applies pending migrations at start-up.
+//!
+//! ```no_run
+//! use migrations::{Migrator, MigratorTrait};
+//! # async fn run(db: &sea_orm_migration::sea_orm::DatabaseConnection) -> Result<(), sea_orm_migration::DbErr> {
+//! Migrator::up(db, None).await?;
+//! # Ok(()) }
+//! ```
+
+use sea_orm_migration::prelude::*;
+pub use sea_orm_migration::prelude::{MigratorTrait, SchemaManager};
+
+mod m20250101_000001_core_tables;
+mod m20250101_000002_effect_tables;
+
+/// Every migration of the project, in order.
+pub struct Migrator;
+
+#[async_trait::async_trait]
+impl MigratorTrait for Migrator {
+    fn migrations() -> Vec<Box<dyn MigrationTrait>> {
+        vec![Box::new(m20250101_000001_core_tables::Migration), Box::new(m20250101_000002_effect_tables::Migration)]
+    }
+}
+
+/// Names of every table the migrations create, for tests and tooling.
+pub const TABLES: &[&str] = &[
+    "processed_messages",
+    "dead_letter_queue",
+    "saga_steps",
+    "lead_activities",
+    "orders",
+    "support_tickets",
+    "review_flags",
+    "sales_notifications",
+];

@@ -1,0 +1,35 @@
+//! The Kafka wire format: the envelope and every event type of the design.
+//!
+//! Content enums are externally tagged (`{"Text":{"body":".."}}`), exactly as the
+//! Python and Node services already parse them. Unknown fields are ignored and
+//! optional fields may be missing (schema evolution).
+
+mod ai;
+mod envelope;
+mod failure;
+mod inbound;
+mod response;
+
+pub use ai::{AiProcessRequest, AiProcessResult};
+pub use envelope::{DecodeError, Envelope, EventData, EventMetadata, EventType, MAX_PAYLOAD_BYTES};
+pub use failure::{FailureType, MessageFailed};
+pub use inbound::{InteractionReceived, InteractionType, MessageContent, MessageReceived, MessageType, Selection};
+pub use response::{Button, ListRow, ListSection, Priority, ResponseContent, ResponseReady, ResponseType};
+
+/// Kafka topic names fixed by the design.
+pub mod topics {
+    /// Inbound WhatsApp messages.
+    pub const MESSAGES: &str = "conversation.messages";
+    /// Inbound interactive replies (buttons, lists).
+    pub const INTERACTIONS: &str = "conversation.interactions";
+    /// Replies ready to be sent to WhatsApp.
+    pub const RESPONSES: &str = "conversation.responses";
+    /// `MessageFailed` events for dead-lettered messages.
+    pub const FAILURES: &str = "conversation.failures";
+    /// Requests to the external AI service.
+    pub const AI_REQUEST: &str = "ai.process.request";
+    /// Results of the external AI service.
+    pub const AI_RESULT: &str = "ai.process.result";
+    /// Raw webhook notifications.
+    pub const WEBHOOK_INBOUND: &str = "whatsapp.webhook.inbound";
+}

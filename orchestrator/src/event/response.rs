@@ -1,0 +1,144 @@
+//! `ResponseReady`: a reply for the response sender to deliver.
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+/// The WhatsApp message kind of a reply.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum ResponseType {
+    /// Plain text.
+    Text,
+    /// Buttons or a list.
+    Interactive,
+    /// An image, video, audio or document.
+    Media,
+    /// A pre-approved template.
+    Template,
+}
+
+/// How urgently a reply should be sent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
+pub enum Priority {
+    /// Can wait.
+    Low,
+    /// The default.
+    #[default]
+    Normal,
+    /// Escalated: send first.
+    Urgent,
+}
+
+/// A reply button.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Button {
+    /// Id returned in the `InteractionReceived` when tapped.
+    pub id: String,
+    /// Label (WhatsApp allows 20 characters).
+    pub title: String,
+}
+
+/// A row of a list message.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ListRow {
+    /// Id returned when chosen.
+    pub id: String,
+    /// Label.
+    pub title: String,
+    /// Second line.
+    #[serde(default)]
+    pub description: Option<String>,
+}
+
+/// A titled group of list rows.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ListSection {
+    /// Section title.
+    pub title: String,
+    /// Its rows.
+    pub rows: Vec<ListRow>,
+}
+
+/// What a reply says, externally tagged: `{"Text":{"message":".."}}`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum ResponseContent {
+    /// Plain text.
+    Text {
+        /// The text.
+        message: String,
+    },
+    /// Text with up to three reply buttons.
+    Interactive {
+        /// The text above the buttons.
+        body_text: String,
+        /// The buttons.
+        buttons: Vec<Button>,
+    },
+    /// Text with a button opening a list.
+    List {
+        /// The text above the button.
+        body_text: String,
+        /// Label of the button that opens the list.
+        button_text: String,
+        /// The list.
+        sections: Vec<ListSection>,
+    },
+    /// A media message, by WhatsApp media id or public URL.
+    Media {
+        /// `image`, `video`, `audio` or `document`.
+        media_type: String,
+        /// WhatsApp media id.
+        #[serde(default)]
+        media_id: Option<String>,
+        /// Public URL.
+        #[serde(default)]
+        url: Option<String>,
+        /// Caption.
+        #[serde(default)]
+        caption: Option<String>,
+    },
+    /// A pre-approved template.
+    Template {
+        /// Template name.
+        name: String,
+        /// Language code, e.g. `en_US`.
+        language: String,
+        /// Body parameters, in order.
+        #[serde(default)]
+        parameters: Vec<String>,
+    },
+}
+
+impl ResponseContent {
+    /// Plain text content.
+    pub fn text(message: impl Into<String>) -> Self {
+        ResponseContent::Text { message: message.into() }
+    }
+
+    /// The `response_type` this content is sent as.
+    pub fn response_type(&self) -> ResponseType {
+        match self {
+            ResponseContent::Text { .. } => ResponseType::Text,
+            ResponseContent::Interactive { .. } | ResponseContent::List { .. } => ResponseType::Interactive,
+            ResponseContent::Media { .. } => ResponseType::Media,
+            ResponseContent::Template { .. } => ResponseType::Template,
+        }
+    }
+}
+
+/// `ResponseReady`: a reply to send to a user.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ResponseReady {
+    /// The message this answers.
+    pub original_message_id: String,
+    /// The recipient, E.164; the Kafka key.
+    pub to_phone: String,
+    /// The WhatsApp message kind.
+    pub response_type: ResponseType,
+    /// What to send.
+    pub content: ResponseContent,
+    /// When the reply was generated.
+    pub generated_at: DateTime<Utc>,
+    /// Sending priority.
+    #[serde(default)]
+    pub priority: Priority,
+}

@@ -1,0 +1,60 @@
+//! # WhatsApp Orchestrator: the core
+//!
+//! Turns an inbound WhatsApp message and its intent into effects: it
+//! deduplicates, validates, picks an [`IntentHandler`] by priority and
+//! confidence, runs the handler's actions as a saga (each through its
+//! executor's circuit breaker, compensating on failure, logged durably so a
+//! crashed run resumes), retries with backoff or parks the message in the
+//! dead-letter queue, and returns the reply to publish.
+//!
+//! The parts, each replaceable:
+//!
+//! | part | trait / type |
+//! | --- | --- |
+//! | wire format | [`event::Envelope`] and the event types |
+//! | deciding what to do | [`IntentHandler`], [`HandlerRegistry`] |
+//! | doing it | [`ActionExecutor`], [`ExecutorRegistry`] |
+//! | doing it safely | [`SagaRunner`], [`CircuitBreaker`], [`RetryPolicy`] |
+//! | remembering | [`Store`] ([`SqlStore`], [`MemoryStore`]), [`DeadLetterQueue`] |
+//! | the pipeline | [`Orchestrator`] |
+
+pub mod breaker;
+pub mod config;
+pub mod context;
+pub mod db;
+pub mod event;
+pub mod executor;
+pub mod executor_registry;
+pub mod handler;
+pub mod handler_registry;
+pub mod intent;
+mod mask;
+pub mod pipeline;
+pub mod retry;
+pub mod saga;
+pub mod store;
+#[cfg(any(test, feature = "testing"))]
+pub mod testing;
+pub mod validate;
+
+pub use breaker::{BreakerConfig, BreakerError, BreakerRegistry, BreakerState, CircuitBreaker};
+pub use config::{ConfigError, PipelineConfig};
+pub use context::{Inbound, MessageContext};
+pub use executor::{ActionContext, ActionError, ActionExecutor, ActionOutput};
+pub use executor_registry::ExecutorRegistry;
+pub use handler::{ActionRequest, HandlerError, IntentHandler, IntentOutcome, Reply};
+pub use handler_registry::HandlerRegistry;
+pub use intent::Intent;
+pub use mask::mask_phone;
+pub use pipeline::{
+    BuildError, Completed, DeadLettered, DuplicateOf, Incoming, Orchestrator, OrchestratorBuilder, Outcome,
+    PipelineError,
+};
+pub use retry::{RetryDecision, RetryPolicy};
+pub use saga::{SagaReport, SagaRunner, StepFailure};
+pub use store::{DeadLetterQueue, MemoryStore, SqlStore, Store, StoreError};
+
+/// Re-exported so users need not pin their own versions.
+pub use async_trait::async_trait;
+pub use sea_orm;
+pub use serde_json;

@@ -1,0 +1,357 @@
+//! Runs a handler's actions as a saga with a durable log.
+//!
+//! Every transition is appended to the saga log before the runner moves on,
+//! so a run interrupted at any point and started again for the same message
+//! resumes: succeeded steps are not executed again, an interrupted
+//! compensation carries on. When a step fails, the steps before it are
+//! compensated in reverse order.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde_json::Value;
+use tracing::Instrument as _;
+
+use crate::breaker::{BreakerError, BreakerRegistry};
+use crate::context::MessageContext;
+use crate::event::FailureType;
+use crate::executor::{ActionContext, ActionError, ActionOutput};
+use crate::executor_registry::ExecutorRegistry;
+use crate::handler::ActionRequest;
+use crate::store::{MessageKey, StepRecord, StepStatus, Store, StoreError};
+
+/// Why a step failed.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum StepFailure {
+    /// The executor returned an error.
+    #[error("{0}")]
+    Action(ActionError),
+    /// The executor took longer than the action timeout.
+    #[error("timed out after {0:?}")]
+    Timeout(Duration),
+    /// The executor's circuit breaker is open: nothing was called.
+    #[error("circuit `{circuit}` is open")]
+    CircuitOpen {
+        /// The breaker.
+        circuit: String,
+        /// Time until it lets a probe through.
+        retry_after: Duration,
+    },
+    /// No executor is registered for the action.
+    #[error("no executor registered for action `{0}`")]
+    UnknownAction(String),
+    /// The handler planned different actions than the log of this run records
+    /// (a non-deterministic handler): resuming would be unsafe.
+    #[error("step {step_index} was `{recorded}` in the saga log but is now `{planned}`")]
+    PlanChanged {
+        /// The step.
+        step_index: u32,
+        /// Action in the log.
+        recorded: String,
+        /// Action planned now.
+        planned: String,
+    },
+}
+
+impl StepFailure {
+    /// Whether a later attempt may succeed.
+    pub fn is_retryable(&self) -> bool {
+        match self {
+            StepFailure::Action(error) => error.is_retryable(),
+            StepFailure::Timeout(_) | StepFailure::CircuitOpen { .. } => true,
+            StepFailure::UnknownAction(_) | StepFailure::PlanChanged { .. } => false,
+        }
+    }
+
+    /// The dead-letter `failure_type` this failure is filed under.
+    pub fn failure_type(&self) -> FailureType {
+        match self {
+            StepFailure::Timeout(_) => FailureType::ProcessingTimeout,
+            StepFailure::Action(_) | StepFailure::CircuitOpen { .. } => FailureType::ExternalServiceError,
+            StepFailure::UnknownAction(_) | StepFailure::PlanChanged { .. } => FailureType::UnknownError,
+        }
+    }
+}
+
+/// A step that succeeded in this run.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StepOutcome {
+    /// Position in the saga.
+    pub step_index: u32,
+    /// Action name.
+    pub action: String,
+    /// The executor's output.
+    pub output: ActionOutput,
+    /// Taken from the saga log of an interrupted run rather than executed now.
+    pub resumed: bool,
+}
+
+/// A compensation that failed and needs a person.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CompensationFailure {
+    /// Position in the saga.
+    pub step_index: u32,
+    /// Action name.
+    pub action: String,
+    /// The error.
+    pub error: String,
+}
+
+/// How a saga ended.
+#[derive(Debug, Clone, PartialEq)]
+pub enum SagaReport {
+    /// Every step succeeded.
+    Succeeded {
+        /// The steps, in order.
+        steps: Vec<StepOutcome>,
+    },
+    /// A step failed; the steps before it were compensated.
+    Failed {
+        /// The failed step.
+        step_index: u32,
+        /// Its action.
+        action: String,
+        /// Why it failed.
+        failure: StepFailure,
+        /// Steps undone, in the order they were undone.
+        compensated: Vec<u32>,
+        /// Compensations that failed.
+        compensation_failures: Vec<CompensationFailure>,
+    },
+}
+
+/// The latest log state of one step.
+#[derive(Debug, Clone, Default)]
+struct StepState {
+    status: Option<StepStatus>,
+    output: Option<Value>,
+    error: Option<String>,
+    retryable: Option<bool>,
+}
+
+/// Runs sagas against an executor registry, with one breaker per executor.
+#[derive(Clone)]
+pub struct SagaRunner {
+    executors: Arc<ExecutorRegistry>,
+    breakers: Arc<BreakerRegistry>,
+    store: Arc<dyn Store>,
+    action_timeout: Duration,
+}
+
+impl SagaRunner {
+    /// A runner logging to `store`.
+    pub fn new(
+        executors: Arc<ExecutorRegistry>,
+        breakers: Arc<BreakerRegistry>,
+        store: Arc<dyn Store>,
+        action_timeout: Duration,
+    ) -> Self {
+        Self { executors, breakers, store, action_timeout }
+    }
+
+    /// Runs (or resumes) the saga of `ctx.run` for `key`. Errors only when the
+    /// log cannot be read or written; the message should then be tried later.
+    pub async fn run(
+        &self,
+        key: &MessageKey,
+        ctx: &MessageContext,
+        actions: &[ActionRequest],
+    ) -> Result<SagaReport, StoreError> {
+        let mut states = vec![StepState::default(); actions.len()];
+        let mut plan_changed = None;
+        for record in self.store.load_steps(key, ctx.run).await? {
+            let index = record.step_index as usize;
+            match actions.get(index) {
+                Some(planned) if planned.action == record.action => {
+                    let state = &mut states[index];
+                    state.status = Some(record.status);
+                    if record.output.is_some() {
+                        state.output = record.output;
+                    }
+                    if record.status == StepStatus::Failed {
+                        state.error = record.error;
+                        state.retryable = record.retryable;
+                    }
+                }
+                _ if plan_changed.is_none() => {
+                    plan_changed = Some(StepFailure::PlanChanged {
+                        step_index: record.step_index,
+                        recorded: record.action,
+                        planned: actions.get(index).map(|a| a.action.clone()).unwrap_or_default(),
+                    });
+                }
+                _ => {}
+            }
+        }
+
+        if let Some(failure) = plan_changed {
+            let step_index = match &failure {
+                StepFailure::PlanChanged { step_index, .. } => (*step_index as usize).min(actions.len()),
+                _ => actions.len(),
+            };
+            return self.fail(key, ctx, actions, &mut states, step_index, failure, false).await;
+        }
+
+        // A run that already failed (crash during its compensation): finish compensating.
+        if let Some(failed) = states.iter().position(|s| s.status == Some(StepStatus::Failed)) {
+            let failure = recorded_failure(&states[failed]);
+            return self.fail(key, ctx, actions, &mut states, failed, failure, true).await;
+        }
+        if let Some(undone) = states
+            .iter()
+            .position(|s| matches!(s.status, Some(StepStatus::Compensated | StepStatus::CompensationFailed)))
+        {
+            let failure = StepFailure::Action(ActionError::Retryable("saga interrupted while compensating".into()));
+            let last = states.iter().rposition(|s| s.status.is_some()).unwrap_or(undone);
+            return self.fail(key, ctx, actions, &mut states, last + 1, failure, true).await;
+        }
+
+        let mut steps = Vec::with_capacity(actions.len());
+        for (index, request) in actions.iter().enumerate() {
+            let step_index = index as u32;
+            if states[index].status == Some(StepStatus::Succeeded) {
+                let output = ActionOutput(states[index].output.clone().unwrap_or(Value::Null));
+                steps.push(StepOutcome { step_index, action: request.action.clone(), output, resumed: true });
+                continue;
+            }
+            self.record(key, ctx, StepRecord::new(step_index, &request.action, StepStatus::Started)).await?;
+            match self.execute(ctx, request, step_index).await {
+                Ok(output) => {
+                    let mut record = StepRecord::new(step_index, &request.action, StepStatus::Succeeded);
+                    record.output = Some(output.0.clone());
+                    self.record(key, ctx, record).await?;
+                    states[index].status = Some(StepStatus::Succeeded);
+                    states[index].output = Some(output.0.clone());
+                    steps.push(StepOutcome { step_index, action: request.action.clone(), output, resumed: false });
+                }
+                Err(failure) => {
+                    return self.fail(key, ctx, actions, &mut states, index, failure, false).await;
+                }
+            }
+        }
+        Ok(SagaReport::Succeeded { steps })
+    }
+
+    /// Records the failure of step `failed` (unless already recorded) and
+    /// compensates every step before it that is not undone yet, in reverse.
+    #[allow(clippy::too_many_arguments)]
+    async fn fail(
+        &self,
+        key: &MessageKey,
+        ctx: &MessageContext,
+        actions: &[ActionRequest],
+        states: &mut [StepState],
+        failed: usize,
+        failure: StepFailure,
+        already_recorded: bool,
+    ) -> Result<SagaReport, StoreError> {
+        let action = actions.get(failed).map(|a| a.action.clone()).unwrap_or_default();
+        if !already_recorded && failed < actions.len() {
+            let mut record = StepRecord::new(failed as u32, &action, StepStatus::Failed);
+            record.error = Some(failure.to_string());
+            record.retryable = Some(failure.is_retryable());
+            self.record(key, ctx, record).await?;
+        }
+        tracing::warn!(step = failed, action = %action, error = %failure, "saga step failed, compensating");
+        let mut compensated = Vec::new();
+        let mut compensation_failures = Vec::new();
+        for index in (0..failed.min(actions.len())).rev() {
+            let step_index = index as u32;
+            match states[index].status {
+                Some(StepStatus::Compensated) => compensated.push(step_index),
+                Some(StepStatus::Succeeded | StepStatus::CompensationFailed) => {
+                    let request = &actions[index];
+                    let output = ActionOutput(states[index].output.clone().unwrap_or(Value::Null));
+                    match self.compensate(ctx, request, step_index, &output).await {
+                        Ok(()) => {
+                            self.record(
+                                key,
+                                ctx,
+                                StepRecord::new(step_index, &request.action, StepStatus::Compensated),
+                            )
+                            .await?;
+                            states[index].status = Some(StepStatus::Compensated);
+                            compensated.push(step_index);
+                        }
+                        Err(error) => {
+                            let mut record =
+                                StepRecord::new(step_index, &request.action, StepStatus::CompensationFailed);
+                            record.error = Some(error.clone());
+                            self.record(key, ctx, record).await?;
+                            states[index].status = Some(StepStatus::CompensationFailed);
+                            tracing::error!(step = index, action = %request.action, %error, "compensation failed");
+                            compensation_failures.push(CompensationFailure {
+                                step_index,
+                                action: request.action.clone(),
+                                error,
+                            });
+                        }
+                    }
+                }
+                // Never started, or started and interrupted with no success recorded: nothing to undo.
+                _ => {}
+            }
+        }
+        Ok(SagaReport::Failed { step_index: failed as u32, action, failure, compensated, compensation_failures })
+    }
+
+    async fn execute(
+        &self,
+        ctx: &MessageContext,
+        request: &ActionRequest,
+        step_index: u32,
+    ) -> Result<ActionOutput, StepFailure> {
+        let executor =
+            self.executors.get(&request.action).ok_or_else(|| StepFailure::UnknownAction(request.action.clone()))?;
+        let breaker = self.breakers.get(executor.name());
+        let action_ctx = ActionContext { message: ctx, params: &request.params, step_index };
+        let timeout = self.action_timeout;
+        let call = async {
+            match tokio::time::timeout(timeout, executor.execute(&action_ctx)).await {
+                Ok(result) => result.map_err(StepFailure::Action),
+                Err(_) => Err(StepFailure::Timeout(timeout)),
+            }
+        };
+        let span = tracing::info_span!("action", action = %request.action, step = step_index);
+        breaker.call(StepFailure::is_retryable, call).instrument(span).await.map_err(|error| match error {
+            BreakerError::Open { circuit, retry_after } => StepFailure::CircuitOpen { circuit, retry_after },
+            BreakerError::Inner(failure) => failure,
+        })
+    }
+
+    /// Compensations bypass the breaker: undoing must be attempted even while
+    /// the service is considered down.
+    async fn compensate(
+        &self,
+        ctx: &MessageContext,
+        request: &ActionRequest,
+        step_index: u32,
+        output: &ActionOutput,
+    ) -> Result<(), String> {
+        let executor = self
+            .executors
+            .get(&request.action)
+            .ok_or_else(|| format!("no executor registered for action `{}`", request.action))?;
+        let action_ctx = ActionContext { message: ctx, params: &request.params, step_index };
+        let span = tracing::info_span!("compensation", action = %request.action, step = step_index);
+        match tokio::time::timeout(self.action_timeout, executor.compensate(&action_ctx, output)).instrument(span).await
+        {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(error)) => Err(error.to_string()),
+            Err(_) => Err(format!("compensation timed out after {:?}", self.action_timeout)),
+        }
+    }
+
+    async fn record(&self, key: &MessageKey, ctx: &MessageContext, record: StepRecord) -> Result<(), StoreError> {
+        self.store.record_step(key, ctx.run, &record).await
+    }
+}
+
+fn recorded_failure(state: &StepState) -> StepFailure {
+    let error = state.error.clone().unwrap_or_else(|| "failed in an earlier run".to_owned());
+    if state.retryable.unwrap_or(true) {
+        StepFailure::Action(ActionError::Retryable(error))
+    } else {
+        StepFailure::Action(ActionError::Permanent(error))
+    }
+}

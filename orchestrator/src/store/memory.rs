@@ -1,0 +1,201 @@
+//! An in-memory [`Store`], with the same semantics as the SQL one.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+
+use super::{
+    Claim, DeadLetter, DeadLetterQueue, DlqFilter, DlqStatus, MessageKey, NewActivity, NewDeadLetter, Page, StepRecord,
+    Store, StoreError,
+};
+
+#[derive(Debug, Clone)]
+struct ClaimRow {
+    completed: bool,
+    dead_lettered: bool,
+    attempt_count: u32,
+    run_count: u32,
+    lease_expires_at: Option<DateTime<Utc>>,
+    expires_at: DateTime<Utc>,
+}
+
+#[derive(Debug, Default)]
+struct State {
+    claims: HashMap<MessageKey, ClaimRow>,
+    steps: HashMap<(MessageKey, u32), Vec<StepRecord>>,
+    dead_letters: Vec<DeadLetter>,
+    activities: Vec<(MessageKey, NewActivity)>,
+}
+
+/// Keeps everything in process memory; lost on exit.
+#[derive(Debug, Default)]
+pub struct MemoryStore {
+    state: Mutex<State>,
+}
+
+impl MemoryStore {
+    /// An empty store.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    fn state(&self) -> std::sync::MutexGuard<'_, State> {
+        // A panic while holding the lock leaves consistent data (every update is one statement).
+        self.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Audit rows written for a message (for tests).
+    pub fn activities(&self, key: &MessageKey) -> Vec<NewActivity> {
+        self.state().activities.iter().filter(|(k, _)| k == key).map(|(_, a)| a.clone()).collect()
+    }
+}
+
+fn to_chrono(duration: Duration) -> chrono::Duration {
+    chrono::Duration::from_std(duration).unwrap_or(chrono::Duration::MAX)
+}
+
+#[async_trait]
+impl Store for MemoryStore {
+    async fn claim(&self, key: &MessageKey, lease: Duration) -> Result<Claim, StoreError> {
+        let now = Utc::now();
+        let lease_until = now + to_chrono(lease);
+        let mut state = self.state();
+        let row = state.claims.entry(key.clone()).or_insert(ClaimRow {
+            completed: false,
+            dead_lettered: false,
+            attempt_count: 0,
+            run_count: 0,
+            lease_expires_at: None,
+            expires_at: now,
+        });
+        if row.completed {
+            return Ok(Claim::Completed);
+        }
+        if row.dead_lettered {
+            return Ok(Claim::DeadLettered);
+        }
+        match row.lease_expires_at {
+            Some(until) if until >= now => return Ok(Claim::Busy { lease_expires_at: until }),
+            Some(_) => {} // its worker died: resume the same run
+            None => {
+                row.attempt_count += 1;
+                row.run_count += 1;
+            }
+        }
+        row.lease_expires_at = Some(lease_until);
+        Ok(Claim::Acquired { attempt: row.attempt_count, run: row.run_count })
+    }
+
+    async fn release(&self, key: &MessageKey, refund_attempt: bool) -> Result<(), StoreError> {
+        if let Some(row) = self.state().claims.get_mut(key).filter(|row| !row.completed) {
+            row.lease_expires_at = None;
+            if refund_attempt {
+                row.attempt_count = row.attempt_count.saturating_sub(1);
+            }
+        }
+        Ok(())
+    }
+
+    async fn load_steps(&self, key: &MessageKey, run: u32) -> Result<Vec<StepRecord>, StoreError> {
+        Ok(self.state().steps.get(&(key.clone(), run)).cloned().unwrap_or_default())
+    }
+
+    async fn record_step(&self, key: &MessageKey, run: u32, step: &StepRecord) -> Result<(), StoreError> {
+        self.state().steps.entry((key.clone(), run)).or_default().push(step.clone());
+        Ok(())
+    }
+
+    async fn complete(&self, key: &MessageKey, activities: &[NewActivity], ttl: Duration) -> Result<(), StoreError> {
+        let now = Utc::now();
+        let mut state = self.state();
+        if let Some(row) = state.claims.get_mut(key) {
+            row.completed = true;
+            row.lease_expires_at = None;
+            row.expires_at = now + to_chrono(ttl);
+        }
+        state.activities.extend(activities.iter().map(|a| (key.clone(), a.clone())));
+        Ok(())
+    }
+
+    async fn dead_letter(&self, key: Option<&MessageKey>, entry: &NewDeadLetter) -> Result<i64, StoreError> {
+        let now = Utc::now();
+        let mut state = self.state();
+        if let Some(row) = key.and_then(|key| state.claims.get_mut(key)) {
+            row.dead_lettered = true;
+            row.lease_expires_at = None;
+        }
+        let id = state.dead_letters.len() as i64 + 1;
+        state.dead_letters.push(DeadLetter {
+            id,
+            message_id: entry.message_id.clone(),
+            source: entry.source.clone(),
+            payload: entry.payload.clone(),
+            failure_type: entry.failure_type,
+            error: entry.error.clone(),
+            attempt_count: entry.attempt_count,
+            status: DlqStatus::Failed,
+            replay_count: 0,
+            tenant_id: entry.tenant_id.clone(),
+            created_at: now,
+            updated_at: now,
+        });
+        Ok(id)
+    }
+
+    async fn purge_expired(&self, now: DateTime<Utc>) -> Result<u64, StoreError> {
+        let mut state = self.state();
+        let before = state.claims.len();
+        state.claims.retain(|_, row| !(row.completed && row.expires_at < now));
+        Ok((before - state.claims.len()) as u64)
+    }
+}
+
+#[async_trait]
+impl DeadLetterQueue for MemoryStore {
+    async fn list(&self, filter: &DlqFilter, page: Page) -> Result<Vec<DeadLetter>, StoreError> {
+        let state = self.state();
+        Ok(state
+            .dead_letters
+            .iter()
+            .rev()
+            .filter(|d| filter.status.is_none_or(|s| d.status == s))
+            .filter(|d| filter.tenant_id.as_ref().is_none_or(|t| d.tenant_id.as_ref() == Some(t)))
+            .filter(|d| filter.failure_type.is_none_or(|f| d.failure_type == f))
+            .filter(|d| filter.since.is_none_or(|since| d.created_at >= since))
+            .skip(page.offset as usize)
+            .take(page.limit as usize)
+            .cloned()
+            .collect())
+    }
+
+    async fn get(&self, id: i64) -> Result<Option<DeadLetter>, StoreError> {
+        Ok(self.state().dead_letters.iter().find(|d| d.id == id).cloned())
+    }
+
+    async fn mark(&self, id: i64, status: DlqStatus) -> Result<DeadLetter, StoreError> {
+        let mut state = self.state();
+        let entry = state.dead_letters.iter_mut().find(|d| d.id == id).ok_or(StoreError::NotFound(id))?;
+        if !entry.status.can_become(status) {
+            return Err(StoreError::InvalidTransition { id, from: entry.status.as_str(), to: status.as_str() });
+        }
+        entry.status = status;
+        entry.updated_at = Utc::now();
+        if status == DlqStatus::Replayed {
+            entry.replay_count += 1;
+        }
+        let entry = entry.clone();
+        if status == DlqStatus::Replayed
+            && let (Some(tenant), Some(message)) = (&entry.tenant_id, &entry.message_id)
+            && let Some(row) = state.claims.get_mut(&MessageKey::new(tenant, message))
+            && !row.completed
+        {
+            row.dead_lettered = false;
+            row.attempt_count = 0;
+            row.lease_expires_at = None;
+        }
+        Ok(entry)
+    }
+}

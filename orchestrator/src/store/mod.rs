@@ -1,0 +1,354 @@
+//! Durable state of the pipeline: dedupe claims, the saga log, the dead-letter
+//! queue and the lead audit trail.
+//!
+//! [`SqlStore`] keeps it in SQLite or PostgreSQL through sea-orm;
+//! [`MemoryStore`] keeps it in memory (tests, benchmarks, embedding without a
+//! database).
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use serde_json::Value;
+
+use crate::event::FailureType;
+
+mod memory;
+mod sql;
+
+pub use memory::MemoryStore;
+pub use sql::SqlStore;
+
+/// Identifies a message for deduplication: ids are unique per tenant.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct MessageKey {
+    /// The tenant.
+    pub tenant_id: String,
+    /// The message id.
+    pub message_id: String,
+}
+
+impl MessageKey {
+    /// A key.
+    pub fn new(tenant_id: impl Into<String>, message_id: impl Into<String>) -> Self {
+        Self { tenant_id: tenant_id.into(), message_id: message_id.into() }
+    }
+}
+
+/// The answer to a claim on a message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Claim {
+    /// This worker may process the message.
+    Acquired {
+        /// Attempt number (1-based), kept in the database across restarts.
+        attempt: u32,
+        /// Saga run number; equal to the previous claim's when resuming a run
+        /// whose worker died.
+        run: u32,
+    },
+    /// The message was already processed successfully.
+    Completed,
+    /// The message was dead-lettered and not replayed since.
+    DeadLettered,
+    /// Another worker holds a live lease on it.
+    Busy {
+        /// When that lease runs out.
+        lease_expires_at: DateTime<Utc>,
+    },
+}
+
+/// The state of a saga step.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum StepStatus {
+    /// About to execute.
+    Started,
+    /// Executed successfully.
+    Succeeded,
+    /// Failed (nothing to undo for this step).
+    Failed,
+    /// Undone after a later step failed.
+    Compensated,
+    /// Undoing failed: needs a person.
+    CompensationFailed,
+}
+
+impl StepStatus {
+    /// The value of the `status` column.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            StepStatus::Started => "started",
+            StepStatus::Succeeded => "succeeded",
+            StepStatus::Failed => "failed",
+            StepStatus::Compensated => "compensated",
+            StepStatus::CompensationFailed => "compensation_failed",
+        }
+    }
+
+    /// Parses a `status` value.
+    pub fn parse(value: &str) -> Option<Self> {
+        [
+            StepStatus::Started,
+            StepStatus::Succeeded,
+            StepStatus::Failed,
+            StepStatus::Compensated,
+            StepStatus::CompensationFailed,
+        ]
+        .into_iter()
+        .find(|s| s.as_str() == value)
+    }
+}
+
+/// One entry of the saga log (append-only: each transition is a row).
+#[derive(Debug, Clone, PartialEq)]
+pub struct StepRecord {
+    /// Position in the saga, 0-based.
+    pub step_index: u32,
+    /// Action name.
+    pub action: String,
+    /// New status.
+    pub status: StepStatus,
+    /// The executor's output (with `Succeeded`).
+    pub output: Option<Value>,
+    /// The error (with `Failed` and `CompensationFailed`).
+    pub error: Option<String>,
+    /// Whether the error was retryable (with `Failed`).
+    pub retryable: Option<bool>,
+    /// When it was recorded.
+    pub at: DateTime<Utc>,
+}
+
+impl StepRecord {
+    /// A record stamped now with no output or error.
+    pub fn new(step_index: u32, action: &str, status: StepStatus) -> Self {
+        Self {
+            step_index,
+            action: action.to_owned(),
+            status,
+            output: None,
+            error: None,
+            retryable: None,
+            at: Utc::now(),
+        }
+    }
+}
+
+/// A row for `lead_activities`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NewActivity {
+    /// The lead.
+    pub lead_id: String,
+    /// What happened, e.g. `message_handled`, `action_executed`, `escalated`.
+    pub activity_type: String,
+    /// Details as JSON.
+    pub details: Value,
+}
+
+/// Where a message came from on Kafka.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct SourceInfo {
+    /// Topic.
+    pub topic: String,
+    /// Partition.
+    pub partition: i32,
+    /// Offset.
+    pub offset: i64,
+    /// Message key (the phone number).
+    pub key: Option<String>,
+}
+
+/// A message to park in the dead-letter queue.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NewDeadLetter {
+    /// The message id, when it could be read.
+    pub message_id: Option<String>,
+    /// The tenant, when known.
+    pub tenant_id: Option<String>,
+    /// Kafka coordinates, when it came from Kafka.
+    pub source: Option<SourceInfo>,
+    /// The original bytes, to replay.
+    pub payload: Vec<u8>,
+    /// Why it failed.
+    pub failure_type: FailureType,
+    /// The error, readable.
+    pub error: String,
+    /// Attempts made.
+    pub attempt_count: u32,
+}
+
+/// Status of a dead-letter entry (`status` column).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum DlqStatus {
+    /// Waiting for a person.
+    Failed,
+    /// Sent back for processing.
+    Replayed,
+    /// Thrown away on purpose.
+    Discarded,
+    /// Dealt with outside the system.
+    Resolved,
+}
+
+impl DlqStatus {
+    /// The column value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DlqStatus::Failed => "failed",
+            DlqStatus::Replayed => "replayed",
+            DlqStatus::Discarded => "discarded",
+            DlqStatus::Resolved => "resolved",
+        }
+    }
+
+    /// Parses a column value.
+    pub fn parse(value: &str) -> Option<Self> {
+        [DlqStatus::Failed, DlqStatus::Replayed, DlqStatus::Discarded, DlqStatus::Resolved]
+            .into_iter()
+            .find(|s| s.as_str() == value)
+    }
+
+    /// Whether an entry in this status may move to `next`. Only failed
+    /// entries are replayed or discarded; failed or replayed ones resolved.
+    pub fn can_become(self, next: DlqStatus) -> bool {
+        matches!(
+            (self, next),
+            (DlqStatus::Failed, DlqStatus::Replayed)
+                | (DlqStatus::Failed, DlqStatus::Discarded)
+                | (DlqStatus::Failed, DlqStatus::Resolved)
+                | (DlqStatus::Replayed, DlqStatus::Resolved)
+        )
+    }
+}
+
+/// A row of `dead_letter_queue`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DeadLetter {
+    /// Row id.
+    pub id: i64,
+    /// Message id, when known.
+    pub message_id: Option<String>,
+    /// Kafka coordinates, when known.
+    pub source: Option<SourceInfo>,
+    /// The original bytes.
+    pub payload: Vec<u8>,
+    /// Why it failed.
+    pub failure_type: FailureType,
+    /// The error.
+    pub error: String,
+    /// Attempts made.
+    pub attempt_count: u32,
+    /// Current status.
+    pub status: DlqStatus,
+    /// Times replayed.
+    pub replay_count: u32,
+    /// Tenant, when known.
+    pub tenant_id: Option<String>,
+    /// When it was parked.
+    pub created_at: DateTime<Utc>,
+    /// Last status change.
+    pub updated_at: DateTime<Utc>,
+}
+
+/// Which dead letters to list.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct DlqFilter {
+    /// Only this status.
+    pub status: Option<DlqStatus>,
+    /// Only this tenant.
+    pub tenant_id: Option<String>,
+    /// Only this failure type.
+    pub failure_type: Option<FailureType>,
+    /// Only entries created at or after this time.
+    pub since: Option<DateTime<Utc>>,
+}
+
+/// A page of results, newest first.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Page {
+    /// Rows to return.
+    pub limit: u64,
+    /// Rows to skip.
+    pub offset: u64,
+}
+
+impl Default for Page {
+    fn default() -> Self {
+        Self { limit: 100, offset: 0 }
+    }
+}
+
+/// A store operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The database failed or is unreachable; the caller should try again later.
+    #[error("database error: {0}")]
+    Database(#[from] sea_orm::DbErr),
+    /// A row holds a value this version does not understand.
+    #[error("unreadable row in {table}: {reason}")]
+    Corrupt {
+        /// The table.
+        table: &'static str,
+        /// What was wrong.
+        reason: String,
+    },
+    /// No dead letter has this id.
+    #[error("no dead-letter entry with id {0}")]
+    NotFound(i64),
+    /// The status change is not allowed (e.g. replaying an entry already replayed).
+    #[error("dead-letter entry {id} is {from}, it cannot become {to}")]
+    InvalidTransition {
+        /// Entry id.
+        id: i64,
+        /// Current status.
+        from: &'static str,
+        /// Requested status.
+        to: &'static str,
+    },
+}
+
+/// The state the pipeline keeps per message.
+///
+/// Contract for implementations: [`claim`](Store::claim) is atomic across
+/// workers; [`complete`](Store::complete) and [`dead_letter`](Store::dead_letter)
+/// are each one transaction.
+#[async_trait]
+pub trait Store: Send + Sync {
+    /// Claims a message for processing with a lease. A message whose previous
+    /// attempt released its claim starts a new attempt; one whose lease ran
+    /// out without release (its worker died) is resumed under the same run.
+    async fn claim(&self, key: &MessageKey, lease: Duration) -> Result<Claim, StoreError>;
+
+    /// Releases the claim after a failed attempt so a redelivery processes it
+    /// again; `refund_attempt` gives the attempt back (it was deferred, not failed).
+    async fn release(&self, key: &MessageKey, refund_attempt: bool) -> Result<(), StoreError>;
+
+    /// The saga log of one run, in recording order.
+    async fn load_steps(&self, key: &MessageKey, run: u32) -> Result<Vec<StepRecord>, StoreError>;
+
+    /// Appends to the saga log of one run.
+    async fn record_step(&self, key: &MessageKey, run: u32, step: &StepRecord) -> Result<(), StoreError>;
+
+    /// Marks the message processed and writes its audit trail, in one transaction.
+    async fn complete(&self, key: &MessageKey, activities: &[NewActivity], ttl: Duration) -> Result<(), StoreError>;
+
+    /// Parks a message in the dead-letter queue and, when it has a key, marks
+    /// its claim dead-lettered so redeliveries skip it, in one transaction.
+    async fn dead_letter(&self, key: Option<&MessageKey>, entry: &NewDeadLetter) -> Result<i64, StoreError>;
+
+    /// Deletes completed dedupe records whose TTL ran out; returns how many.
+    async fn purge_expired(&self, now: DateTime<Utc>) -> Result<u64, StoreError>;
+}
+
+/// Operator access to the dead-letter queue (admin API, CLI).
+#[async_trait]
+pub trait DeadLetterQueue: Send + Sync {
+    /// Entries matching `filter`, newest first.
+    async fn list(&self, filter: &DlqFilter, page: Page) -> Result<Vec<DeadLetter>, StoreError>;
+
+    /// One entry.
+    async fn get(&self, id: i64) -> Result<Option<DeadLetter>, StoreError>;
+
+    /// Moves an entry to `status` (see [`DlqStatus::can_become`]). Marking it
+    /// `Replayed` raises `replay_count` and reopens the message's claim, with
+    /// a fresh attempt count, so the replayed message is processed again.
+    async fn mark(&self, id: i64, status: DlqStatus) -> Result<DeadLetter, StoreError>;
+}

@@ -1,0 +1,170 @@
+//! `processed_messages`: claims with a lease, completion, TTL cleanup.
+
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use sea_orm::{ConnectionTrait, DatabaseConnection, DbErr, TransactionTrait, Value};
+
+use super::statement::stmt;
+use super::{chrono_duration, corrupt};
+use crate::store::{Claim, MessageKey, NewActivity, StoreError};
+
+/// Inserts a claim, or takes over one whose lease is free or ran out. A
+/// released claim (lease NULL) starts a new attempt and run; an expired one
+/// resumes its run. Completed and dead-lettered claims are left alone.
+const CLAIM: &str = "INSERT INTO processed_messages
+    (tenant_id, message_id, status, attempt_count, run_count, claimed_at, lease_expires_at, expires_at)
+  VALUES (?, ?, 'in_progress', 1, 1, ?, ?, ?)
+  ON CONFLICT (tenant_id, message_id) DO UPDATE SET
+    attempt_count = CASE WHEN processed_messages.lease_expires_at IS NULL
+      THEN processed_messages.attempt_count + 1 ELSE processed_messages.attempt_count END,
+    run_count = CASE WHEN processed_messages.lease_expires_at IS NULL
+      THEN processed_messages.run_count + 1 ELSE processed_messages.run_count END,
+    claimed_at = excluded.claimed_at,
+    lease_expires_at = excluded.lease_expires_at
+  WHERE processed_messages.status = 'in_progress'
+    AND processed_messages.dead_lettered_at IS NULL
+    AND (processed_messages.lease_expires_at IS NULL OR processed_messages.lease_expires_at < ?)
+  RETURNING attempt_count, run_count";
+
+pub(super) async fn claim(db: &impl ConnectionTrait, key: &MessageKey, lease: Duration) -> Result<Claim, StoreError> {
+    let backend = db.get_database_backend();
+    let now = Utc::now();
+    let lease_until = now + chrono_duration(lease);
+    let values: Vec<Value> = vec![
+        key.tenant_id.as_str().into(),
+        key.message_id.as_str().into(),
+        now.into(),
+        lease_until.into(),
+        lease_until.into(),
+        now.into(),
+    ];
+    if let Some(row) = db.query_one_raw(stmt(backend, CLAIM, values)).await? {
+        let attempt: i32 = row.try_get("", "attempt_count")?;
+        let run: i32 = row.try_get("", "run_count")?;
+        return Ok(Claim::Acquired { attempt: attempt.max(1) as u32, run: run.max(1) as u32 });
+    }
+    let why = db
+        .query_one_raw(stmt(
+            backend,
+            "SELECT status, dead_lettered_at, lease_expires_at FROM processed_messages
+             WHERE tenant_id = ? AND message_id = ?",
+            vec![key.tenant_id.as_str().into(), key.message_id.as_str().into()],
+        ))
+        .await?;
+    let Some(row) = why else {
+        // Purged between the two statements: nothing holds it now.
+        return Ok(Claim::Busy { lease_expires_at: now });
+    };
+    let status: String = row.try_get("", "status")?;
+    let dead_lettered_at: Option<DateTime<Utc>> = row.try_get("", "dead_lettered_at")?;
+    let lease_expires_at: Option<DateTime<Utc>> = row.try_get("", "lease_expires_at")?;
+    Ok(match (status.as_str(), dead_lettered_at) {
+        ("completed", _) => Claim::Completed,
+        (_, Some(_)) => Claim::DeadLettered,
+        ("in_progress", None) => Claim::Busy { lease_expires_at: lease_expires_at.unwrap_or(now) },
+        (other, None) => return Err(corrupt("processed_messages", format!("unknown status `{other}`"))),
+    })
+}
+
+pub(super) async fn release(
+    db: &impl ConnectionTrait,
+    key: &MessageKey,
+    refund_attempt: bool,
+) -> Result<(), StoreError> {
+    let backend = db.get_database_backend();
+    db.execute_raw(stmt(
+        backend,
+        "UPDATE processed_messages
+           SET lease_expires_at = NULL,
+               attempt_count = CASE WHEN attempt_count > ? THEN attempt_count - ? ELSE attempt_count END
+         WHERE tenant_id = ? AND message_id = ? AND status = 'in_progress'",
+        vec![
+            i32::from(refund_attempt).into(),
+            i32::from(refund_attempt).into(),
+            key.tenant_id.as_str().into(),
+            key.message_id.as_str().into(),
+        ],
+    ))
+    .await?;
+    Ok(())
+}
+
+pub(super) async fn complete(
+    db: &DatabaseConnection,
+    key: &MessageKey,
+    activities: &[NewActivity],
+    ttl: Duration,
+) -> Result<(), StoreError> {
+    let now = Utc::now();
+    let txn = db.begin().await?;
+    let backend = txn.get_database_backend();
+    txn.execute_raw(stmt(
+        backend,
+        "UPDATE processed_messages
+           SET status = 'completed', completed_at = ?, lease_expires_at = NULL, expires_at = ?
+         WHERE tenant_id = ? AND message_id = ?",
+        vec![
+            now.into(),
+            (now + chrono_duration(ttl)).into(),
+            key.tenant_id.as_str().into(),
+            key.message_id.as_str().into(),
+        ],
+    ))
+    .await?;
+    if !activities.is_empty() {
+        let mut sql = String::from(
+            "INSERT INTO lead_activities (tenant_id, lead_id, message_id, activity_type, details, created_at) VALUES ",
+        );
+        let mut values = Vec::with_capacity(activities.len() * 6);
+        for (i, activity) in activities.iter().enumerate() {
+            sql.push_str(if i == 0 { "(?, ?, ?, ?, ?, ?)" } else { ", (?, ?, ?, ?, ?, ?)" });
+            values.extend([
+                key.tenant_id.as_str().into(),
+                activity.lead_id.as_str().into(),
+                key.message_id.as_str().into(),
+                activity.activity_type.as_str().into(),
+                activity.details.clone().into(),
+                now.into(),
+            ]);
+        }
+        txn.execute_raw(stmt(backend, &sql, values)).await?;
+    }
+    txn.commit().await?;
+    Ok(())
+}
+
+/// Marks a claim dead-lettered inside the caller's transaction.
+pub(super) async fn mark_dead_lettered(db: &impl ConnectionTrait, key: &MessageKey) -> Result<(), DbErr> {
+    db.execute_raw(stmt(
+        db.get_database_backend(),
+        "UPDATE processed_messages SET dead_lettered_at = ?, lease_expires_at = NULL
+         WHERE tenant_id = ? AND message_id = ? AND status = 'in_progress'",
+        vec![Utc::now().into(), key.tenant_id.as_str().into(), key.message_id.as_str().into()],
+    ))
+    .await?;
+    Ok(())
+}
+
+/// Reopens a dead-lettered claim with a fresh attempt budget, inside the caller's transaction.
+pub(super) async fn reopen(db: &impl ConnectionTrait, key: &MessageKey) -> Result<(), DbErr> {
+    db.execute_raw(stmt(
+        db.get_database_backend(),
+        "UPDATE processed_messages SET dead_lettered_at = NULL, attempt_count = 0, lease_expires_at = NULL
+         WHERE tenant_id = ? AND message_id = ? AND status = 'in_progress'",
+        vec![key.tenant_id.as_str().into(), key.message_id.as_str().into()],
+    ))
+    .await?;
+    Ok(())
+}
+
+pub(super) async fn purge_expired(db: &impl ConnectionTrait, now: DateTime<Utc>) -> Result<u64, StoreError> {
+    let result = db
+        .execute_raw(stmt(
+            db.get_database_backend(),
+            "DELETE FROM processed_messages WHERE status = 'completed' AND expires_at < ?",
+            vec![now.into()],
+        ))
+        .await?;
+    Ok(result.rows_affected())
+}

@@ -1,0 +1,177 @@
+//! `dead_letter_queue`: park, list, show, and move entries between statuses.
+
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD as BASE64;
+use chrono::Utc;
+use sea_orm::{ConnectionTrait, DatabaseConnection, QueryResult, TransactionTrait, Value};
+
+use super::statement::stmt;
+use super::{claims, corrupt};
+use crate::event::FailureType;
+use crate::store::{DeadLetter, DlqFilter, DlqStatus, MessageKey, NewDeadLetter, Page, SourceInfo, StoreError};
+
+const COLUMNS: &str = r#"id, message_id, topic, "partition", "offset", "key", payload, payload_encoding,
+  failure_type, error, attempt_count, status, replay_count, tenant_id, created_at, updated_at"#;
+
+pub(super) async fn insert(
+    db: &DatabaseConnection,
+    key: Option<&MessageKey>,
+    entry: &NewDeadLetter,
+) -> Result<i64, StoreError> {
+    let now = Utc::now();
+    // Text stays readable in SQL; bytes that are not UTF-8 are kept losslessly as base64.
+    let (payload, encoding) = match std::str::from_utf8(&entry.payload) {
+        Ok(text) => (text.to_owned(), "utf8"),
+        Err(_) => (BASE64.encode(&entry.payload), "base64"),
+    };
+    let source = entry.source.as_ref();
+    let txn = db.begin().await?;
+    let row = txn
+        .query_one_raw(stmt(
+            txn.get_database_backend(),
+            r#"INSERT INTO dead_letter_queue (message_id, topic, "partition", "offset", "key", payload,
+                 payload_encoding, failure_type, error, attempt_count, status, replay_count, tenant_id,
+                 created_at, updated_at)
+               VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 'failed', 0, ?, ?, ?) RETURNING id"#,
+            vec![
+                entry.message_id.clone().into(),
+                source.map(|s| s.topic.clone()).into(),
+                source.map(|s| s.partition).into(),
+                source.map(|s| s.offset).into(),
+                source.and_then(|s| s.key.clone()).into(),
+                payload.into(),
+                encoding.into(),
+                entry.failure_type.as_str().into(),
+                entry.error.as_str().into(),
+                (entry.attempt_count as i32).into(),
+                entry.tenant_id.clone().into(),
+                now.into(),
+                now.into(),
+            ],
+        ))
+        .await?
+        .ok_or_else(|| corrupt("dead_letter_queue", "insert returned no id".to_owned()))?;
+    let id: i64 = row.try_get("", "id")?;
+    if let Some(key) = key {
+        claims::mark_dead_lettered(&txn, key).await?;
+    }
+    txn.commit().await?;
+    Ok(id)
+}
+
+pub(super) async fn list(
+    db: &impl ConnectionTrait,
+    filter: &DlqFilter,
+    page: Page,
+) -> Result<Vec<DeadLetter>, StoreError> {
+    let mut conditions: Vec<&str> = Vec::new();
+    let mut values: Vec<Value> = Vec::new();
+    if let Some(status) = filter.status {
+        conditions.push("status = ?");
+        values.push(status.as_str().into());
+    }
+    if let Some(tenant) = &filter.tenant_id {
+        conditions.push("tenant_id = ?");
+        values.push(tenant.as_str().into());
+    }
+    if let Some(failure_type) = filter.failure_type {
+        conditions.push("failure_type = ?");
+        values.push(failure_type.as_str().into());
+    }
+    if let Some(since) = filter.since {
+        conditions.push("created_at >= ?");
+        values.push(since.into());
+    }
+    let mut sql = format!("SELECT {COLUMNS} FROM dead_letter_queue");
+    if !conditions.is_empty() {
+        sql.push_str(" WHERE ");
+        sql.push_str(&conditions.join(" AND "));
+    }
+    sql.push_str(" ORDER BY created_at DESC, id DESC LIMIT ? OFFSET ?");
+    values.push((page.limit.min(i64::MAX as u64) as i64).into());
+    values.push((page.offset.min(i64::MAX as u64) as i64).into());
+    let rows = db.query_all_raw(stmt(db.get_database_backend(), &sql, values)).await?;
+    rows.iter().map(read_row).collect()
+}
+
+pub(super) async fn get(db: &impl ConnectionTrait, id: i64) -> Result<Option<DeadLetter>, StoreError> {
+    let sql = format!("SELECT {COLUMNS} FROM dead_letter_queue WHERE id = ?");
+    let row = db.query_one_raw(stmt(db.get_database_backend(), &sql, vec![id.into()])).await?;
+    row.as_ref().map(read_row).transpose()
+}
+
+pub(super) async fn mark(db: &DatabaseConnection, id: i64, status: DlqStatus) -> Result<DeadLetter, StoreError> {
+    let allowed_from: Vec<&str> = [DlqStatus::Failed, DlqStatus::Replayed, DlqStatus::Discarded, DlqStatus::Resolved]
+        .into_iter()
+        .filter(|from| from.can_become(status))
+        .map(DlqStatus::as_str)
+        .collect();
+    let replayed = i32::from(status == DlqStatus::Replayed);
+    let txn = db.begin().await?;
+    let backend = txn.get_database_backend();
+    // A conditional update: concurrent operators cannot both replay one entry.
+    let placeholders = vec!["?"; allowed_from.len()].join(", ");
+    let mut values: Vec<Value> = vec![status.as_str().into(), Utc::now().into(), replayed.into(), id.into()];
+    values.extend(allowed_from.iter().map(|s| Value::from(*s)));
+    let updated = txn
+        .execute_raw(stmt(
+            backend,
+            &format!(
+                "UPDATE dead_letter_queue SET status = ?, updated_at = ?, replay_count = replay_count + ?
+                 WHERE id = ? AND status IN ({placeholders})"
+            ),
+            values,
+        ))
+        .await?;
+    let entry = get(&txn, id).await?.ok_or(StoreError::NotFound(id))?;
+    if updated.rows_affected() == 0 {
+        return Err(StoreError::InvalidTransition { id, from: entry.status.as_str(), to: status.as_str() });
+    }
+    if status == DlqStatus::Replayed
+        && let (Some(tenant), Some(message)) = (&entry.tenant_id, &entry.message_id)
+    {
+        claims::reopen(&txn, &MessageKey::new(tenant, message)).await?;
+    }
+    txn.commit().await?;
+    Ok(entry)
+}
+
+fn read_row(row: &QueryResult) -> Result<DeadLetter, StoreError> {
+    let encoding: String = row.try_get("", "payload_encoding")?;
+    let payload_text: String = row.try_get("", "payload")?;
+    let payload = match encoding.as_str() {
+        "base64" => BASE64
+            .decode(payload_text.as_bytes())
+            .map_err(|e| corrupt("dead_letter_queue", format!("payload is not base64: {e}")))?,
+        _ => payload_text.into_bytes(),
+    };
+    let failure_type: String = row.try_get("", "failure_type")?;
+    let status: String = row.try_get("", "status")?;
+    let topic: Option<String> = row.try_get("", "topic")?;
+    let partition: Option<i32> = row.try_get("", "partition")?;
+    let offset: Option<i64> = row.try_get("", "offset")?;
+    let key: Option<String> = row.try_get("", "key")?;
+    let attempt_count: i32 = row.try_get("", "attempt_count")?;
+    let replay_count: i32 = row.try_get("", "replay_count")?;
+    Ok(DeadLetter {
+        id: row.try_get("", "id")?,
+        message_id: row.try_get("", "message_id")?,
+        source: topic.map(|topic| SourceInfo {
+            topic,
+            partition: partition.unwrap_or_default(),
+            offset: offset.unwrap_or_default(),
+            key,
+        }),
+        payload,
+        failure_type: FailureType::parse(&failure_type)
+            .ok_or_else(|| corrupt("dead_letter_queue", format!("unknown failure_type `{failure_type}`")))?,
+        error: row.try_get("", "error")?,
+        attempt_count: attempt_count.max(0) as u32,
+        status: DlqStatus::parse(&status)
+            .ok_or_else(|| corrupt("dead_letter_queue", format!("unknown status `{status}`")))?,
+        replay_count: replay_count.max(0) as u32,
+        tenant_id: row.try_get("", "tenant_id")?,
+        created_at: row.try_get("", "created_at")?,
+        updated_at: row.try_get("", "updated_at")?,
+    })
+}

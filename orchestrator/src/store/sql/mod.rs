@@ -1,0 +1,93 @@
+//! [`SqlStore`]: the store on SQLite or PostgreSQL through sea-orm.
+//!
+//! The statements are written once with `?` placeholders and rendered per
+//! backend; the conditional upserts that make claims atomic are plain SQL
+//! both databases share.
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use sea_orm::DatabaseConnection;
+
+use super::{
+    Claim, DeadLetter, DeadLetterQueue, DlqFilter, DlqStatus, MessageKey, NewActivity, NewDeadLetter, Page, StepRecord,
+    Store, StoreError,
+};
+
+mod claims;
+mod dead_letters;
+mod saga_log;
+mod statement;
+
+/// The store on a sea-orm connection whose schema [`migrations`] created.
+#[derive(Debug, Clone)]
+pub struct SqlStore {
+    db: DatabaseConnection,
+}
+
+impl SqlStore {
+    /// A store on a migrated connection (see [`crate::db::connect`]).
+    pub fn new(db: DatabaseConnection) -> Self {
+        Self { db }
+    }
+
+    /// The connection, for executors and probes that share it.
+    pub fn connection(&self) -> &DatabaseConnection {
+        &self.db
+    }
+}
+
+pub(super) fn chrono_duration(duration: Duration) -> chrono::Duration {
+    chrono::Duration::from_std(duration).unwrap_or(chrono::Duration::MAX)
+}
+
+fn corrupt(table: &'static str, reason: String) -> StoreError {
+    StoreError::Corrupt { table, reason }
+}
+
+#[async_trait]
+impl Store for SqlStore {
+    async fn claim(&self, key: &MessageKey, lease: Duration) -> Result<Claim, StoreError> {
+        claims::claim(&self.db, key, lease).await
+    }
+
+    async fn release(&self, key: &MessageKey, refund_attempt: bool) -> Result<(), StoreError> {
+        claims::release(&self.db, key, refund_attempt).await
+    }
+
+    async fn load_steps(&self, key: &MessageKey, run: u32) -> Result<Vec<StepRecord>, StoreError> {
+        saga_log::load_steps(&self.db, key, run).await
+    }
+
+    async fn record_step(&self, key: &MessageKey, run: u32, step: &StepRecord) -> Result<(), StoreError> {
+        saga_log::record_step(&self.db, key, run, step).await
+    }
+
+    async fn complete(&self, key: &MessageKey, activities: &[NewActivity], ttl: Duration) -> Result<(), StoreError> {
+        claims::complete(&self.db, key, activities, ttl).await
+    }
+
+    async fn dead_letter(&self, key: Option<&MessageKey>, entry: &NewDeadLetter) -> Result<i64, StoreError> {
+        dead_letters::insert(&self.db, key, entry).await
+    }
+
+    async fn purge_expired(&self, now: DateTime<Utc>) -> Result<u64, StoreError> {
+        claims::purge_expired(&self.db, now).await
+    }
+}
+
+#[async_trait]
+impl DeadLetterQueue for SqlStore {
+    async fn list(&self, filter: &DlqFilter, page: Page) -> Result<Vec<DeadLetter>, StoreError> {
+        dead_letters::list(&self.db, filter, page).await
+    }
+
+    async fn get(&self, id: i64) -> Result<Option<DeadLetter>, StoreError> {
+        dead_letters::get(&self.db, id).await
+    }
+
+    async fn mark(&self, id: i64, status: DlqStatus) -> Result<DeadLetter, StoreError> {
+        dead_letters::mark(&self.db, id, status).await
+    }
+}
