@@ -1,0 +1,155 @@
+//! `create_order`: records an order in `orders`; compensation cancels it.
+
+use async_trait::async_trait;
+use chrono::Utc;
+use orchestrator::{ActionContext, ActionError, ActionExecutor, ActionOutput};
+use sea_orm::{DatabaseConnection, Set};
+use serde_json::{Value, json};
+
+use crate::effect::{StatusColumns, insert_once, output_id, set_status};
+
+/// The `orders` table.
+pub mod entity {
+    use sea_orm::entity::prelude::*;
+
+    /// A row of `orders`.
+    #[derive(Clone, Debug, PartialEq, DeriveEntityModel)]
+    #[sea_orm(table_name = "orders")]
+    pub struct Model {
+        /// Row id.
+        #[sea_orm(primary_key)]
+        pub id: i64,
+        /// `<tenant>:<message_id>:<run>:<step>`.
+        #[sea_orm(unique)]
+        pub idempotency_key: String,
+        /// Tenant.
+        pub tenant_id: String,
+        /// The message that caused it.
+        pub message_id: String,
+        /// Customer phone.
+        pub phone: String,
+        /// Lead id, when known.
+        pub lead_id: Option<String>,
+        /// `[{"product": .., "quantity": ..}]`.
+        pub items: Json,
+        /// Free text.
+        pub notes: Option<String>,
+        /// `created` or `cancelled`.
+        pub status: String,
+        /// Created.
+        pub created_at: DateTimeUtc,
+        /// Last change.
+        pub updated_at: DateTimeUtc,
+    }
+
+    /// No relations.
+    #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
+    pub enum Relation {}
+
+    impl ActiveModelBehavior for ActiveModel {}
+}
+
+use entity::{ActiveModel, Column, Entity};
+
+/// Creates an order from `items` (`[{"product","quantity"}]`, or product
+/// names) or a single `product` with `quantity`.
+#[derive(Debug, Clone)]
+pub struct CreateOrder {
+    db: DatabaseConnection,
+}
+
+impl CreateOrder {
+    /// Writes to `db`.
+    pub fn new(db: DatabaseConnection) -> Self {
+        Self { db }
+    }
+}
+
+/// Normalises the parameters to `[{"product": String, "quantity": n}]`.
+fn order_items(params: &Value) -> Result<Vec<Value>, ActionError> {
+    let items: Vec<Value> = match (params.get("items"), params.get("product")) {
+        (Some(Value::Array(items)), _) => items
+            .iter()
+            .map(|item| match item {
+                Value::String(name) => Ok(json!({ "product": name, "quantity": 1 })),
+                Value::Object(fields) => {
+                    let product = fields
+                        .get("product")
+                        .or_else(|| fields.get("name"))
+                        .and_then(Value::as_str)
+                        .ok_or_else(|| ActionError::permanent("an order item has no product"))?;
+                    let quantity = fields.get("quantity").and_then(Value::as_u64).unwrap_or(1);
+                    Ok(json!({ "product": product, "quantity": quantity }))
+                }
+                other => Err(ActionError::permanent(format!("order item {other} is neither a name nor an object"))),
+            })
+            .collect::<Result<_, _>>()?,
+        (_, Some(Value::String(product))) => {
+            vec![json!({ "product": product, "quantity": params.get("quantity").and_then(Value::as_u64).unwrap_or(1) })]
+        }
+        _ => Vec::new(),
+    };
+    if items.is_empty() {
+        return Err(ActionError::permanent("create_order needs `items` or `product`"));
+    }
+    if items.iter().any(|item| item["quantity"] == json!(0)) {
+        return Err(ActionError::permanent("order quantities must be at least 1"));
+    }
+    Ok(items)
+}
+
+#[async_trait]
+impl ActionExecutor for CreateOrder {
+    fn name(&self) -> &str {
+        crate::actions::CREATE_ORDER
+    }
+
+    async fn execute(&self, ctx: &ActionContext<'_>) -> Result<ActionOutput, ActionError> {
+        let items = order_items(ctx.params)?;
+        let key = ctx.idempotency_key();
+        let now = Utc::now();
+        let row = ActiveModel {
+            idempotency_key: Set(key.clone()),
+            tenant_id: Set(ctx.message.tenant_id.clone()),
+            message_id: Set(ctx.message.message_id.clone()),
+            phone: Set(ctx.message.phone().to_owned()),
+            lead_id: Set(ctx.message.intent.lead_id.clone()),
+            items: Set(Value::Array(items)),
+            notes: Set(ctx.param_str("notes").map(str::to_owned)),
+            status: Set("created".to_owned()),
+            created_at: Set(now),
+            updated_at: Set(now),
+            ..Default::default()
+        };
+        let order = insert_once(&self.db, row, Column::IdempotencyKey, &key).await?;
+        Ok(ActionOutput(json!({ "order_id": order.id, "items": order.items })))
+    }
+
+    async fn compensate(&self, _ctx: &ActionContext<'_>, output: &ActionOutput) -> Result<(), ActionError> {
+        let columns = StatusColumns::<Entity> { id: Column::Id, status: Column::Status, updated_at: Column::UpdatedAt };
+        set_status(&self.db, columns, output_id(output, "order_id")?, "created", "cancelled").await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn items_are_normalised() {
+        let items = order_items(&json!({ "items": ["tacos", { "name": "soda", "quantity": 2 }] })).unwrap();
+        assert_eq!(items, vec![json!({"product":"tacos","quantity":1}), json!({"product":"soda","quantity":2})]);
+        let single = order_items(&json!({ "product": "pizza", "quantity": 3 })).unwrap();
+        assert_eq!(single, vec![json!({"product":"pizza","quantity":3})]);
+    }
+
+    #[test]
+    fn missing_or_bad_items_are_permanent_errors() {
+        for params in
+            [json!({}), json!({ "items": [] }), json!({ "items": [42] }), json!({ "product": "x", "quantity": 0 })]
+        {
+            let error = order_items(&params).unwrap_err();
+            assert!(!error.is_retryable(), "{params} should be a permanent error");
+        }
+    }
+}

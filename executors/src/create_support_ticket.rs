@@ -1,0 +1,107 @@
+//! `create_support_ticket`: opens a ticket in `support_tickets`; compensation closes it.
+
+use async_trait::async_trait;
+use chrono::Utc;
+use orchestrator::{ActionContext, ActionError, ActionExecutor, ActionOutput};
+use sea_orm::{DatabaseConnection, Set};
+use serde_json::json;
+
+use crate::effect::{StatusColumns, insert_once, output_id, set_status};
+
+/// The `support_tickets` table.
+pub mod entity {
+    use sea_orm::entity::prelude::*;
+
+    /// A row of `support_tickets`.
+    #[derive(Clone, Debug, PartialEq, DeriveEntityModel)]
+    #[sea_orm(table_name = "support_tickets")]
+    pub struct Model {
+        /// Row id.
+        #[sea_orm(primary_key)]
+        pub id: i64,
+        /// `<tenant>:<message_id>:<run>:<step>`.
+        #[sea_orm(unique)]
+        pub idempotency_key: String,
+        /// Tenant.
+        pub tenant_id: String,
+        /// The message that caused it.
+        pub message_id: String,
+        /// Customer phone.
+        pub phone: String,
+        /// Ticket title.
+        pub subject: String,
+        /// What the customer said.
+        pub description: String,
+        /// `low`, `normal`, `high` or `urgent`.
+        pub priority: String,
+        /// `open` or `closed`.
+        pub status: String,
+        /// Created.
+        pub created_at: DateTimeUtc,
+        /// Last change.
+        pub updated_at: DateTimeUtc,
+    }
+
+    /// No relations.
+    #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
+    pub enum Relation {}
+
+    impl ActiveModelBehavior for ActiveModel {}
+}
+
+use entity::{ActiveModel, Column, Entity};
+
+/// Ticket priorities accepted in `priority`.
+pub const PRIORITIES: [&str; 4] = ["low", "normal", "high", "urgent"];
+
+/// Opens a support ticket: `subject` (default "Customer complaint"),
+/// `description` (default: the message text), `priority` (default `normal`).
+#[derive(Debug, Clone)]
+pub struct CreateSupportTicket {
+    db: DatabaseConnection,
+}
+
+impl CreateSupportTicket {
+    /// Writes to `db`.
+    pub fn new(db: DatabaseConnection) -> Self {
+        Self { db }
+    }
+}
+
+#[async_trait]
+impl ActionExecutor for CreateSupportTicket {
+    fn name(&self) -> &str {
+        crate::actions::CREATE_SUPPORT_TICKET
+    }
+
+    async fn execute(&self, ctx: &ActionContext<'_>) -> Result<ActionOutput, ActionError> {
+        let priority = ctx.param_str("priority").unwrap_or("normal");
+        if !PRIORITIES.contains(&priority) {
+            return Err(ActionError::permanent(format!("ticket priority `{priority}` is not one of {PRIORITIES:?}")));
+        }
+        let description =
+            ctx.param_str("description").or_else(|| ctx.message.inbound.text()).unwrap_or("(no text)").to_owned();
+        let key = ctx.idempotency_key();
+        let now = Utc::now();
+        let row = ActiveModel {
+            idempotency_key: Set(key.clone()),
+            tenant_id: Set(ctx.message.tenant_id.clone()),
+            message_id: Set(ctx.message.message_id.clone()),
+            phone: Set(ctx.message.phone().to_owned()),
+            subject: Set(ctx.param_str("subject").unwrap_or("Customer complaint").to_owned()),
+            description: Set(description),
+            priority: Set(priority.to_owned()),
+            status: Set("open".to_owned()),
+            created_at: Set(now),
+            updated_at: Set(now),
+            ..Default::default()
+        };
+        let ticket = insert_once(&self.db, row, Column::IdempotencyKey, &key).await?;
+        Ok(ActionOutput(json!({ "ticket_id": ticket.id, "priority": ticket.priority })))
+    }
+
+    async fn compensate(&self, _ctx: &ActionContext<'_>, output: &ActionOutput) -> Result<(), ActionError> {
+        let columns = StatusColumns::<Entity> { id: Column::Id, status: Column::Status, updated_at: Column::UpdatedAt };
+        set_status(&self.db, columns, output_id(output, "ticket_id")?, "open", "closed").await
+    }
+}

@@ -1,0 +1,48 @@
+//! `COMPLAINT`: open a ticket; a severe complaint is also flagged and escalated.
+
+use async_trait::async_trait;
+use orchestrator::intent::names;
+use orchestrator::{HandlerError, IntentHandler, IntentOutcome, MessageContext, Reply};
+use serde_json::json;
+
+/// Handles `COMPLAINT` at confidence >= 0.5, before every other built-in
+/// handler: an unhappy customer is never routed elsewhere.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ComplaintHandler;
+
+#[async_trait]
+impl IntentHandler for ComplaintHandler {
+    fn intent(&self) -> &str {
+        names::COMPLAINT
+    }
+
+    fn priority(&self) -> i32 {
+        200
+    }
+
+    fn confidence_threshold(&self) -> f64 {
+        0.5
+    }
+
+    async fn handle(&self, ctx: &MessageContext) -> Result<IntentOutcome, HandlerError> {
+        let severe = ctx.intent.entity_str("severity") == Some("high");
+        let subject = match ctx.intent.entity_str("order_id") {
+            Some(order) => format!("Complaint about order {order}"),
+            None => "Customer complaint".to_owned(),
+        };
+        let mut outcome = IntentOutcome::reply(Reply::text(if severe {
+            "We are very sorry about this. A supervisor has been alerted and will contact you personally as soon as possible."
+        } else {
+            "We are sorry to hear that. We have opened a support ticket and our team will get back to you shortly."
+        }))
+        .with_action(
+            "create_support_ticket",
+            json!({ "subject": subject, "priority": if severe { "urgent" } else { "normal" } }),
+        );
+        if severe {
+            outcome =
+                outcome.with_action("flag_for_review", json!({ "reason": "high_severity_complaint" })).escalated();
+        }
+        Ok(outcome)
+    }
+}

@@ -1,0 +1,50 @@
+//! `SCHEDULE_CALL`: book the call when a time was given, else offer slots as buttons.
+
+use async_trait::async_trait;
+use orchestrator::event::{Button, ResponseContent};
+use orchestrator::intent::names;
+use orchestrator::{HandlerError, IntentHandler, IntentOutcome, MessageContext, Reply};
+use serde_json::json;
+
+/// Handles `SCHEDULE_CALL` at confidence >= 0.6.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ScheduleCallHandler;
+
+/// The slot buttons offered when the user named no time.
+pub const SLOTS: [(&str, &str); 3] =
+    [("call_morning", "Morning"), ("call_afternoon", "Afternoon"), ("call_evening", "Evening")];
+
+#[async_trait]
+impl IntentHandler for ScheduleCallHandler {
+    fn intent(&self) -> &str {
+        names::SCHEDULE_CALL
+    }
+
+    fn priority(&self) -> i32 {
+        90
+    }
+
+    fn confidence_threshold(&self) -> f64 {
+        0.6
+    }
+
+    async fn handle(&self, ctx: &MessageContext) -> Result<IntentOutcome, HandlerError> {
+        match ctx.intent.entity_str("preferred_time") {
+            Some(time) => Ok(IntentOutcome::reply(Reply::text(format!(
+                "Great, we will call you {time}. A sales representative will confirm the exact time."
+            )))
+            .with_action(
+                "notify_sales",
+                json!({ "reason": "schedule_call", "summary": format!("Call requested for {time}"),
+                        "details": { "preferred_time": time } }),
+            )),
+            None => Ok(IntentOutcome::reply(Reply::content(ResponseContent::Interactive {
+                body_text: "Sure! When would you like us to call you?".to_owned(),
+                buttons: SLOTS
+                    .iter()
+                    .map(|(id, title)| Button { id: (*id).to_owned(), title: (*title).to_owned() })
+                    .collect(),
+            }))),
+        }
+    }
+}
