@@ -196,8 +196,9 @@ mod tests {
     fn exponential_schedule_comes_from_backon() {
         let builder = ExponentialBuilder::default().with_min_delay(Duration::from_millis(100)).with_factor(2.0);
         let policy = RetryPolicy::exponential(3, builder);
-        let delays: Vec<Duration> = (&policy).build().collect();
-        assert_eq!(delays, [100, 200, 400].map(Duration::from_millis));
+        // backon computes in f32: compare at millisecond precision.
+        let delays: Vec<u128> = (&policy).build().map(|d| d.as_millis()).collect();
+        assert_eq!(delays, [100, 200, 400]);
     }
 
     #[tokio::test(start_paused = true)]

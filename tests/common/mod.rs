@@ -1,0 +1,192 @@
+//! Helpers shared by the integration tests.
+#![allow(dead_code)]
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use chrono::Utc;
+use orchestrator::event::{MessageContent, MessageReceived, MessageType};
+use orchestrator::{
+    ActionContext, ActionError, ActionExecutor, ActionOutput, ActionRequest, BreakerConfig, ExecutorRegistry,
+    HandlerError, HandlerRegistry, Inbound, Incoming, Intent, IntentHandler, IntentOutcome, MessageContext,
+    Orchestrator, PipelineConfig, Reply, RetryPolicy, Store,
+};
+use sea_orm::{ConnectionTrait, DatabaseConnection, Statement};
+use serde_json::json;
+
+/// A text message from `phone`.
+pub fn text(message_id: &str, phone: &str, body: &str) -> Inbound {
+    Inbound::Message(MessageReceived {
+        message_id: message_id.to_owned(),
+        from_phone: phone.to_owned(),
+        message_type: MessageType::Text,
+        content: MessageContent::Text { body: body.to_owned() },
+        received_at: Utc::now(),
+        metadata: HashMap::new(),
+    })
+}
+
+/// An incoming text message with an intent.
+pub fn incoming(message_id: &str, intent: Intent) -> Incoming {
+    Incoming::new(text(message_id, "+15551234567", "hello"), intent)
+}
+
+/// ORDER_REQUEST for two tacos.
+pub fn order_intent() -> Intent {
+    Intent::new("ORDER_REQUEST", 0.92).with_entity("products", json!([{ "name": "tacos", "quantity": 2 }]))
+}
+
+/// Ordered record of executor calls, shared by the executors of one test.
+#[derive(Clone, Default)]
+pub struct CallLog(Arc<Mutex<Vec<String>>>);
+
+impl CallLog {
+    pub fn push(&self, entry: String) {
+        self.0.lock().unwrap().push(entry);
+    }
+
+    pub fn entries(&self) -> Vec<String> {
+        self.0.lock().unwrap().clone()
+    }
+
+    pub fn count(&self, entry: &str) -> usize {
+        self.0.lock().unwrap().iter().filter(|e| *e == entry).count()
+    }
+}
+
+/// An executor that fails as scripted, logs every call, and can hang once
+/// (to simulate a crash mid-step when the caller drops the future).
+pub struct Scripted {
+    name: &'static str,
+    log: CallLog,
+    failures: Mutex<VecDeque<ActionError>>,
+    always_fail: Option<ActionError>,
+    compensation_error: Option<ActionError>,
+    hang_once: AtomicBool,
+}
+
+impl Scripted {
+    pub fn new(name: &'static str, log: &CallLog) -> Self {
+        Self {
+            name,
+            log: log.clone(),
+            failures: Mutex::new(VecDeque::new()),
+            always_fail: None,
+            compensation_error: None,
+            hang_once: AtomicBool::new(false),
+        }
+    }
+
+    /// The next executions fail with these errors, then succeed.
+    pub fn failing(self, errors: impl IntoIterator<Item = ActionError>) -> Self {
+        *self.failures.lock().unwrap() = errors.into_iter().collect();
+        self
+    }
+
+    /// Every execution fails with `error`.
+    pub fn always_failing(mut self, error: ActionError) -> Self {
+        self.always_fail = Some(error);
+        self
+    }
+
+    /// Compensation fails with `error`.
+    pub fn compensation_failing(mut self, error: ActionError) -> Self {
+        self.compensation_error = Some(error);
+        self
+    }
+
+    /// The first execution never returns.
+    pub fn hanging_once(self) -> Self {
+        self.hang_once.store(true, Ordering::SeqCst);
+        self
+    }
+}
+
+#[async_trait]
+impl ActionExecutor for Scripted {
+    fn name(&self) -> &str {
+        self.name
+    }
+
+    async fn execute(&self, ctx: &ActionContext<'_>) -> Result<ActionOutput, ActionError> {
+        self.log.push(format!("execute {}", self.name));
+        if self.hang_once.swap(false, Ordering::SeqCst) {
+            std::future::pending::<()>().await;
+        }
+        if let Some(error) = &self.always_fail {
+            return Err(error.clone());
+        }
+        if let Some(error) = self.failures.lock().unwrap().pop_front() {
+            return Err(error);
+        }
+        Ok(ActionOutput(json!({ "by": self.name, "key": ctx.idempotency_key() })))
+    }
+
+    async fn compensate(&self, ctx: &ActionContext<'_>, output: &ActionOutput) -> Result<(), ActionError> {
+        assert_eq!(output.get("key"), Some(&json!(ctx.idempotency_key())), "compensation got another step's output");
+        self.log.push(format!("compensate {}", self.name));
+        match &self.compensation_error {
+            Some(error) => Err(error.clone()),
+            None => Ok(()),
+        }
+    }
+}
+
+/// A handler that accepts everything and plans fixed actions.
+pub struct Plan(pub Vec<ActionRequest>);
+
+/// A [`Plan`] of parameterless actions.
+pub fn plan(actions: &[&str]) -> Plan {
+    Plan(actions.iter().map(|a| ActionRequest::new(*a, json!({}))).collect())
+}
+
+#[async_trait]
+impl IntentHandler for Plan {
+    fn intent(&self) -> &str {
+        "ANY"
+    }
+
+    fn can_handle(&self, _ctx: &MessageContext) -> bool {
+        true
+    }
+
+    async fn handle(&self, _ctx: &MessageContext) -> Result<IntentOutcome, HandlerError> {
+        Ok(IntentOutcome { actions: self.0.clone(), response: Some(Reply::text("done")), escalate: false })
+    }
+}
+
+/// Settings that keep tests fast: a short lease, quick retries.
+pub fn fast_config() -> PipelineConfig {
+    PipelineConfig {
+        claim_lease: Duration::from_millis(300),
+        action_timeout: Duration::from_secs(5),
+        ..Default::default()
+    }
+}
+
+/// An orchestrator with `handlers` and `executors` on `store`, the default retry schedule.
+pub fn orchestrator(store: Arc<dyn Store>, handlers: HandlerRegistry, executors: ExecutorRegistry) -> Orchestrator {
+    Orchestrator::builder()
+        .handlers(handlers)
+        .executors(executors)
+        .store(store)
+        .retry_policy(RetryPolicy::default())
+        .breaker_config(BreakerConfig { failure_threshold: 100, open_timeout: Duration::from_secs(30) })
+        .config(fast_config())
+        .build()
+        .expect("complete builder")
+}
+
+/// Rows of `table` matching the SQL condition `filter`.
+pub async fn count(db: &DatabaseConnection, table: &str, filter: &str) -> i64 {
+    let sql = format!("SELECT COUNT(*) AS n FROM {table} WHERE {filter}");
+    let row = db
+        .query_one_raw(Statement::from_string(db.get_database_backend(), sql.clone()))
+        .await
+        .unwrap_or_else(|e| panic!("{sql}: {e}"))
+        .expect("a count row");
+    row.try_get::<i64>("", "n").expect("count")
+}

@@ -1,0 +1,165 @@
+//! The saga runner through the pipeline, on the in-memory store, SQLite and
+//! (with TEST_DATABASE_URL) PostgreSQL.
+
+mod common;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::*;
+use orchestrator::store::{MessageKey, StepStatus};
+use orchestrator::testing::{self, TestDb};
+use orchestrator::{
+    ActionError, DeadLetterQueue, ExecutorRegistry, HandlerRegistry, MemoryStore, Outcome, SqlStore, Store,
+};
+
+struct Backend {
+    label: &'static str,
+    store: Arc<dyn Store>,
+    dlq: Arc<dyn DeadLetterQueue>,
+    _db: Option<TestDb>,
+}
+
+async fn backends() -> Vec<Backend> {
+    let memory = Arc::new(MemoryStore::new());
+    let mut backends = vec![Backend { label: "memory", store: memory.clone(), dlq: memory, _db: None }];
+    for db in testing::databases().await {
+        let sql = Arc::new(SqlStore::new(db.db.clone()));
+        backends.push(Backend { label: db.label, store: sql.clone(), dlq: sql, _db: Some(db) });
+    }
+    backends
+}
+
+fn statuses(steps: &[orchestrator::store::StepRecord], index: u32) -> Vec<StepStatus> {
+    steps.iter().filter(|s| s.step_index == index).map(|s| s.status).collect()
+}
+
+fn key(message_id: &str) -> MessageKey {
+    MessageKey::new("default", message_id)
+}
+
+#[tokio::test]
+async fn all_steps_succeed_in_order_and_are_logged() {
+    for b in backends().await {
+        let log = CallLog::default();
+        let executors = ["a", "b", "c"].iter().fold(ExecutorRegistry::new(), |r, n| r.with(Scripted::new(n, &log)));
+        let orch = orchestrator(b.store.clone(), HandlerRegistry::new(plan(&["a", "b", "c"])), executors);
+        let Outcome::Completed(done) = orch.process(incoming("m1", order_intent())).await.unwrap() else {
+            panic!("{}: expected completion", b.label)
+        };
+        assert_eq!(done.steps.len(), 3, "{}", b.label);
+        assert!(done.steps.iter().all(|s| !s.resumed), "{}", b.label);
+        assert_eq!(log.entries(), ["execute a", "execute b", "execute c"], "{}", b.label);
+        let steps = b.store.load_steps(&key("m1"), 1).await.unwrap();
+        for index in 0..3 {
+            assert_eq!(statuses(&steps, index), [StepStatus::Started, StepStatus::Succeeded], "{}", b.label);
+        }
+    }
+}
+
+#[tokio::test]
+async fn failure_at_step_2_of_3_compensates_step_1_only() {
+    for b in backends().await {
+        let log = CallLog::default();
+        let executors = ExecutorRegistry::new()
+            .with(Scripted::new("a", &log))
+            .with(Scripted::new("b", &log).always_failing(ActionError::permanent("card declined")))
+            .with(Scripted::new("c", &log));
+        let orch = orchestrator(b.store.clone(), HandlerRegistry::new(plan(&["a", "b", "c"])), executors);
+        let outcome = orch.process(incoming("m2", order_intent())).await.unwrap();
+        assert!(
+            matches!(outcome, Outcome::DeadLettered(_)),
+            "{}: permanent failure goes to the DLQ: {outcome:?}",
+            b.label
+        );
+        assert_eq!(log.entries(), ["execute a", "execute b", "compensate a"], "{}", b.label);
+        let steps = b.store.load_steps(&key("m2"), 1).await.unwrap();
+        assert_eq!(
+            statuses(&steps, 0),
+            [StepStatus::Started, StepStatus::Succeeded, StepStatus::Compensated],
+            "{}",
+            b.label
+        );
+        assert_eq!(statuses(&steps, 1), [StepStatus::Started, StepStatus::Failed], "{}", b.label);
+        assert!(statuses(&steps, 2).is_empty(), "{}: step 3 must not start", b.label);
+    }
+}
+
+#[tokio::test]
+async fn compensation_runs_in_reverse_order() {
+    for b in backends().await {
+        let log = CallLog::default();
+        let executors = ExecutorRegistry::new()
+            .with(Scripted::new("a", &log))
+            .with(Scripted::new("b", &log))
+            .with(Scripted::new("c", &log).always_failing(ActionError::permanent("no")));
+        let orch = orchestrator(b.store.clone(), HandlerRegistry::new(plan(&["a", "b", "c"])), executors);
+        orch.process(incoming("m3", order_intent())).await.unwrap();
+        assert_eq!(
+            log.entries(),
+            ["execute a", "execute b", "execute c", "compensate b", "compensate a"],
+            "{}",
+            b.label
+        );
+    }
+}
+
+#[tokio::test]
+async fn compensation_failure_is_recorded_and_surfaces_in_the_dlq() {
+    for b in backends().await {
+        let log = CallLog::default();
+        let executors = ExecutorRegistry::new()
+            .with(Scripted::new("a", &log).compensation_failing(ActionError::retryable("refund API down")))
+            .with(Scripted::new("b", &log).always_failing(ActionError::retryable("timeout")));
+        let orch = orchestrator(b.store.clone(), HandlerRegistry::new(plan(&["a", "b"])), executors);
+        let outcome = orch.process(incoming("m4", order_intent())).await.unwrap();
+        // Retryable, but a half-undone saga is not retried blindly.
+        let Outcome::DeadLettered(dead) = outcome else { panic!("{}: expected DLQ, got {outcome:?}", b.label) };
+        assert!(dead.reason.contains("compensation failed"), "{}: {}", b.label, dead.reason);
+        assert!(dead.reason.contains("refund API down"), "{}: {}", b.label, dead.reason);
+        let entry = b.dlq.get(dead.dlq_id).await.unwrap().expect("dlq row");
+        assert_eq!(entry.error, dead.reason, "{}", b.label);
+        let steps = b.store.load_steps(&key("m4"), 1).await.unwrap();
+        let failed = steps.iter().find(|s| s.status == StepStatus::CompensationFailed).expect("recorded");
+        assert_eq!((failed.step_index, failed.error.as_deref()), (0, Some("refund API down")), "{}", b.label);
+    }
+}
+
+#[tokio::test]
+async fn a_run_interrupted_after_step_1_resumes_without_executing_it_again() {
+    for b in backends().await {
+        let log = CallLog::default();
+        let executors = || {
+            ExecutorRegistry::new()
+                .with(Scripted::new("a", &log))
+                .with(Scripted::new("b", &log).hanging_once())
+                .with(Scripted::new("c", &log))
+        };
+        let first = orchestrator(b.store.clone(), HandlerRegistry::new(plan(&["a", "b", "c"])), executors());
+        // The worker "dies" in the middle of step 2: its future is dropped.
+        let interrupted =
+            tokio::time::timeout(Duration::from_millis(200), first.process(incoming("m5", order_intent())));
+        assert!(interrupted.await.is_err(), "{}: step 2 should hang", b.label);
+        drop(first);
+
+        // A new worker (fresh executors, same store) gets the redelivery once the lease ran out.
+        let log_before = log.entries();
+        assert_eq!(log_before, ["execute a", "execute b"], "{}", b.label);
+        tokio::time::sleep(fast_config().claim_lease + Duration::from_millis(50)).await;
+        let second = orchestrator(b.store.clone(), HandlerRegistry::new(plan(&["a", "b", "c"])), {
+            ExecutorRegistry::new()
+                .with(Scripted::new("a", &log))
+                .with(Scripted::new("b", &log))
+                .with(Scripted::new("c", &log))
+        });
+        let Outcome::Completed(done) = second.process(incoming("m5", order_intent())).await.unwrap() else {
+            panic!("{}: resumed run should complete", b.label)
+        };
+        assert_eq!(log.count("execute a"), 1, "{}: a succeeded before the crash, it must not run again", b.label);
+        assert_eq!(log.count("execute b"), 2, "{}: b never finished, it runs again", b.label);
+        assert_eq!(log.count("execute c"), 1, "{}", b.label);
+        assert_eq!(done.steps.iter().map(|s| s.resumed).collect::<Vec<_>>(), [true, false, false], "{}", b.label);
+        // The resumed run is the same run, so idempotency keys match the first execution's.
+        assert_eq!(done.steps[0].output.get("key"), Some(&serde_json::json!("default:m5:1:0")), "{}", b.label);
+    }
+}
