@@ -77,7 +77,7 @@ pub(super) async fn release(
         backend,
         "UPDATE processed_messages
            SET lease_expires_at = NULL,
-               attempt_count = CASE WHEN attempt_count > ? THEN attempt_count - ? ELSE attempt_count END
+               attempt_count = CASE WHEN attempt_count >= ? THEN attempt_count - ? ELSE attempt_count END
          WHERE tenant_id = ? AND message_id = ? AND status = 'in_progress'",
         vec![
             i32::from(refund_attempt).into(),
