@@ -77,9 +77,17 @@ pub async fn postgres() -> Option<TestDb> {
     Some(TestDb { label: "postgres", db, file: None })
 }
 
-/// SQLite, then PostgreSQL when configured.
+/// SQLite, then PostgreSQL when configured. With `ORCHESTRATOR_REQUIRE_POSTGRES`
+/// set (CI sets it), a missing PostgreSQL URL fails the test instead of
+/// silently testing SQLite alone.
 pub async fn databases() -> Vec<TestDb> {
     let mut dbs = vec![sqlite().await];
-    dbs.extend(postgres().await);
+    match postgres().await {
+        Some(db) => dbs.push(db),
+        None if std::env::var_os("ORCHESTRATOR_REQUIRE_POSTGRES").is_some() => {
+            panic!("ORCHESTRATOR_REQUIRE_POSTGRES is set but TEST_DATABASE_URL is not")
+        }
+        None => {}
+    }
     dbs
 }

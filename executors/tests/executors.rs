@@ -1,0 +1,129 @@
+//! Each built-in executor writes its table once per idempotency key and its
+//! compensation really undoes the effect; on SQLite and (with
+//! TEST_DATABASE_URL) PostgreSQL.
+
+use std::collections::HashMap;
+
+use chrono::Utc;
+use executors::{CreateOrder, CreateSupportTicket, FlagForReview, NotifySales};
+use orchestrator::event::{MessageContent, MessageReceived, MessageType};
+use orchestrator::testing;
+use orchestrator::{ActionContext, ActionExecutor, Inbound, Intent, MessageContext};
+use sea_orm::{ConnectionTrait, DatabaseConnection, Statement};
+use serde_json::{Value, json};
+
+fn message(message_id: &str) -> MessageContext {
+    MessageContext {
+        event_id: uuid::Uuid::new_v4(),
+        tenant_id: "acme".into(),
+        message_id: message_id.into(),
+        inbound: Inbound::Message(MessageReceived {
+            message_id: message_id.into(),
+            from_phone: "+15551234567".into(),
+            message_type: MessageType::Text,
+            content: MessageContent::Text { body: "my order is late".into() },
+            received_at: Utc::now(),
+            metadata: HashMap::new(),
+        }),
+        intent: Intent::new("COMPLAINT", 0.9),
+        attempt: 1,
+        max_attempts: 4,
+        run: 1,
+    }
+}
+
+async fn statuses(db: &DatabaseConnection, table: &str, message_id: &str) -> Vec<String> {
+    let sql = format!("SELECT status FROM {table} WHERE message_id = '{message_id}' ORDER BY id");
+    let rows = db.query_all_raw(Statement::from_string(db.get_database_backend(), sql)).await.unwrap();
+    rows.iter().map(|r| r.try_get::<String>("", "status").unwrap()).collect()
+}
+
+/// Execute twice (a crash between effect and log), compensate twice (a crash
+/// during compensation): one row, undone once.
+async fn check(
+    db: &DatabaseConnection,
+    executor: &dyn ActionExecutor,
+    params: Value,
+    table: &str,
+    (done, undone): (&str, &str),
+) {
+    let ctx = message(&format!("m-{table}"));
+    let action = ActionContext { message: &ctx, params: &params, step_index: 0 };
+    let first = executor.execute(&action).await.unwrap_or_else(|e| panic!("{table}: {e}"));
+    let again = executor.execute(&action).await.unwrap();
+    assert_eq!(first, again, "{table}: re-execution must return the same effect");
+    assert_eq!(statuses(db, table, &ctx.message_id).await, [done], "{table}");
+
+    executor.compensate(&action, &first).await.unwrap();
+    executor.compensate(&action, &first).await.unwrap();
+    assert_eq!(statuses(db, table, &ctx.message_id).await, [undone], "{table}: compensation undoes, never deletes");
+
+    // A later run of the same message is a new effect.
+    let mut next_run = ctx.clone();
+    next_run.run = 2;
+    let action = ActionContext { message: &next_run, params: &params, step_index: 0 };
+    executor.execute(&action).await.unwrap();
+    assert_eq!(statuses(db, table, &ctx.message_id).await, [undone, done], "{table}");
+}
+
+#[tokio::test]
+async fn every_executor_writes_once_and_compensates() {
+    for t in testing::databases().await {
+        let db = &t.db;
+        check(db, &CreateOrder::new(db.clone()), json!({ "items": ["tacos"] }), "orders", ("created", "cancelled"))
+            .await;
+        check(
+            db,
+            &NotifySales::new(db.clone()),
+            json!({ "reason": "new_order" }),
+            "sales_notifications",
+            ("sent", "retracted"),
+        )
+        .await;
+        check(
+            db,
+            &CreateSupportTicket::new(db.clone()),
+            json!({ "subject": "Late", "priority": "high" }),
+            "support_tickets",
+            ("open", "closed"),
+        )
+        .await;
+        check(
+            db,
+            &FlagForReview::new(db.clone()),
+            json!({ "reason": "unknown_intent" }),
+            "review_flags",
+            ("flagged", "cleared"),
+        )
+        .await;
+    }
+}
+
+#[tokio::test]
+async fn bad_parameters_are_permanent_errors() {
+    for t in testing::databases().await {
+        let ctx = message("m-bad");
+        let cases: Vec<(Box<dyn ActionExecutor>, Value)> = vec![
+            (Box::new(CreateOrder::new(t.db.clone())), json!({})),
+            (Box::new(NotifySales::new(t.db.clone())), json!({ "summary": "no reason" })),
+            (Box::new(CreateSupportTicket::new(t.db.clone())), json!({ "priority": "whenever" })),
+            (Box::new(FlagForReview::new(t.db.clone())), json!({})),
+        ];
+        for (executor, params) in cases {
+            let action = ActionContext { message: &ctx, params: &params, step_index: 0 };
+            let error = executor.execute(&action).await.unwrap_err();
+            assert!(!error.is_retryable(), "{}: {} should be permanent: {error}", t.label, executor.name());
+        }
+    }
+}
+
+#[tokio::test]
+async fn database_failures_are_retryable() {
+    let t = testing::sqlite().await;
+    t.db.execute_unprepared("DROP TABLE orders").await.unwrap();
+    let ctx = message("m-down");
+    let params = json!({ "items": ["tacos"] });
+    let action = ActionContext { message: &ctx, params: &params, step_index: 0 };
+    let error = CreateOrder::new(t.db.clone()).execute(&action).await.unwrap_err();
+    assert!(error.is_retryable(), "{error}");
+}
