@@ -1,1 +1,1 @@
-//! WhatsApp Orchestrator: root package holding examples, benches and cross-crate tests.
+#![doc = include_str!("../README.md")]
