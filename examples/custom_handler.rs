@@ -14,8 +14,8 @@ use chrono::Utc;
 use orchestrator::event::{MessageContent, MessageReceived, MessageType, ResponseContent};
 use orchestrator::store::{DlqFilter, DlqStatus, Page};
 use orchestrator::{
-    ActionContext, ActionError, ActionExecutor, ActionOutput, DeadLetterQueue, HandlerError, Inbound, Incoming,
-    Intent, IntentHandler, IntentOutcome, MessageContext, Orchestrator, Outcome, Reply, SqlStore, async_trait,
+    ActionContext, ActionError, ActionExecutor, ActionOutput, DeadLetterQueue, HandlerError, Inbound, Incoming, Intent,
+    IntentHandler, IntentOutcome, MessageContext, Orchestrator, Outcome, Reply, SqlStore, async_trait,
 };
 use serde_json::json;
 
@@ -95,7 +95,9 @@ fn describe(outcome: &Outcome) -> String {
             format!("retry #{next_attempt} in {delay:?}: {reason}")
         }
         Outcome::Deferred { due_at, reason } => format!("deferred until {due_at}: {reason}"),
-        Outcome::DeadLettered(dead) => format!("dead-lettered #{} ({}): {}", dead.dlq_id, dead.failure_type, dead.reason),
+        Outcome::DeadLettered(dead) => {
+            format!("dead-lettered #{} ({}): {}", dead.dlq_id, dead.failure_type, dead.reason)
+        }
     }
 }
 
@@ -123,21 +125,41 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let samples = vec![
         ("order", order.clone()),
         ("same order delivered again", order),
-        ("loyalty (custom handler)", Incoming::new(message("how many points do I have?"), Intent::new("LOYALTY_POINTS", 0.8))),
-        ("complaint", Incoming::new(message("my order never arrived"), Intent::new("COMPLAINT", 0.9).with_entity("severity", "high"))),
+        (
+            "loyalty (custom handler)",
+            Incoming::new(message("how many points do I have?"), Intent::new("LOYALTY_POINTS", 0.8)),
+        ),
+        (
+            "complaint",
+            Incoming::new(
+                message("my order never arrived"),
+                Intent::new("COMPLAINT", 0.9).with_entity("severity", "high"),
+            ),
+        ),
         ("unknown", Incoming::new(message("asdfgh"), Intent::unknown())),
         ("order naming no product (asks)", Incoming::new(message("order!"), Intent::new("ORDER_REQUEST", 0.9))),
-        ("bad phone number", Incoming::new(
-            Inbound::Message(MessageReceived { from_phone: "not a phone".into(), ..match message("hi") { Inbound::Message(m) => m, _ => unreachable!() } }),
-            Intent::unknown(),
-        )),
+        (
+            "bad phone number",
+            Incoming::new(
+                Inbound::Message(MessageReceived {
+                    from_phone: "not a phone".into(),
+                    ..match message("hi") {
+                        Inbound::Message(m) => m,
+                        _ => unreachable!(),
+                    }
+                }),
+                Intent::unknown(),
+            ),
+        ),
     ];
     for (label, incoming) in samples {
         let outcome = orchestrator.process(incoming).await?;
         println!("{label:>40}: {}", describe(&outcome));
     }
 
-    let failed = store.list(&DlqFilter { status: Some(DlqStatus::Failed), ..Default::default() }, Page { limit: 5, offset: 0 }).await?;
+    let failed = store
+        .list(&DlqFilter { status: Some(DlqStatus::Failed), ..Default::default() }, Page { limit: 5, offset: 0 })
+        .await?;
     println!("\nnewest failed dead letters (SELECT * FROM dead_letter_queue WHERE status = 'failed' ...):");
     for entry in failed {
         println!("  #{} {} {} {}", entry.id, entry.failure_type, entry.message_id.unwrap_or_default(), entry.error);

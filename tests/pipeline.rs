@@ -189,7 +189,7 @@ async fn an_open_breaker_defers_without_spending_an_attempt() {
                 ExecutorRegistry::new().with(Scripted::new("crm", &log).failing([ActionError::retryable("down")])),
             )
             .store(store.clone())
-            .breaker_config(BreakerConfig { failure_threshold: 1, open_timeout: Duration::from_millis(150) })
+            .breaker_config(BreakerConfig { failure_threshold: 1, open_timeout: Duration::from_secs(1) })
             .config(PipelineConfig { min_defer: Duration::from_millis(10), ..fast_config() })
             .build()
             .unwrap();
@@ -206,7 +206,7 @@ async fn an_open_breaker_defers_without_spending_an_attempt() {
         );
         assert_eq!(log.count("execute crm"), 1, "{}: an open breaker calls nothing", t.label);
 
-        tokio::time::sleep(Duration::from_millis(200)).await;
+        tokio::time::sleep(Duration::from_millis(1100)).await;
         assert!(matches!(orch.process(incoming("wamid.b2", order_intent())).await.unwrap(), Outcome::Completed(_)));
         assert_eq!(orch.breakers().state("crm"), Some(orchestrator::BreakerState::Closed), "{}", t.label);
         // The deferral gave its attempt back.

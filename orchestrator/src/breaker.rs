@@ -248,7 +248,7 @@ mod tests {
     use super::*;
 
     fn config() -> BreakerConfig {
-        BreakerConfig { failure_threshold: 3, open_timeout: Duration::from_millis(80) }
+        BreakerConfig { failure_threshold: 3, open_timeout: Duration::from_millis(300) }
     }
 
     async fn fail(breaker: &CircuitBreaker) -> Result<(), BreakerError<&'static str>> {
@@ -280,7 +280,7 @@ mod tests {
         assert!(matches!(result, Err(BreakerError::Open { ref circuit, .. }) if circuit == "crm"));
         assert!(!ran.load(Ordering::SeqCst), "an open breaker must not run the call");
 
-        tokio::time::sleep(Duration::from_millis(120)).await;
+        tokio::time::sleep(Duration::from_millis(350)).await;
         assert_eq!(succeed(&breaker).await, Ok(()));
         assert_eq!(breaker.state(), BreakerState::Closed);
     }
@@ -291,7 +291,7 @@ mod tests {
         for _ in 0..3 {
             let _ = fail(&breaker).await;
         }
-        tokio::time::sleep(Duration::from_millis(120)).await;
+        tokio::time::sleep(Duration::from_millis(350)).await;
         assert_eq!(fail(&breaker).await, Err(BreakerError::Inner("down")));
         assert_eq!(breaker.state(), BreakerState::Open);
         assert!(breaker.retry_after() > Duration::ZERO);
@@ -303,7 +303,7 @@ mod tests {
         for _ in 0..3 {
             let _ = fail(&breaker).await;
         }
-        tokio::time::sleep(Duration::from_millis(120)).await;
+        tokio::time::sleep(Duration::from_millis(350)).await;
         let (release, wait) = tokio::sync::oneshot::channel::<()>();
         let probe = {
             let breaker = breaker.clone();
@@ -316,8 +316,12 @@ mod tests {
                     .await
             })
         };
-        tokio::time::sleep(Duration::from_millis(20)).await;
-        assert_eq!(breaker.state(), BreakerState::HalfOpen);
+        // Wait for the probe to be admitted (polling: a loaded machine may be slow to run it).
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while breaker.state() != BreakerState::HalfOpen {
+            assert!(Instant::now() < deadline, "the probe never moved the breaker to half-open");
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
         assert!(matches!(succeed(&breaker).await, Err(BreakerError::Open { .. })));
         let _ = release.send(());
         assert_eq!(probe.await.ok(), Some(Ok(())));

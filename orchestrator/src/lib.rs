@@ -28,6 +28,7 @@ pub mod executor_registry;
 pub mod handler;
 pub mod handler_registry;
 pub mod intent;
+pub mod maintenance;
 mod mask;
 pub mod pipeline;
 pub mod retry;

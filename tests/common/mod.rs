@@ -66,6 +66,7 @@ pub struct Scripted {
     always_fail: Option<ActionError>,
     compensation_error: Option<ActionError>,
     hang_once: AtomicBool,
+    compensation_hang_once: AtomicBool,
 }
 
 impl Scripted {
@@ -77,6 +78,7 @@ impl Scripted {
             always_fail: None,
             compensation_error: None,
             hang_once: AtomicBool::new(false),
+            compensation_hang_once: AtomicBool::new(false),
         }
     }
 
@@ -95,6 +97,12 @@ impl Scripted {
     /// Compensation fails with `error`.
     pub fn compensation_failing(mut self, error: ActionError) -> Self {
         self.compensation_error = Some(error);
+        self
+    }
+
+    /// The first compensation never returns.
+    pub fn compensation_hanging_once(self) -> Self {
+        self.compensation_hang_once.store(true, Ordering::SeqCst);
         self
     }
 
@@ -128,6 +136,9 @@ impl ActionExecutor for Scripted {
     async fn compensate(&self, ctx: &ActionContext<'_>, output: &ActionOutput) -> Result<(), ActionError> {
         assert_eq!(output.get("key"), Some(&json!(ctx.idempotency_key())), "compensation got another step's output");
         self.log.push(format!("compensate {}", self.name));
+        if self.compensation_hang_once.swap(false, Ordering::SeqCst) {
+            std::future::pending::<()>().await;
+        }
         match &self.compensation_error {
             Some(error) => Err(error.clone()),
             None => Ok(()),
@@ -178,6 +189,25 @@ pub fn orchestrator(store: Arc<dyn Store>, handlers: HandlerRegistry, executors:
         .config(fast_config())
         .build()
         .expect("complete builder")
+}
+
+/// Simulates a worker dying mid-saga: processes `message` in a task and
+/// aborts it (dropping the future where it waits) as soon as `log` holds
+/// `entries` entries, i.e. once a hanging executor was reached.
+pub async fn crash_when_logged(orch: Orchestrator, message: Incoming, log: &CallLog, entries: usize) {
+    let orch = Arc::new(orch);
+    let task = tokio::spawn({
+        let orch = orch.clone();
+        async move { orch.process(message).await }
+    });
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while log.entries().len() < entries {
+        assert!(!task.is_finished(), "the run ended before reaching the hang: {:?}", log.entries());
+        assert!(std::time::Instant::now() < deadline, "hang point never reached: {:?}", log.entries());
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    task.abort();
+    assert!(task.await.unwrap_err().is_cancelled());
 }
 
 /// Rows of `table` matching the SQL condition `filter`.
