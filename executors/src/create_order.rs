@@ -6,7 +6,7 @@ use orchestrator::{ActionContext, ActionError, ActionExecutor, ActionOutput};
 use sea_orm::{DatabaseConnection, Set};
 use serde_json::{Value, json};
 
-use crate::effect::{StatusColumns, insert_once, output_id, set_status};
+use crate::effect::{EffectTable, insert_once, undo};
 
 /// The `orders` table.
 pub mod entity {
@@ -50,6 +50,16 @@ pub mod entity {
 }
 
 use entity::{ActiveModel, Column, Entity};
+
+impl EffectTable for Entity {
+    const ID: Column = Column::Id;
+    const STATUS: Column = Column::Status;
+    const UPDATED_AT: Column = Column::UpdatedAt;
+    const IDEMPOTENCY_KEY: Column = Column::IdempotencyKey;
+    const DONE: &'static str = "created";
+    const UNDONE: &'static str = "cancelled";
+    const OUTPUT_ID: &'static str = "order_id";
+}
 
 /// Creates an order from `items` (`[{"product","quantity"}]`, or product
 /// names) or a single `product` with `quantity`.
@@ -116,18 +126,17 @@ impl ActionExecutor for CreateOrder {
             lead_id: Set(ctx.message.intent.lead_id.clone()),
             items: Set(Value::Array(items)),
             notes: Set(ctx.param_str("notes").map(str::to_owned)),
-            status: Set("created".to_owned()),
+            status: Set(Entity::DONE.to_owned()),
             created_at: Set(now),
             updated_at: Set(now),
             ..Default::default()
         };
-        let order = insert_once(&self.db, row, Column::IdempotencyKey, &key).await?;
-        Ok(ActionOutput(json!({ "order_id": order.id, "items": order.items })))
+        let order = insert_once(&self.db, row, &key).await?;
+        Ok(ActionOutput(json!({ Entity::OUTPUT_ID: order.id, "items": order.items })))
     }
 
     async fn compensate(&self, _ctx: &ActionContext<'_>, output: &ActionOutput) -> Result<(), ActionError> {
-        let columns = StatusColumns::<Entity> { id: Column::Id, status: Column::Status, updated_at: Column::UpdatedAt };
-        set_status(&self.db, columns, output_id(output, "order_id")?, "created", "cancelled").await
+        undo::<Entity>(&self.db, output).await
     }
 }
 

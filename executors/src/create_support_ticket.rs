@@ -6,7 +6,7 @@ use orchestrator::{ActionContext, ActionError, ActionExecutor, ActionOutput};
 use sea_orm::{DatabaseConnection, Set};
 use serde_json::json;
 
-use crate::effect::{StatusColumns, insert_once, output_id, set_status};
+use crate::effect::{EffectTable, insert_once, undo};
 
 /// The `support_tickets` table.
 pub mod entity {
@@ -51,6 +51,16 @@ pub mod entity {
 
 use entity::{ActiveModel, Column, Entity};
 
+impl EffectTable for Entity {
+    const ID: Column = Column::Id;
+    const STATUS: Column = Column::Status;
+    const UPDATED_AT: Column = Column::UpdatedAt;
+    const IDEMPOTENCY_KEY: Column = Column::IdempotencyKey;
+    const DONE: &'static str = "open";
+    const UNDONE: &'static str = "closed";
+    const OUTPUT_ID: &'static str = "ticket_id";
+}
+
 /// Ticket priorities accepted in `priority`.
 pub const PRIORITIES: [&str; 4] = ["low", "normal", "high", "urgent"];
 
@@ -91,17 +101,16 @@ impl ActionExecutor for CreateSupportTicket {
             subject: Set(ctx.param_str("subject").unwrap_or("Customer complaint").to_owned()),
             description: Set(description),
             priority: Set(priority.to_owned()),
-            status: Set("open".to_owned()),
+            status: Set(Entity::DONE.to_owned()),
             created_at: Set(now),
             updated_at: Set(now),
             ..Default::default()
         };
-        let ticket = insert_once(&self.db, row, Column::IdempotencyKey, &key).await?;
-        Ok(ActionOutput(json!({ "ticket_id": ticket.id, "priority": ticket.priority })))
+        let ticket = insert_once(&self.db, row, &key).await?;
+        Ok(ActionOutput(json!({ Entity::OUTPUT_ID: ticket.id, "priority": ticket.priority })))
     }
 
     async fn compensate(&self, _ctx: &ActionContext<'_>, output: &ActionOutput) -> Result<(), ActionError> {
-        let columns = StatusColumns::<Entity> { id: Column::Id, status: Column::Status, updated_at: Column::UpdatedAt };
-        set_status(&self.db, columns, output_id(output, "ticket_id")?, "open", "closed").await
+        undo::<Entity>(&self.db, output).await
     }
 }

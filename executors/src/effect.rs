@@ -10,12 +10,13 @@ use sea_orm::{ActiveModelTrait, ColumnTrait, DatabaseConnection, DbErr, EntityTr
 pub(crate) async fn insert_once<A>(
     db: &DatabaseConnection,
     row: A,
-    key_column: <A::Entity as EntityTrait>::Column,
     key: &str,
 ) -> Result<<A::Entity as EntityTrait>::Model, ActionError>
 where
     A: ActiveModelTrait + Send,
+    A::Entity: EffectTable,
 {
+    let key_column = <A::Entity as EffectTable>::IDEMPOTENCY_KEY;
     <A::Entity as EntityTrait>::insert(row).on_conflict_do_nothing_on([key_column]).exec(db).await.map_err(db_error)?;
     <A::Entity as EntityTrait>::find()
         .filter(key_column.eq(key))
@@ -25,35 +26,41 @@ where
         .ok_or_else(|| ActionError::retryable(format!("row with idempotency key {key} vanished after insert")))
 }
 
-/// Moves the row `id` from `from` to `to` (a no-op when it already moved, so
-/// compensation can run twice).
-pub(crate) async fn set_status<E: EntityTrait>(
-    db: &DatabaseConnection,
-    columns: StatusColumns<E>,
-    id: i64,
-    from: &str,
-    to: &str,
-) -> Result<(), ActionError> {
+/// An effect table: its columns and the lifecycle its compensation moves along.
+pub(crate) trait EffectTable: EntityTrait {
+    /// Primary key.
+    const ID: Self::Column;
+    /// `status`.
+    const STATUS: Self::Column;
+    /// `updated_at`.
+    const UPDATED_AT: Self::Column;
+    /// `idempotency_key`.
+    const IDEMPOTENCY_KEY: Self::Column;
+    /// Status of a row in effect (`created`, `open`, ...).
+    const DONE: &'static str;
+    /// Status after compensation (`cancelled`, `closed`, ...).
+    const UNDONE: &'static str;
+    /// Field of the executor's output holding the row id.
+    const OUTPUT_ID: &'static str;
+}
+
+/// Compensates: moves the row named in `output` from `DONE` to `UNDONE`; a
+/// no-op when it already moved, so compensation can run twice.
+pub(crate) async fn undo<E: EffectTable>(db: &DatabaseConnection, output: &ActionOutput) -> Result<(), ActionError> {
+    let id = output_id(output, E::OUTPUT_ID)?;
     E::update_many()
-        .col_expr(columns.status, Expr::value(to))
-        .col_expr(columns.updated_at, Expr::value(Utc::now()))
-        .filter(columns.id.eq(id))
-        .filter(columns.status.eq(from))
+        .col_expr(E::STATUS, Expr::value(E::UNDONE))
+        .col_expr(E::UPDATED_AT, Expr::value(Utc::now()))
+        .filter(E::ID.eq(id))
+        .filter(E::STATUS.eq(E::DONE))
         .exec(db)
         .await
         .map_err(db_error)?;
     Ok(())
 }
 
-/// The columns [`set_status`] touches.
-pub(crate) struct StatusColumns<E: EntityTrait> {
-    pub id: E::Column,
-    pub status: E::Column,
-    pub updated_at: E::Column,
-}
-
 /// The row id an executor put in its output under `field`.
-pub(crate) fn output_id(output: &ActionOutput, field: &str) -> Result<i64, ActionError> {
+fn output_id(output: &ActionOutput, field: &str) -> Result<i64, ActionError> {
     output
         .get(field)
         .and_then(serde_json::Value::as_i64)

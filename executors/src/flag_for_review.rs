@@ -7,7 +7,7 @@ use orchestrator::{ActionContext, ActionError, ActionExecutor, ActionOutput};
 use sea_orm::{DatabaseConnection, Set};
 use serde_json::json;
 
-use crate::effect::{StatusColumns, insert_once, output_id, set_status};
+use crate::effect::{EffectTable, insert_once, undo};
 
 /// The `review_flags` table.
 pub mod entity {
@@ -50,6 +50,16 @@ pub mod entity {
 
 use entity::{ActiveModel, Column, Entity};
 
+impl EffectTable for Entity {
+    const ID: Column = Column::Id;
+    const STATUS: Column = Column::Status;
+    const UPDATED_AT: Column = Column::UpdatedAt;
+    const IDEMPOTENCY_KEY: Column = Column::IdempotencyKey;
+    const DONE: &'static str = "flagged";
+    const UNDONE: &'static str = "cleared";
+    const OUTPUT_ID: &'static str = "flag_id";
+}
+
 /// Flags a conversation for human review: `reason` (required), `details`.
 #[derive(Debug, Clone)]
 pub struct FlagForReview {
@@ -81,17 +91,16 @@ impl ActionExecutor for FlagForReview {
             phone: Set(ctx.message.phone().to_owned()),
             reason: Set(reason.to_owned()),
             details: Set(ctx.params.get("details").cloned()),
-            status: Set("flagged".to_owned()),
+            status: Set(Entity::DONE.to_owned()),
             created_at: Set(now),
             updated_at: Set(now),
             ..Default::default()
         };
-        let flag = insert_once(&self.db, row, Column::IdempotencyKey, &key).await?;
-        Ok(ActionOutput(json!({ "flag_id": flag.id })))
+        let flag = insert_once(&self.db, row, &key).await?;
+        Ok(ActionOutput(json!({ Entity::OUTPUT_ID: flag.id })))
     }
 
     async fn compensate(&self, _ctx: &ActionContext<'_>, output: &ActionOutput) -> Result<(), ActionError> {
-        let columns = StatusColumns::<Entity> { id: Column::Id, status: Column::Status, updated_at: Column::UpdatedAt };
-        set_status(&self.db, columns, output_id(output, "flag_id")?, "flagged", "cleared").await
+        undo::<Entity>(&self.db, output).await
     }
 }

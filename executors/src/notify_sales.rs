@@ -7,7 +7,7 @@ use orchestrator::{ActionContext, ActionError, ActionExecutor, ActionOutput};
 use sea_orm::{DatabaseConnection, Set};
 use serde_json::json;
 
-use crate::effect::{StatusColumns, insert_once, output_id, set_status};
+use crate::effect::{EffectTable, insert_once, undo};
 
 /// The `sales_notifications` table.
 pub mod entity {
@@ -52,6 +52,16 @@ pub mod entity {
 
 use entity::{ActiveModel, Column, Entity};
 
+impl EffectTable for Entity {
+    const ID: Column = Column::Id;
+    const STATUS: Column = Column::Status;
+    const UPDATED_AT: Column = Column::UpdatedAt;
+    const IDEMPOTENCY_KEY: Column = Column::IdempotencyKey;
+    const DONE: &'static str = "sent";
+    const UNDONE: &'static str = "retracted";
+    const OUTPUT_ID: &'static str = "notification_id";
+}
+
 /// Notifies sales: `reason` (required), `summary` (default: the message
 /// text), `details` (any JSON).
 #[derive(Debug, Clone)]
@@ -85,17 +95,16 @@ impl ActionExecutor for NotifySales {
             reason: Set(reason.to_owned()),
             summary: Set(summary),
             details: Set(ctx.params.get("details").cloned()),
-            status: Set("sent".to_owned()),
+            status: Set(Entity::DONE.to_owned()),
             created_at: Set(now),
             updated_at: Set(now),
             ..Default::default()
         };
-        let notification = insert_once(&self.db, row, Column::IdempotencyKey, &key).await?;
-        Ok(ActionOutput(json!({ "notification_id": notification.id })))
+        let notification = insert_once(&self.db, row, &key).await?;
+        Ok(ActionOutput(json!({ Entity::OUTPUT_ID: notification.id })))
     }
 
     async fn compensate(&self, _ctx: &ActionContext<'_>, output: &ActionOutput) -> Result<(), ActionError> {
-        let columns = StatusColumns::<Entity> { id: Column::Id, status: Column::Status, updated_at: Column::UpdatedAt };
-        set_status(&self.db, columns, output_id(output, "notification_id")?, "sent", "retracted").await
+        undo::<Entity>(&self.db, output).await
     }
 }
