@@ -163,10 +163,9 @@ impl CircuitBreaker {
         if probing && self.probe_in_flight.swap(true, Ordering::AcqRel) {
             return Err(self.open_error());
         }
+        // Released on drop too: a probe whose caller was cancelled must not block later probes.
+        let _probe = probing.then(|| ProbeSlot(&self.probe_in_flight));
         let result = self.machine.call_with(Predicate(counts_as_failure), call).await;
-        if probing {
-            self.probe_in_flight.store(false, Ordering::Release);
-        }
         result.map_err(|error| match error {
             failsafe::Error::Rejected => self.open_error(),
             failsafe::Error::Inner(inner) => BreakerError::Inner(inner),
@@ -181,6 +180,15 @@ impl CircuitBreaker {
 impl fmt::Debug for CircuitBreaker {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("CircuitBreaker").field("name", &self.name).field("state", &self.state()).finish()
+    }
+}
+
+/// Frees the half-open probe slot when the probe ends or is dropped.
+struct ProbeSlot<'a>(&'a AtomicBool);
+
+impl Drop for ProbeSlot<'_> {
+    fn drop(&mut self) {
+        self.0.store(false, Ordering::Release);
     }
 }
 
@@ -325,6 +333,20 @@ mod tests {
         assert!(matches!(succeed(&breaker).await, Err(BreakerError::Open { .. })));
         let _ = release.send(());
         assert_eq!(probe.await.ok(), Some(Ok(())));
+        assert_eq!(breaker.state(), BreakerState::Closed);
+    }
+
+    #[tokio::test]
+    async fn a_cancelled_probe_frees_the_slot() {
+        let breaker = CircuitBreaker::new("crm", config());
+        for _ in 0..3 {
+            let _ = fail(&breaker).await;
+        }
+        tokio::time::sleep(Duration::from_millis(350)).await;
+        // The probe's caller gives up (timeout, task aborted) while it is in flight.
+        let hung = breaker.call(|_: &&str| true, std::future::pending::<Result<(), &str>>());
+        assert!(tokio::time::timeout(Duration::from_millis(20), hung).await.is_err());
+        assert_eq!(succeed(&breaker).await, Ok(()), "the next call must be admitted as the probe");
         assert_eq!(breaker.state(), BreakerState::Closed);
     }
 
