@@ -10,7 +10,9 @@ use chrono::Utc;
 use common::count;
 use migrations::{Migrator, MigratorTrait, SchemaManager, TABLES};
 use orchestrator::event::FailureType;
-use orchestrator::store::{Claim, DlqFilter, DlqStatus, MessageKey, NewActivity, NewDeadLetter, Page};
+use orchestrator::store::{
+    Claim, DlqFilter, DlqStatus, MessageKey, NewActivity, NewDeadLetter, Page, StepRecord, StepStatus,
+};
 use orchestrator::testing;
 use orchestrator::{DeadLetterQueue, SqlStore, Store, StoreError};
 use sea_orm::{ConnectionTrait, DbBackend, Statement, TransactionTrait};
@@ -19,31 +21,87 @@ use serde_json::json;
 /// Long enough that two back-to-back claims fall inside it even on a loaded machine.
 const LEASE: Duration = Duration::from_secs(1);
 
+fn lease_of(claim: Claim) -> orchestrator::store::Lease {
+    match claim {
+        Claim::Acquired { lease, .. } => lease,
+        other => panic!("expected a lease, got {other:?}"),
+    }
+}
+
 #[tokio::test]
-async fn claims_start_attempts_resume_runs_and_skip_finished_messages() {
+async fn claims_count_attempts_resume_runs_and_skip_finished_messages() {
     for t in testing::databases().await {
         let store = SqlStore::new(t.db.clone());
         let key = MessageKey::new("acme", "m1");
-        assert_eq!(store.claim(&key, LEASE).await.unwrap(), Claim::Acquired { attempt: 1, run: 1 }, "{}", t.label);
+        let first = store.claim(&key, LEASE).await.unwrap();
+        assert_eq!(first.acquired(), Some((1, 1)), "{}", t.label);
         assert!(matches!(store.claim(&key, LEASE).await.unwrap(), Claim::Busy { .. }), "{}: leased", t.label);
 
         // A released claim (failed attempt) starts a new attempt and run.
-        store.release(&key, false).await.unwrap();
-        assert_eq!(store.claim(&key, LEASE).await.unwrap(), Claim::Acquired { attempt: 2, run: 2 }, "{}", t.label);
+        store.release(&lease_of(first), false).await.unwrap();
+        let second = store.claim(&key, LEASE).await.unwrap();
+        assert_eq!(second.acquired(), Some((2, 2)), "{}", t.label);
 
-        // An expired lease (the worker died) resumes the same attempt and run.
+        // An expired lease (the worker died) is taken over: a new attempt resuming the same run.
         tokio::time::sleep(LEASE + Duration::from_millis(50)).await;
-        assert_eq!(store.claim(&key, LEASE).await.unwrap(), Claim::Acquired { attempt: 2, run: 2 }, "{}", t.label);
+        let third = store.claim(&key, LEASE).await.unwrap();
+        assert_eq!(third.acquired(), Some((3, 2)), "{}", t.label);
 
         // A refunded attempt (deferred) is not counted; the run still advances.
-        store.release(&key, true).await.unwrap();
-        assert_eq!(store.claim(&key, LEASE).await.unwrap(), Claim::Acquired { attempt: 2, run: 3 }, "{}", t.label);
-
+        store.release(&lease_of(third), true).await.unwrap();
+        let fourth = lease_of(store.claim(&key, LEASE).await.unwrap());
         let activity =
             NewActivity { lead_id: "lead-1".into(), activity_type: "message_handled".into(), details: json!({"x": 1}) };
-        store.complete(&key, &[activity], Duration::from_secs(60)).await.unwrap();
+        store.complete(&fourth, &[activity], Duration::from_secs(60)).await.unwrap();
+        assert_eq!(
+            count(&t.db, "processed_messages", "message_id = 'm1' AND attempt_count = 3 AND run_count = 3").await,
+            1
+        );
         assert_eq!(store.claim(&key, LEASE).await.unwrap(), Claim::Completed, "{}", t.label);
         assert_eq!(count(&t.db, "lead_activities", "message_id = 'm1' AND lead_id = 'lead-1'").await, 1);
+    }
+}
+
+#[tokio::test]
+async fn a_lease_taken_over_fences_out_its_old_holder() {
+    for t in testing::databases().await {
+        let store = SqlStore::new(t.db.clone());
+        let key = MessageKey::new("acme", "fenced");
+        let stale = lease_of(store.claim(&key, Duration::from_millis(100)).await.unwrap());
+        // Renewal keeps it: nobody can take over while the holder renews.
+        store.renew(&stale, LEASE).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(150)).await;
+        assert!(matches!(store.claim(&key, LEASE).await.unwrap(), Claim::Busy { .. }), "{}: renewed", t.label);
+
+        // The holder stalls past its lease and another worker takes over.
+        tokio::time::sleep(LEASE + Duration::from_millis(50)).await;
+        let current = lease_of(store.claim(&key, LEASE).await.unwrap());
+        let step = StepRecord::new(0, "create_order", StepStatus::Started);
+        for (what, result) in [
+            ("renew", store.renew(&stale, LEASE).await),
+            ("record_step", store.record_step(&stale, 1, &step).await),
+            ("release", store.release(&stale, false).await),
+            ("complete", store.complete(&stale, &[], Duration::from_secs(60)).await),
+            (
+                "dead_letter",
+                store
+                    .dead_letter(Some(&stale), &dead_letter("fenced", "acme", FailureType::UnknownError))
+                    .await
+                    .map(|_| ()),
+            ),
+        ] {
+            assert!(
+                matches!(result, Err(StoreError::LeaseLost(_))),
+                "{}: {what} by the old holder: {result:?}",
+                t.label
+            );
+        }
+        assert_eq!(count(&t.db, "saga_steps", "message_id = 'fenced'").await, 0, "{}", t.label);
+        assert_eq!(count(&t.db, "dead_letter_queue", "message_id = 'fenced'").await, 0, "{}: rolled back", t.label);
+        // The new holder is unaffected.
+        store.record_step(&current, 1, &step).await.unwrap();
+        store.complete(&current, &[], Duration::from_secs(60)).await.unwrap();
+        assert_eq!(store.claim(&key, LEASE).await.unwrap(), Claim::Completed, "{}", t.label);
     }
 }
 
@@ -182,8 +240,8 @@ async fn expired_completed_records_are_purged_and_live_ones_kept() {
         let store = SqlStore::new(t.db.clone());
         let done = MessageKey::new("acme", "old");
         let running = MessageKey::new("acme", "running");
-        store.claim(&done, LEASE).await.unwrap();
-        store.complete(&done, &[], Duration::from_secs(60)).await.unwrap();
+        let held = lease_of(store.claim(&done, LEASE).await.unwrap());
+        store.complete(&held, &[], Duration::from_secs(60)).await.unwrap();
         store.claim(&running, LEASE).await.unwrap();
         assert_eq!(store.purge_expired(Utc::now()).await.unwrap(), 0, "{}: TTL not reached", t.label);
         let later = Utc::now() + chrono::Duration::minutes(2);

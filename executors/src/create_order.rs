@@ -52,7 +52,6 @@ pub mod entity {
 use entity::{ActiveModel, Column, Entity};
 
 impl EffectTable for Entity {
-    const ID: Column = Column::Id;
     const STATUS: Column = Column::Status;
     const UPDATED_AT: Column = Column::UpdatedAt;
     const IDEMPOTENCY_KEY: Column = Column::IdempotencyKey;
@@ -135,8 +134,12 @@ impl ActionExecutor for CreateOrder {
         Ok(ActionOutput(json!({ Entity::OUTPUT_ID: order.id, "items": order.items })))
     }
 
-    async fn compensate(&self, _ctx: &ActionContext<'_>, output: &ActionOutput) -> Result<(), ActionError> {
-        undo::<Entity>(&self.db, output).await
+    async fn compensate(&self, ctx: &ActionContext<'_>, _output: &ActionOutput) -> Result<(), ActionError> {
+        undo::<Entity>(&self.db, &ctx.idempotency_key()).await
+    }
+
+    async fn compensate_unknown(&self, ctx: &ActionContext<'_>) -> Result<(), ActionError> {
+        undo::<Entity>(&self.db, &ctx.idempotency_key()).await
     }
 }
 

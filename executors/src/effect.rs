@@ -2,7 +2,7 @@
 //! key, and move a row's status for compensation.
 
 use chrono::Utc;
-use orchestrator::{ActionError, ActionOutput};
+use orchestrator::ActionError;
 use sea_orm::sea_query::Expr;
 use sea_orm::{ActiveModelTrait, ColumnTrait, DatabaseConnection, DbErr, EntityTrait, QueryFilter};
 
@@ -28,8 +28,6 @@ where
 
 /// An effect table: its columns and the lifecycle its compensation moves along.
 pub(crate) trait EffectTable: EntityTrait {
-    /// Primary key.
-    const ID: Self::Column;
     /// `status`.
     const STATUS: Self::Column;
     /// `updated_at`.
@@ -40,31 +38,24 @@ pub(crate) trait EffectTable: EntityTrait {
     const DONE: &'static str;
     /// Status after compensation (`cancelled`, `closed`, ...).
     const UNDONE: &'static str;
-    /// Field of the executor's output holding the row id.
+    /// Field of the executor's output holding the row id (for callers; undo goes by key).
     const OUTPUT_ID: &'static str;
 }
 
-/// Compensates: moves the row named in `output` from `DONE` to `UNDONE`; a
-/// no-op when it already moved, so compensation can run twice.
-pub(crate) async fn undo<E: EffectTable>(db: &DatabaseConnection, output: &ActionOutput) -> Result<(), ActionError> {
-    let id = output_id(output, E::OUTPUT_ID)?;
+/// Compensates: moves the row stored under `idempotency_key` from `DONE` to
+/// `UNDONE`. Keyed on the step rather than on its output, so it also undoes
+/// an execution whose result was never recorded; a no-op when there is no
+/// such row or it already moved, so compensation can run twice.
+pub(crate) async fn undo<E: EffectTable>(db: &DatabaseConnection, idempotency_key: &str) -> Result<(), ActionError> {
     E::update_many()
         .col_expr(E::STATUS, Expr::value(E::UNDONE))
         .col_expr(E::UPDATED_AT, Expr::value(Utc::now()))
-        .filter(E::ID.eq(id))
+        .filter(E::IDEMPOTENCY_KEY.eq(idempotency_key))
         .filter(E::STATUS.eq(E::DONE))
         .exec(db)
         .await
         .map_err(db_error)?;
     Ok(())
-}
-
-/// The row id an executor put in its output under `field`.
-fn output_id(output: &ActionOutput, field: &str) -> Result<i64, ActionError> {
-    output
-        .get(field)
-        .and_then(serde_json::Value::as_i64)
-        .ok_or_else(|| ActionError::permanent(format!("output has no `{field}` to compensate")))
 }
 
 /// Database failures are transient from the saga's point of view.

@@ -53,7 +53,6 @@ pub mod entity {
 use entity::{ActiveModel, Column, Entity};
 
 impl EffectTable for Entity {
-    const ID: Column = Column::Id;
     const STATUS: Column = Column::Status;
     const UPDATED_AT: Column = Column::UpdatedAt;
     const IDEMPOTENCY_KEY: Column = Column::IdempotencyKey;
@@ -104,7 +103,11 @@ impl ActionExecutor for NotifySales {
         Ok(ActionOutput(json!({ Entity::OUTPUT_ID: notification.id })))
     }
 
-    async fn compensate(&self, _ctx: &ActionContext<'_>, output: &ActionOutput) -> Result<(), ActionError> {
-        undo::<Entity>(&self.db, output).await
+    async fn compensate(&self, ctx: &ActionContext<'_>, _output: &ActionOutput) -> Result<(), ActionError> {
+        undo::<Entity>(&self.db, &ctx.idempotency_key()).await
+    }
+
+    async fn compensate_unknown(&self, ctx: &ActionContext<'_>) -> Result<(), ActionError> {
+        undo::<Entity>(&self.db, &ctx.idempotency_key()).await
     }
 }

@@ -30,6 +30,8 @@ impl MigrationTrait for Migration {
                     .col(timestamp_with_time_zone("claimed_at"))
                     // NULL when no run holds the claim: the next claim starts a new attempt.
                     .col(timestamp_with_time_zone_null("lease_expires_at"))
+                    // Random per claim: only the holder may renew, log, complete or release.
+                    .col(big_integer_null("lease_token"))
                     .col(timestamp_with_time_zone_null("completed_at"))
                     .col(timestamp_with_time_zone_null("dead_lettered_at"))
                     .col(timestamp_with_time_zone("expires_at"))

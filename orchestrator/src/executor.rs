@@ -109,4 +109,15 @@ pub trait ActionExecutor: Send + Sync {
     /// Undoes a successful [`execute`](ActionExecutor::execute), given its output.
     /// Should be idempotent: it may run again after a crash.
     async fn compensate(&self, ctx: &ActionContext<'_>, output: &ActionOutput) -> Result<(), ActionError>;
+
+    /// Undoes an execution whose outcome is unknown: it timed out, or its
+    /// worker died before the saga log recorded the result, and the step then
+    /// failed. Executors that store their effect under
+    /// [`ActionContext::idempotency_key`] look it up by that key and undo it
+    /// if it exists. The default does nothing: right for executors whose
+    /// failed or abandoned calls leave no effect.
+    async fn compensate_unknown(&self, ctx: &ActionContext<'_>) -> Result<(), ActionError> {
+        let _ = ctx;
+        Ok(())
+    }
 }

@@ -22,7 +22,7 @@ use crate::handler_registry::HandlerRegistry;
 use crate::intent::Intent;
 use crate::retry::{RetryDecision, RetryPolicy};
 use crate::saga::{SagaReport, SagaRunner, StepOutcome};
-use crate::store::{Claim, MessageKey, NewActivity, NewDeadLetter, SourceInfo, Store, StoreError};
+use crate::store::{Claim, Lease, MessageKey, NewActivity, NewDeadLetter, SourceInfo, Store, StoreError};
 use crate::validate::validate;
 
 /// `processed_by` stamped on events the orchestrator produces.
@@ -307,8 +307,8 @@ impl Orchestrator {
         let key = MessageKey::new(tenant_id, message_id);
 
         let claim = self.store.claim(&key, self.config.claim_lease).instrument(tracing::info_span!("dedupe")).await?;
-        let (attempt, run) = match claim {
-            Claim::Acquired { attempt, run } => (attempt, run),
+        let (lease, attempt, run) = match claim {
+            Claim::Acquired { lease, attempt, run } => (lease, attempt, run),
             Claim::Completed => return Ok(Outcome::Duplicate(DuplicateOf::Completed)),
             Claim::DeadLettered => return Ok(Outcome::Duplicate(DuplicateOf::DeadLettered)),
             Claim::Busy { lease_expires_at } => {
@@ -319,7 +319,41 @@ impl Orchestrator {
             }
         };
         tracing::Span::current().record("attempt", attempt);
+        // Hold the lease while working; if it is lost (a stall longer than the
+        // lease let another worker take over), stop as if this worker had died.
+        tokio::select! {
+            outcome = self.process_claimed(&lease, &incoming, attempt, run) => outcome,
+            lost = self.keep_lease(&lease) => Err(lost),
+        }
+    }
+
+    /// Renews `lease` every third of its length; returns once it cannot.
+    async fn keep_lease(&self, lease: &Lease) -> PipelineError {
+        let every = (self.config.claim_lease / 3).max(std::time::Duration::from_millis(10));
+        loop {
+            tokio::time::sleep(every).await;
+            if let Err(error) = self.store.renew(lease, self.config.claim_lease).await {
+                tracing::warn!(%error, "lease renewal failed, abandoning the message");
+                return error.into();
+            }
+        }
+    }
+
+    async fn process_claimed(
+        &self,
+        lease: &Lease,
+        incoming: &Incoming,
+        attempt: u32,
+        run: u32,
+    ) -> Result<Outcome, PipelineError> {
+        let key = &lease.key;
         let max_attempts = incoming.max_attempts.unwrap_or_else(|| self.retry.max_attempts()).max(1);
+        if attempt > max_attempts {
+            // Only a takeover can get here: earlier attempts died without finishing.
+            let reason =
+                format!("gave up after {max_attempts} attempts; the last did not finish (its worker died or stalled)");
+            return self.dead_letter(Some(lease), incoming, None, attempt - 1, FailureType::UnknownError, reason).await;
+        }
         let ctx = MessageContext {
             event_id: incoming.event_id,
             tenant_id: key.tenant_id.clone(),
@@ -332,7 +366,7 @@ impl Orchestrator {
         };
 
         if let Err(reason) = tracing::info_span!("validation").in_scope(|| validate(&ctx)) {
-            return self.dead_letter(Some(&key), &incoming, None, attempt, FailureType::ValidationError, reason).await;
+            return self.dead_letter(Some(lease), incoming, None, attempt, FailureType::ValidationError, reason).await;
         }
 
         let handler = self.handlers.route(&ctx);
@@ -343,15 +377,15 @@ impl Orchestrator {
             Err(error) => {
                 let retryable = matches!(error, HandlerError::Retryable(_));
                 return self
-                    .failed(&key, &incoming, &ctx, retryable, FailureType::UnknownError, error.to_string())
+                    .failed(lease, incoming, &ctx, retryable, FailureType::UnknownError, error.to_string())
                     .await;
             }
         };
 
-        match self.saga.run(&key, &ctx, &outcome.actions).await? {
+        match self.saga.run(lease, &ctx, &outcome.actions).await? {
             SagaReport::Succeeded { steps } => {
                 let activities = activities(&ctx, &handler_name, &outcome, &steps);
-                self.store.complete(&key, &activities, self.config.dedupe_ttl).await?;
+                self.store.complete(lease, &activities, self.config.dedupe_ttl).await?;
                 let response = outcome.response.map(|reply| ResponseReady {
                     original_message_id: ctx.message_id.clone(),
                     to_phone: ctx.phone().to_owned(),
@@ -377,15 +411,15 @@ impl Orchestrator {
                         .collect();
                     let reason = format!("{reason}; compensation failed for {}", undone.join("; "));
                     return self
-                        .dead_letter(Some(&key), &incoming, None, attempt, failure.failure_type(), reason)
+                        .dead_letter(Some(lease), incoming, None, attempt, failure.failure_type(), reason)
                         .await;
                 }
                 if let crate::saga::StepFailure::CircuitOpen { retry_after, .. } = &failure {
-                    self.store.release(&key, true).await?;
+                    self.store.release(lease, true).await?;
                     let wait = (*retry_after).max(self.config.min_defer);
                     return Ok(Outcome::Deferred { due_at: Utc::now() + to_chrono(wait), reason });
                 }
-                self.failed(&key, &incoming, &ctx, failure.is_retryable(), failure.failure_type(), reason).await
+                self.failed(lease, incoming, &ctx, failure.is_retryable(), failure.failure_type(), reason).await
             }
         }
     }
@@ -427,7 +461,7 @@ impl Orchestrator {
     /// After a failed attempt: retry later, or give up.
     async fn failed(
         &self,
-        key: &MessageKey,
+        lease: &Lease,
         incoming: &Incoming,
         ctx: &MessageContext,
         retryable: bool,
@@ -436,7 +470,7 @@ impl Orchestrator {
     ) -> Result<Outcome, PipelineError> {
         match self.retry.decide(ctx.attempt, ctx.max_attempts, retryable) {
             RetryDecision::RetryAfter(delay) => {
-                self.store.release(key, false).await?;
+                self.store.release(lease, false).await?;
                 tracing::info!(attempt = ctx.attempt, ?delay, %reason, "retry scheduled");
                 Ok(Outcome::RetryScheduled {
                     next_attempt: ctx.attempt + 1,
@@ -446,20 +480,21 @@ impl Orchestrator {
                 })
             }
             RetryDecision::GiveUp => {
-                self.dead_letter(Some(key), incoming, None, ctx.attempt, failure_type, reason).await
+                self.dead_letter(Some(lease), incoming, None, ctx.attempt, failure_type, reason).await
             }
         }
     }
 
     async fn dead_letter(
         &self,
-        key: Option<&MessageKey>,
+        lease: Option<&Lease>,
         incoming: &Incoming,
         message_id: Option<&str>,
         attempt: u32,
         failure_type: FailureType,
         reason: String,
     ) -> Result<Outcome, PipelineError> {
+        let key = lease.map(|l| &l.key);
         let message_id = key.map(|k| k.message_id.as_str()).or(message_id).unwrap_or_default().to_owned();
         let entry = NewDeadLetter {
             message_id: Some(message_id.clone()).filter(|m| !m.is_empty()),
@@ -470,7 +505,7 @@ impl Orchestrator {
             error: reason.clone(),
             attempt_count: attempt,
         };
-        let dlq_id = self.store.dead_letter(key, &entry).await?;
+        let dlq_id = self.store.dead_letter(lease, &entry).await?;
         tracing::warn!(dlq_id, %failure_type, %reason, "message dead-lettered");
         Ok(Outcome::DeadLettered(DeadLettered {
             dlq_id,

@@ -9,7 +9,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use serde_json::Value;
+use serde_json::{Value, json};
 use tracing::Instrument as _;
 
 use crate::breaker::{BreakerError, BreakerRegistry};
@@ -18,7 +18,7 @@ use crate::event::FailureType;
 use crate::executor::{ActionContext, ActionError, ActionOutput};
 use crate::executor_registry::ExecutorRegistry;
 use crate::handler::ActionRequest;
-use crate::store::{MessageKey, StepRecord, StepStatus, Store, StoreError};
+use crate::store::{Lease, StepRecord, StepStatus, Store, StoreError};
 
 /// Why a step failed.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
@@ -123,10 +123,17 @@ pub enum SagaReport {
 /// The latest log state of one step.
 #[derive(Debug, Clone, Default)]
 struct StepState {
+    /// The action the log names for this step.
+    action: Option<String>,
     status: Option<StepStatus>,
     output: Option<Value>,
+    /// A `Failed` record exists for the step (its status may have moved on to compensation).
+    failed: bool,
     error: Option<String>,
     retryable: Option<bool>,
+    /// The failed execution may have had an effect (timed out, or an earlier
+    /// execution in this run was interrupted): it is undone by idempotency key.
+    uncertain: bool,
 }
 
 /// Runs sagas against an executor registry, with one breaker per executor.
@@ -149,61 +156,61 @@ impl SagaRunner {
         Self { executors, breakers, store, action_timeout }
     }
 
-    /// Runs (or resumes) the saga of `ctx.run` for `key`. Errors only when the
-    /// log cannot be read or written; the message should then be tried later.
+    /// Runs (or resumes) the saga of `ctx.run` under `lease`. Errors only
+    /// when the log cannot be read or written (or the lease was lost); the
+    /// message should then be delivered again later.
     pub async fn run(
         &self,
-        key: &MessageKey,
+        lease: &Lease,
         ctx: &MessageContext,
         actions: &[ActionRequest],
     ) -> Result<SagaReport, StoreError> {
         let mut states = vec![StepState::default(); actions.len()];
         let mut plan_changed = None;
-        for record in self.store.load_steps(key, ctx.run).await? {
+        for record in self.store.load_steps(&lease.key, ctx.run).await? {
             let index = record.step_index as usize;
-            match actions.get(index) {
-                Some(planned) if planned.action == record.action => {
-                    let state = &mut states[index];
-                    state.status = Some(record.status);
-                    if record.output.is_some() {
-                        state.output = record.output;
-                    }
-                    if record.status == StepStatus::Failed {
-                        state.error = record.error;
-                        state.retryable = record.retryable;
-                    }
-                }
-                _ if plan_changed.is_none() => {
-                    plan_changed = Some(StepFailure::PlanChanged {
-                        step_index: record.step_index,
-                        recorded: record.action,
-                        planned: actions.get(index).map(|a| a.action.clone()).unwrap_or_default(),
-                    });
-                }
-                _ => {}
+            if index >= states.len() {
+                states.resize(index + 1, StepState::default());
+            }
+            let planned = actions.get(index).map(|a| a.action.as_str());
+            if planned != Some(record.action.as_str()) && plan_changed.is_none() {
+                plan_changed = Some(StepFailure::PlanChanged {
+                    step_index: record.step_index,
+                    recorded: record.action.clone(),
+                    planned: planned.unwrap_or_default().to_owned(),
+                });
+            }
+            let state = &mut states[index];
+            state.status = Some(record.status);
+            state.action = Some(record.action);
+            if record.status == StepStatus::Failed {
+                state.failed = true;
+                state.error = record.error;
+                state.retryable = record.retryable;
+                state.uncertain =
+                    record.output.as_ref().and_then(|o| o.get("uncertain")).and_then(Value::as_bool) == Some(true);
+            } else if record.output.is_some() {
+                state.output = record.output;
             }
         }
 
         if let Some(failure) = plan_changed {
-            let step_index = match &failure {
-                StepFailure::PlanChanged { step_index, .. } => (*step_index as usize).min(actions.len()),
-                _ => actions.len(),
-            };
-            return self.fail(key, ctx, actions, &mut states, step_index, failure, false).await;
+            let StepFailure::PlanChanged { step_index, .. } = &failure else { unreachable!() };
+            let failed = *step_index as usize;
+            return self.fail(lease, ctx, actions, &mut states, failed, failure, false).await;
         }
 
-        // A run that already failed (crash during its compensation): finish compensating.
-        if let Some(failed) = states.iter().position(|s| s.status == Some(StepStatus::Failed)) {
+        // A run that already failed (its worker died while compensating): finish compensating.
+        if let Some(failed) = states.iter().position(|s| s.failed) {
             let failure = recorded_failure(&states[failed]);
-            return self.fail(key, ctx, actions, &mut states, failed, failure, true).await;
+            return self.fail(lease, ctx, actions, &mut states, failed, failure, false).await;
         }
-        if let Some(undone) = states
+        if let Some(last) = states
             .iter()
-            .position(|s| matches!(s.status, Some(StepStatus::Compensated | StepStatus::CompensationFailed)))
+            .rposition(|s| matches!(s.status, Some(StepStatus::Compensated | StepStatus::CompensationFailed)))
         {
             let failure = StepFailure::Action(ActionError::Retryable("saga interrupted while compensating".into()));
-            let last = states.iter().rposition(|s| s.status.is_some()).unwrap_or(undone);
-            return self.fail(key, ctx, actions, &mut states, last + 1, failure, true).await;
+            return self.fail(lease, ctx, actions, &mut states, last + 1, failure, false).await;
         }
 
         let mut steps = Vec::with_capacity(actions.len());
@@ -214,82 +221,89 @@ impl SagaRunner {
                 steps.push(StepOutcome { step_index, action: request.action.clone(), output, resumed: true });
                 continue;
             }
-            self.record(key, ctx, StepRecord::new(step_index, &request.action, StepStatus::Started)).await?;
+            // Started but never finished: an earlier execution of this run was interrupted.
+            let interrupted_before = states[index].status == Some(StepStatus::Started);
+            self.record(lease, ctx, StepRecord::new(step_index, &request.action, StepStatus::Started)).await?;
             match self.execute(ctx, request, step_index).await {
                 Ok(output) => {
                     let mut record = StepRecord::new(step_index, &request.action, StepStatus::Succeeded);
                     record.output = Some(output.0.clone());
-                    self.record(key, ctx, record).await?;
+                    self.record(lease, ctx, record).await?;
                     states[index].status = Some(StepStatus::Succeeded);
                     states[index].output = Some(output.0.clone());
                     steps.push(StepOutcome { step_index, action: request.action.clone(), output, resumed: false });
                 }
                 Err(failure) => {
-                    return self.fail(key, ctx, actions, &mut states, index, failure, false).await;
+                    let state = &mut states[index];
+                    state.uncertain = interrupted_before || matches!(failure, StepFailure::Timeout(_));
+                    return self.fail(lease, ctx, actions, &mut states, index, failure, true).await;
                 }
             }
         }
         Ok(SagaReport::Succeeded { steps })
     }
 
-    /// Records the failure of step `failed` (unless already recorded) and
-    /// compensates every step before it that is not undone yet, in reverse.
+    /// Records the failure of step `failed` (when `record_failure`) and
+    /// compensates, in reverse order, every logged step not undone yet: the
+    /// succeeded ones from their output, the failed one by idempotency key
+    /// when its execution may have had an effect.
     #[allow(clippy::too_many_arguments)]
     async fn fail(
         &self,
-        key: &MessageKey,
+        lease: &Lease,
         ctx: &MessageContext,
         actions: &[ActionRequest],
         states: &mut [StepState],
         failed: usize,
         failure: StepFailure,
-        already_recorded: bool,
+        record_failure: bool,
     ) -> Result<SagaReport, StoreError> {
-        let action = actions.get(failed).map(|a| a.action.clone()).unwrap_or_default();
-        if !already_recorded && failed < actions.len() {
+        let action = action_name(actions, states, failed).to_owned();
+        if record_failure {
             let mut record = StepRecord::new(failed as u32, &action, StepStatus::Failed);
             record.error = Some(failure.to_string());
             record.retryable = Some(failure.is_retryable());
-            self.record(key, ctx, record).await?;
+            record.output = Some(json!({ "uncertain": states[failed].uncertain }));
+            self.record(lease, ctx, record).await?;
+            states[failed].status = Some(StepStatus::Failed);
+            states[failed].failed = true;
         }
         tracing::warn!(step = failed, action = %action, error = %failure, "saga step failed, compensating");
         let mut compensated = Vec::new();
         let mut compensation_failures = Vec::new();
-        for index in (0..failed.min(actions.len())).rev() {
+        for index in (0..states.len()).rev() {
             let step_index = index as u32;
-            match states[index].status {
-                Some(StepStatus::Compensated) => compensated.push(step_index),
-                Some(StepStatus::Succeeded | StepStatus::CompensationFailed) => {
-                    let request = &actions[index];
-                    let output = ActionOutput(states[index].output.clone().unwrap_or(Value::Null));
-                    match self.compensate(ctx, request, step_index, &output).await {
-                        Ok(()) => {
-                            self.record(
-                                key,
-                                ctx,
-                                StepRecord::new(step_index, &request.action, StepStatus::Compensated),
-                            )
-                            .await?;
-                            states[index].status = Some(StepStatus::Compensated);
-                            compensated.push(step_index);
-                        }
-                        Err(error) => {
-                            let mut record =
-                                StepRecord::new(step_index, &request.action, StepStatus::CompensationFailed);
-                            record.error = Some(error.clone());
-                            self.record(key, ctx, record).await?;
-                            states[index].status = Some(StepStatus::CompensationFailed);
-                            tracing::error!(step = index, action = %request.action, %error, "compensation failed");
-                            compensation_failures.push(CompensationFailure {
-                                step_index,
-                                action: request.action.clone(),
-                                error,
-                            });
-                        }
-                    }
+            let state = &states[index];
+            let output = match state.status {
+                Some(StepStatus::Compensated) => {
+                    compensated.push(step_index);
+                    continue;
                 }
-                // Never started, or started and interrupted with no success recorded: nothing to undo.
-                _ => {}
+                Some(StepStatus::Succeeded | StepStatus::CompensationFailed) if !state.failed => {
+                    Some(ActionOutput(state.output.clone().unwrap_or(Value::Null)))
+                }
+                Some(StepStatus::Failed | StepStatus::CompensationFailed) if state.failed && state.uncertain => None,
+                // Started and never finished (its worker died): it may have had an effect.
+                Some(StepStatus::Started) => None,
+                // Never started, or failed cleanly: nothing to undo.
+                _ => continue,
+            };
+            let name = action_name(actions, states, index).to_owned();
+            let params = actions.get(index).filter(|a| a.action == name).map_or(&Value::Null, |a| &a.params);
+            match self.compensate(ctx, &name, params, step_index, output.as_ref()).await {
+                Ok(()) => {
+                    self.record(lease, ctx, StepRecord::new(step_index, &name, StepStatus::Compensated)).await?;
+                    states[index].status = Some(StepStatus::Compensated);
+                    compensated.push(step_index);
+                }
+                Err(error) => {
+                    let mut record = StepRecord::new(step_index, &name, StepStatus::CompensationFailed);
+                    record.error = Some(error.clone());
+                    self.record(lease, ctx, record).await?;
+                    states[index].status = Some(StepStatus::CompensationFailed);
+                    tracing::error!(step = index, action = %name, %error, "compensation failed");
+                    compensation_failures.push(CompensationFailure { step_index, action: name, error });
+                }
             }
         }
         Ok(SagaReport::Failed { step_index: failed as u32, action, failure, compensated, compensation_failures })
@@ -319,32 +333,46 @@ impl SagaRunner {
         })
     }
 
-    /// Compensations bypass the breaker: undoing must be attempted even while
-    /// the service is considered down.
+    /// Undoes one step: from its output, or by idempotency key when `output`
+    /// is `None` (outcome unknown). Compensations bypass the breaker: undoing
+    /// must be attempted even while the service is considered down.
     async fn compensate(
         &self,
         ctx: &MessageContext,
-        request: &ActionRequest,
+        action: &str,
+        params: &Value,
         step_index: u32,
-        output: &ActionOutput,
+        output: Option<&ActionOutput>,
     ) -> Result<(), String> {
-        let executor = self
-            .executors
-            .get(&request.action)
-            .ok_or_else(|| format!("no executor registered for action `{}`", request.action))?;
-        let action_ctx = ActionContext { message: ctx, params: &request.params, step_index };
-        let span = tracing::info_span!("compensation", action = %request.action, step = step_index);
-        match tokio::time::timeout(self.action_timeout, executor.compensate(&action_ctx, output)).instrument(span).await
-        {
+        let executor =
+            self.executors.get(action).ok_or_else(|| format!("no executor registered for action `{action}`"))?;
+        let action_ctx = ActionContext { message: ctx, params, step_index };
+        let span = tracing::info_span!("compensation", action = %action, step = step_index);
+        let undo = async {
+            match output {
+                Some(output) => executor.compensate(&action_ctx, output).await,
+                None => executor.compensate_unknown(&action_ctx).await,
+            }
+        };
+        match tokio::time::timeout(self.action_timeout, undo).instrument(span).await {
             Ok(Ok(())) => Ok(()),
             Ok(Err(error)) => Err(error.to_string()),
             Err(_) => Err(format!("compensation timed out after {:?}", self.action_timeout)),
         }
     }
 
-    async fn record(&self, key: &MessageKey, ctx: &MessageContext, record: StepRecord) -> Result<(), StoreError> {
-        self.store.record_step(key, ctx.run, &record).await
+    async fn record(&self, lease: &Lease, ctx: &MessageContext, record: StepRecord) -> Result<(), StoreError> {
+        self.store.record_step(lease, ctx.run, &record).await
     }
+}
+
+/// The action of step `index`: as logged, else as planned.
+fn action_name<'a>(actions: &'a [ActionRequest], states: &'a [StepState], index: usize) -> &'a str {
+    states
+        .get(index)
+        .and_then(|s| s.action.as_deref())
+        .or_else(|| actions.get(index).map(|a| a.action.as_str()))
+        .unwrap_or_default()
 }
 
 fn recorded_failure(state: &StepState) -> StepFailure {

@@ -8,8 +8,8 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 
 use super::{
-    Claim, DeadLetter, DeadLetterQueue, DlqFilter, DlqStatus, MessageKey, NewActivity, NewDeadLetter, Page, StepRecord,
-    Store, StoreError,
+    Claim, DeadLetter, DeadLetterQueue, DlqFilter, DlqStatus, Lease, MessageKey, NewActivity, NewDeadLetter, Page,
+    StepRecord, Store, StoreError,
 };
 
 #[derive(Debug, Clone)]
@@ -19,6 +19,7 @@ struct ClaimRow {
     attempt_count: u32,
     run_count: u32,
     lease_expires_at: Option<DateTime<Utc>>,
+    lease_token: i64,
     expires_at: DateTime<Utc>,
 }
 
@@ -47,6 +48,15 @@ impl MemoryStore {
         self.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
+    /// The claim row, if `lease` still holds it.
+    fn held<'a>(state: &'a mut State, lease: &Lease) -> Result<&'a mut ClaimRow, StoreError> {
+        state
+            .claims
+            .get_mut(&lease.key)
+            .filter(|row| row.lease_token == lease.token && row.lease_expires_at.is_some() && !row.completed)
+            .ok_or_else(|| StoreError::LeaseLost(lease.key.message_id.clone()))
+    }
+
     /// Audit rows written for a message (for tests).
     pub fn activities(&self, key: &MessageKey) -> Vec<NewActivity> {
         self.state().activities.iter().filter(|(k, _)| k == key).map(|(_, a)| a.clone()).collect()
@@ -61,7 +71,6 @@ fn to_chrono(duration: Duration) -> chrono::Duration {
 impl Store for MemoryStore {
     async fn claim(&self, key: &MessageKey, lease: Duration) -> Result<Claim, StoreError> {
         let now = Utc::now();
-        let lease_until = now + to_chrono(lease);
         let mut state = self.state();
         let row = state.claims.entry(key.clone()).or_insert(ClaimRow {
             completed: false,
@@ -69,6 +78,7 @@ impl Store for MemoryStore {
             attempt_count: 0,
             run_count: 0,
             lease_expires_at: None,
+            lease_token: 0,
             expires_at: now,
         });
         if row.completed {
@@ -79,22 +89,28 @@ impl Store for MemoryStore {
         }
         match row.lease_expires_at {
             Some(until) if until >= now => return Ok(Claim::Busy { lease_expires_at: until }),
-            Some(_) => {} // its worker died: resume the same run
-            None => {
-                row.attempt_count += 1;
-                row.run_count += 1;
-            }
+            Some(_) => {} // its worker died or stalled: take over, resuming the same run
+            None => row.run_count += 1,
         }
-        row.lease_expires_at = Some(lease_until);
-        Ok(Claim::Acquired { attempt: row.attempt_count, run: row.run_count })
+        row.attempt_count += 1;
+        let held = Lease::new(key.clone());
+        row.lease_token = held.token;
+        row.lease_expires_at = Some(now + to_chrono(lease));
+        Ok(Claim::Acquired { lease: held, attempt: row.attempt_count, run: row.run_count })
     }
 
-    async fn release(&self, key: &MessageKey, refund_attempt: bool) -> Result<(), StoreError> {
-        if let Some(row) = self.state().claims.get_mut(key).filter(|row| !row.completed) {
-            row.lease_expires_at = None;
-            if refund_attempt {
-                row.attempt_count = row.attempt_count.saturating_sub(1);
-            }
+    async fn renew(&self, lease: &Lease, duration: Duration) -> Result<(), StoreError> {
+        let mut state = self.state();
+        Self::held(&mut state, lease)?.lease_expires_at = Some(Utc::now() + to_chrono(duration));
+        Ok(())
+    }
+
+    async fn release(&self, lease: &Lease, refund_attempt: bool) -> Result<(), StoreError> {
+        let mut state = self.state();
+        let row = Self::held(&mut state, lease)?;
+        row.lease_expires_at = None;
+        if refund_attempt {
+            row.attempt_count = row.attempt_count.saturating_sub(1);
         }
         Ok(())
     }
@@ -103,27 +119,29 @@ impl Store for MemoryStore {
         Ok(self.state().steps.get(&(key.clone(), run)).cloned().unwrap_or_default())
     }
 
-    async fn record_step(&self, key: &MessageKey, run: u32, step: &StepRecord) -> Result<(), StoreError> {
-        self.state().steps.entry((key.clone(), run)).or_default().push(step.clone());
+    async fn record_step(&self, lease: &Lease, run: u32, step: &StepRecord) -> Result<(), StoreError> {
+        let mut state = self.state();
+        Self::held(&mut state, lease)?;
+        state.steps.entry((lease.key.clone(), run)).or_default().push(step.clone());
         Ok(())
     }
 
-    async fn complete(&self, key: &MessageKey, activities: &[NewActivity], ttl: Duration) -> Result<(), StoreError> {
+    async fn complete(&self, lease: &Lease, activities: &[NewActivity], ttl: Duration) -> Result<(), StoreError> {
         let now = Utc::now();
         let mut state = self.state();
-        if let Some(row) = state.claims.get_mut(key) {
-            row.completed = true;
-            row.lease_expires_at = None;
-            row.expires_at = now + to_chrono(ttl);
-        }
-        state.activities.extend(activities.iter().map(|a| (key.clone(), a.clone())));
+        let row = Self::held(&mut state, lease)?;
+        row.completed = true;
+        row.lease_expires_at = None;
+        row.expires_at = now + to_chrono(ttl);
+        state.activities.extend(activities.iter().map(|a| (lease.key.clone(), a.clone())));
         Ok(())
     }
 
-    async fn dead_letter(&self, key: Option<&MessageKey>, entry: &NewDeadLetter) -> Result<i64, StoreError> {
+    async fn dead_letter(&self, lease: Option<&Lease>, entry: &NewDeadLetter) -> Result<i64, StoreError> {
         let now = Utc::now();
         let mut state = self.state();
-        if let Some(row) = key.and_then(|key| state.claims.get_mut(key)) {
+        if let Some(lease) = lease {
+            let row = Self::held(&mut state, lease)?;
             row.dead_lettered = true;
             row.lease_expires_at = None;
         }

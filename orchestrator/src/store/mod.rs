@@ -35,12 +35,35 @@ impl MessageKey {
     }
 }
 
+/// A held claim on a message: only its holder may renew it, log steps, and
+/// complete, release or dead-letter the message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Lease {
+    /// The message.
+    pub key: MessageKey,
+    /// Random per claim; fenced writes check it.
+    pub token: i64,
+}
+
+impl Lease {
+    /// A lease with a fresh random token.
+    pub fn new(key: MessageKey) -> Self {
+        // Any random 64 bits will do; a v4 UUID is already at hand.
+        let token = uuid::Uuid::new_v4().as_u64_pair().0 as i64;
+        Self { key, token }
+    }
+}
+
 /// The answer to a claim on a message.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Claim {
     /// This worker may process the message.
     Acquired {
+        /// The lease to pass to every write about the message.
+        lease: Lease,
         /// Attempt number (1-based), kept in the database across restarts.
+        /// Taking over from a worker that died counts as a new attempt, so a
+        /// message that keeps killing its worker still reaches the DLQ.
         attempt: u32,
         /// Saga run number; equal to the previous claim's when resuming a run
         /// whose worker died.
@@ -55,6 +78,16 @@ pub enum Claim {
         /// When that lease runs out.
         lease_expires_at: DateTime<Utc>,
     },
+}
+
+impl Claim {
+    /// `(attempt, run)` when acquired.
+    pub fn acquired(&self) -> Option<(u32, u32)> {
+        match self {
+            Claim::Acquired { attempt, run, .. } => Some((*attempt, *run)),
+            _ => None,
+        }
+    }
 }
 
 /// The state of a saga step.
@@ -293,6 +326,9 @@ pub enum StoreError {
     /// No dead letter has this id.
     #[error("no dead-letter entry with id {0}")]
     NotFound(i64),
+    /// The lease was taken over (it expired) or released: this worker must stop.
+    #[error("lease on message {0} is no longer held by this worker")]
+    LeaseLost(String),
     /// The status change is not allowed (e.g. replaying an entry already replayed).
     #[error("dead-letter entry {id} is {from}, it cannot become {to}")]
     InvalidTransition {
@@ -313,26 +349,33 @@ pub enum StoreError {
 #[async_trait]
 pub trait Store: Send + Sync {
     /// Claims a message for processing with a lease. A message whose previous
-    /// attempt released its claim starts a new attempt; one whose lease ran
-    /// out without release (its worker died) is resumed under the same run.
+    /// attempt released its claim starts a new attempt and run; one whose
+    /// lease ran out without release (its worker died or stalled) is taken
+    /// over: a new attempt, resuming the same run.
     async fn claim(&self, key: &MessageKey, lease: Duration) -> Result<Claim, StoreError>;
+
+    /// Extends a held lease by `duration` from now; [`StoreError::LeaseLost`]
+    /// when it is no longer held.
+    async fn renew(&self, lease: &Lease, duration: Duration) -> Result<(), StoreError>;
 
     /// Releases the claim after a failed attempt so a redelivery processes it
     /// again; `refund_attempt` gives the attempt back (it was deferred, not failed).
-    async fn release(&self, key: &MessageKey, refund_attempt: bool) -> Result<(), StoreError>;
+    async fn release(&self, lease: &Lease, refund_attempt: bool) -> Result<(), StoreError>;
 
     /// The saga log of one run, in recording order.
     async fn load_steps(&self, key: &MessageKey, run: u32) -> Result<Vec<StepRecord>, StoreError>;
 
-    /// Appends to the saga log of one run.
-    async fn record_step(&self, key: &MessageKey, run: u32, step: &StepRecord) -> Result<(), StoreError>;
+    /// Appends to the saga log of one run, if the lease is still held.
+    async fn record_step(&self, lease: &Lease, run: u32, step: &StepRecord) -> Result<(), StoreError>;
 
-    /// Marks the message processed and writes its audit trail, in one transaction.
-    async fn complete(&self, key: &MessageKey, activities: &[NewActivity], ttl: Duration) -> Result<(), StoreError>;
+    /// Marks the message processed and writes its audit trail, in one
+    /// transaction, if the lease is still held.
+    async fn complete(&self, lease: &Lease, activities: &[NewActivity], ttl: Duration) -> Result<(), StoreError>;
 
-    /// Parks a message in the dead-letter queue and, when it has a key, marks
-    /// its claim dead-lettered so redeliveries skip it, in one transaction.
-    async fn dead_letter(&self, key: Option<&MessageKey>, entry: &NewDeadLetter) -> Result<i64, StoreError>;
+    /// Parks a message in the dead-letter queue and, when a lease is given,
+    /// marks its claim dead-lettered so redeliveries skip it, in one
+    /// transaction (refused with [`StoreError::LeaseLost`] if the lease is lost).
+    async fn dead_letter(&self, lease: Option<&Lease>, entry: &NewDeadLetter) -> Result<i64, StoreError>;
 
     /// Deletes completed dedupe records whose TTL ran out; returns how many.
     async fn purge_expired(&self, now: DateTime<Utc>) -> Result<u64, StoreError>;

@@ -7,42 +7,62 @@ use sea_orm::{ConnectionTrait, DatabaseConnection, DbErr, TransactionTrait, Valu
 
 use super::statement::stmt;
 use super::{chrono_duration, corrupt};
-use crate::store::{Claim, MessageKey, NewActivity, StoreError};
+use crate::store::{Claim, Lease, MessageKey, NewActivity, StoreError};
 
-/// Inserts a claim, or takes over one whose lease is free or ran out. A
-/// released claim (lease NULL) starts a new attempt and run; an expired one
-/// resumes its run. Completed and dead-lettered claims are left alone.
+/// Inserts a claim, or takes over one whose lease is free or ran out. Every
+/// claim is an attempt; a released claim (lease NULL) also starts a new run,
+/// an expired one resumes its run. Completed and dead-lettered claims are left alone.
 const CLAIM: &str = "INSERT INTO processed_messages
-    (tenant_id, message_id, status, attempt_count, run_count, claimed_at, lease_expires_at, expires_at)
-  VALUES (?, ?, 'in_progress', 1, 1, ?, ?, ?)
+    (tenant_id, message_id, status, attempt_count, run_count, claimed_at, lease_expires_at, lease_token, expires_at)
+  VALUES (?, ?, 'in_progress', 1, 1, ?, ?, ?, ?)
   ON CONFLICT (tenant_id, message_id) DO UPDATE SET
-    attempt_count = CASE WHEN processed_messages.lease_expires_at IS NULL
-      THEN processed_messages.attempt_count + 1 ELSE processed_messages.attempt_count END,
+    attempt_count = processed_messages.attempt_count + 1,
     run_count = CASE WHEN processed_messages.lease_expires_at IS NULL
       THEN processed_messages.run_count + 1 ELSE processed_messages.run_count END,
     claimed_at = excluded.claimed_at,
-    lease_expires_at = excluded.lease_expires_at
+    lease_expires_at = excluded.lease_expires_at,
+    lease_token = excluded.lease_token
   WHERE processed_messages.status = 'in_progress'
     AND processed_messages.dead_lettered_at IS NULL
     AND (processed_messages.lease_expires_at IS NULL OR processed_messages.lease_expires_at < ?)
   RETURNING attempt_count, run_count";
 
+/// The condition every fenced write adds: the lease is still this worker's.
+pub(super) const HELD: &str = "tenant_id = ? AND message_id = ? AND lease_token = ? AND lease_expires_at IS NOT NULL
+  AND status = 'in_progress'";
+
+fn held_values(lease: &Lease) -> [Value; 3] {
+    [lease.key.tenant_id.as_str().into(), lease.key.message_id.as_str().into(), lease.token.into()]
+}
+
+/// Runs a fenced update: no row changed means the lease was lost.
+async fn fenced(db: &impl ConnectionTrait, sql: &str, mut values: Vec<Value>, lease: &Lease) -> Result<(), StoreError> {
+    values.extend(held_values(lease));
+    let result = db.execute_raw(stmt(db.get_database_backend(), sql, values)).await?;
+    if result.rows_affected() == 0 {
+        return Err(StoreError::LeaseLost(lease.key.message_id.clone()));
+    }
+    Ok(())
+}
+
 pub(super) async fn claim(db: &impl ConnectionTrait, key: &MessageKey, lease: Duration) -> Result<Claim, StoreError> {
     let backend = db.get_database_backend();
     let now = Utc::now();
     let lease_until = now + chrono_duration(lease);
+    let held = Lease::new(key.clone());
     let values: Vec<Value> = vec![
         key.tenant_id.as_str().into(),
         key.message_id.as_str().into(),
         now.into(),
         lease_until.into(),
+        held.token.into(),
         lease_until.into(),
         now.into(),
     ];
     if let Some(row) = db.query_one_raw(stmt(backend, CLAIM, values)).await? {
         let attempt: i32 = row.try_get("", "attempt_count")?;
         let run: i32 = row.try_get("", "run_count")?;
-        return Ok(Claim::Acquired { attempt: attempt.max(1) as u32, run: run.max(1) as u32 });
+        return Ok(Claim::Acquired { lease: held, attempt: attempt.max(1) as u32, run: run.max(1) as u32 });
     }
     let why = db
         .query_one_raw(stmt(
@@ -67,50 +87,49 @@ pub(super) async fn claim(db: &impl ConnectionTrait, key: &MessageKey, lease: Du
     })
 }
 
-pub(super) async fn release(
-    db: &impl ConnectionTrait,
-    key: &MessageKey,
-    refund_attempt: bool,
-) -> Result<(), StoreError> {
-    let backend = db.get_database_backend();
-    db.execute_raw(stmt(
-        backend,
-        "UPDATE processed_messages
-           SET lease_expires_at = NULL,
-               attempt_count = CASE WHEN attempt_count >= ? THEN attempt_count - ? ELSE attempt_count END
-         WHERE tenant_id = ? AND message_id = ? AND status = 'in_progress'",
-        vec![
-            i32::from(refund_attempt).into(),
-            i32::from(refund_attempt).into(),
-            key.tenant_id.as_str().into(),
-            key.message_id.as_str().into(),
-        ],
-    ))
-    .await?;
-    Ok(())
+pub(super) async fn renew(db: &impl ConnectionTrait, lease: &Lease, duration: Duration) -> Result<(), StoreError> {
+    let until = Utc::now() + chrono_duration(duration);
+    fenced(db, &format!("UPDATE processed_messages SET lease_expires_at = ? WHERE {HELD}"), vec![until.into()], lease)
+        .await
+}
+
+pub(super) async fn release(db: &impl ConnectionTrait, lease: &Lease, refund_attempt: bool) -> Result<(), StoreError> {
+    let refund = i32::from(refund_attempt);
+    fenced(
+        db,
+        &format!(
+            "UPDATE processed_messages
+               SET lease_expires_at = NULL,
+                   attempt_count = CASE WHEN attempt_count >= ? THEN attempt_count - ? ELSE attempt_count END
+             WHERE {HELD}"
+        ),
+        vec![refund.into(), refund.into()],
+        lease,
+    )
+    .await
 }
 
 pub(super) async fn complete(
     db: &DatabaseConnection,
-    key: &MessageKey,
+    lease: &Lease,
     activities: &[NewActivity],
     ttl: Duration,
 ) -> Result<(), StoreError> {
     let now = Utc::now();
+    let key = &lease.key;
     let txn = db.begin().await?;
     let backend = txn.get_database_backend();
-    txn.execute_raw(stmt(
-        backend,
-        "UPDATE processed_messages
-           SET status = 'completed', completed_at = ?, lease_expires_at = NULL, expires_at = ?
-         WHERE tenant_id = ? AND message_id = ?",
-        vec![
-            now.into(),
-            (now + chrono_duration(ttl)).into(),
-            key.tenant_id.as_str().into(),
-            key.message_id.as_str().into(),
-        ],
-    ))
+    // On LeaseLost the transaction is dropped, which rolls it back.
+    fenced(
+        &txn,
+        &format!(
+            "UPDATE processed_messages
+               SET status = 'completed', completed_at = ?, lease_expires_at = NULL, expires_at = ?
+             WHERE {HELD}"
+        ),
+        vec![now.into(), (now + chrono_duration(ttl)).into()],
+        lease,
+    )
     .await?;
     if !activities.is_empty() {
         let mut sql = String::from(
@@ -134,16 +153,15 @@ pub(super) async fn complete(
     Ok(())
 }
 
-/// Marks a claim dead-lettered inside the caller's transaction.
-pub(super) async fn mark_dead_lettered(db: &impl ConnectionTrait, key: &MessageKey) -> Result<(), DbErr> {
-    db.execute_raw(stmt(
-        db.get_database_backend(),
-        "UPDATE processed_messages SET dead_lettered_at = ?, lease_expires_at = NULL
-         WHERE tenant_id = ? AND message_id = ? AND status = 'in_progress'",
-        vec![Utc::now().into(), key.tenant_id.as_str().into(), key.message_id.as_str().into()],
-    ))
-    .await?;
-    Ok(())
+/// Marks a held claim dead-lettered inside the caller's transaction.
+pub(super) async fn mark_dead_lettered(db: &impl ConnectionTrait, lease: &Lease) -> Result<(), StoreError> {
+    fenced(
+        db,
+        &format!("UPDATE processed_messages SET dead_lettered_at = ?, lease_expires_at = NULL WHERE {HELD}"),
+        vec![Utc::now().into()],
+        lease,
+    )
+    .await
 }
 
 /// Reopens a dead-lettered claim with a fresh attempt budget, inside the caller's transaction.

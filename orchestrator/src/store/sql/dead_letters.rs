@@ -8,6 +8,7 @@ use sea_orm::{ConnectionTrait, DatabaseConnection, QueryResult, TransactionTrait
 use super::statement::stmt;
 use super::{claims, corrupt};
 use crate::event::FailureType;
+use crate::store::Lease;
 use crate::store::{DeadLetter, DlqFilter, DlqStatus, MessageKey, NewDeadLetter, Page, SourceInfo, StoreError};
 
 const COLUMNS: &str = r#"id, message_id, topic, "partition", "offset", "key", payload, payload_encoding,
@@ -15,7 +16,7 @@ const COLUMNS: &str = r#"id, message_id, topic, "partition", "offset", "key", pa
 
 pub(super) async fn insert(
     db: &DatabaseConnection,
-    key: Option<&MessageKey>,
+    lease: Option<&Lease>,
     entry: &NewDeadLetter,
 ) -> Result<i64, StoreError> {
     let now = Utc::now();
@@ -52,8 +53,9 @@ pub(super) async fn insert(
         .await?
         .ok_or_else(|| corrupt("dead_letter_queue", "insert returned no id".to_owned()))?;
     let id: i64 = row.try_get("", "id")?;
-    if let Some(key) = key {
-        claims::mark_dead_lettered(&txn, key).await?;
+    if let Some(lease) = lease {
+        // Lease lost: the transaction is dropped and the insert rolled back.
+        claims::mark_dead_lettered(&txn, lease).await?;
     }
     txn.commit().await?;
     Ok(id)
@@ -106,6 +108,11 @@ pub(super) async fn mark(db: &DatabaseConnection, id: i64, status: DlqStatus) ->
         .filter(|from| from.can_become(status))
         .map(DlqStatus::as_str)
         .collect();
+    if allowed_from.is_empty() {
+        // Nothing may become `status` (e.g. `failed`): refuse before an empty `IN ()`.
+        let from = get(db, id).await?.ok_or(StoreError::NotFound(id))?.status;
+        return Err(StoreError::InvalidTransition { id, from: from.as_str(), to: status.as_str() });
+    }
     let replayed = i32::from(status == DlqStatus::Replayed);
     let txn = db.begin().await?;
     let backend = txn.get_database_backend();

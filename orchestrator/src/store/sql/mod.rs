@@ -15,6 +15,8 @@ use super::{
     Store, StoreError,
 };
 
+use super::Lease;
+
 mod claims;
 mod dead_letters;
 mod saga_log;
@@ -52,24 +54,28 @@ impl Store for SqlStore {
         claims::claim(&self.db, key, lease).await
     }
 
-    async fn release(&self, key: &MessageKey, refund_attempt: bool) -> Result<(), StoreError> {
-        claims::release(&self.db, key, refund_attempt).await
+    async fn renew(&self, lease: &Lease, duration: Duration) -> Result<(), StoreError> {
+        claims::renew(&self.db, lease, duration).await
+    }
+
+    async fn release(&self, lease: &Lease, refund_attempt: bool) -> Result<(), StoreError> {
+        claims::release(&self.db, lease, refund_attempt).await
     }
 
     async fn load_steps(&self, key: &MessageKey, run: u32) -> Result<Vec<StepRecord>, StoreError> {
         saga_log::load_steps(&self.db, key, run).await
     }
 
-    async fn record_step(&self, key: &MessageKey, run: u32, step: &StepRecord) -> Result<(), StoreError> {
-        saga_log::record_step(&self.db, key, run, step).await
+    async fn record_step(&self, lease: &Lease, run: u32, step: &StepRecord) -> Result<(), StoreError> {
+        saga_log::record_step(&self.db, lease, run, step).await
     }
 
-    async fn complete(&self, key: &MessageKey, activities: &[NewActivity], ttl: Duration) -> Result<(), StoreError> {
-        claims::complete(&self.db, key, activities, ttl).await
+    async fn complete(&self, lease: &Lease, activities: &[NewActivity], ttl: Duration) -> Result<(), StoreError> {
+        claims::complete(&self.db, lease, activities, ttl).await
     }
 
-    async fn dead_letter(&self, key: Option<&MessageKey>, entry: &NewDeadLetter) -> Result<i64, StoreError> {
-        dead_letters::insert(&self.db, key, entry).await
+    async fn dead_letter(&self, lease: Option<&Lease>, entry: &NewDeadLetter) -> Result<i64, StoreError> {
+        dead_letters::insert(&self.db, lease, entry).await
     }
 
     async fn purge_expired(&self, now: DateTime<Utc>) -> Result<u64, StoreError> {

@@ -5,7 +5,7 @@ use sea_orm::ConnectionTrait;
 
 use super::corrupt;
 use super::statement::stmt;
-use crate::store::{MessageKey, StepRecord, StepStatus, StoreError};
+use crate::store::{Lease, MessageKey, StepRecord, StepStatus, StoreError};
 
 pub(super) async fn load_steps(
     db: &impl ConnectionTrait,
@@ -40,27 +40,37 @@ pub(super) async fn load_steps(
 
 pub(super) async fn record_step(
     db: &impl ConnectionTrait,
-    key: &MessageKey,
+    lease: &Lease,
     run: u32,
     step: &StepRecord,
 ) -> Result<(), StoreError> {
-    db.execute_raw(stmt(
-        db.get_database_backend(),
+    let key = &lease.key;
+    // Inserted only while the lease is held: a worker that lost its lease
+    // stops at its next step instead of interleaving with the new holder.
+    let sql = format!(
         "INSERT INTO saga_steps (tenant_id, message_id, run, step_index, action, status, output, error, retryable, created_at)
-         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-        vec![
-            key.tenant_id.as_str().into(),
-            key.message_id.as_str().into(),
-            (run as i32).into(),
-            (step.step_index as i32).into(),
-            step.action.as_str().into(),
-            step.status.as_str().into(),
-            step.output.clone().into(),
-            step.error.clone().into(),
-            step.retryable.into(),
-            step.at.into(),
-        ],
-    ))
-    .await?;
+         SELECT ?, ?, ?, ?, ?, ?, ?, ?, ?, ?
+         WHERE EXISTS (SELECT 1 FROM processed_messages WHERE {})",
+        super::claims::HELD
+    );
+    let values = vec![
+        key.tenant_id.as_str().into(),
+        key.message_id.as_str().into(),
+        (run as i32).into(),
+        (step.step_index as i32).into(),
+        step.action.as_str().into(),
+        step.status.as_str().into(),
+        step.output.clone().into(),
+        step.error.clone().into(),
+        step.retryable.into(),
+        step.at.into(),
+        key.tenant_id.as_str().into(),
+        key.message_id.as_str().into(),
+        lease.token.into(),
+    ];
+    let result = db.execute_raw(stmt(db.get_database_backend(), &sql, values)).await?;
+    if result.rows_affected() == 0 {
+        return Err(StoreError::LeaseLost(key.message_id.clone()));
+    }
     Ok(())
 }
