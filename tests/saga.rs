@@ -10,7 +10,8 @@ use common::*;
 use orchestrator::store::{MessageKey, StepStatus};
 use orchestrator::testing::{self, TestDb};
 use orchestrator::{
-    ActionError, DeadLetterQueue, ExecutorRegistry, HandlerRegistry, MemoryStore, Outcome, SqlStore, Store,
+    ActionError, DeadLetterQueue, ExecutorRegistry, HandlerRegistry, MemoryStore, Orchestrator, Outcome,
+    PipelineConfig, SqlStore, Store,
 };
 
 struct Backend {
@@ -200,5 +201,107 @@ async fn a_run_interrupted_while_compensating_finishes_compensating_on_resume() 
         let steps = b.store.load_steps(&key("m6"), 1).await.unwrap();
         assert_eq!(statuses(&steps, 0).last(), Some(&StepStatus::Compensated), "{}", b.label);
         assert_eq!(statuses(&steps, 1).last(), Some(&StepStatus::Compensated), "{}", b.label);
+    }
+}
+
+#[tokio::test]
+async fn a_timed_out_step_is_undone_by_key_before_the_earlier_steps() {
+    for b in backends().await {
+        let log = CallLog::default();
+        let orch = Orchestrator::builder()
+            .handlers(HandlerRegistry::new(plan(&["a", "b"])))
+            .executors(
+                ExecutorRegistry::new()
+                    .with(Scripted::new("a", &log))
+                    .with(Scripted::new("b", &log).taking(Duration::from_secs(5))),
+            )
+            .store(b.store.clone())
+            .config(PipelineConfig { action_timeout: Duration::from_millis(100), ..fast_config() })
+            .build()
+            .unwrap();
+        let outcome = orch.process(incoming("m7", order_intent())).await.unwrap();
+        assert!(
+            matches!(outcome, Outcome::RetryScheduled { ref reason, .. } if reason.contains("timed out")),
+            "{outcome:?}"
+        );
+        // b may have had its effect before timing out: it is undone (by key), then a.
+        assert_eq!(log.entries(), ["execute a", "execute b", "compensate_unknown b", "compensate a"], "{}", b.label);
+    }
+}
+
+#[tokio::test]
+async fn a_changed_plan_compensates_what_the_log_says_ran() {
+    for b in backends().await {
+        let log = CallLog::default();
+        let all = || {
+            ExecutorRegistry::new()
+                .with(Scripted::new("a", &log))
+                .with(Scripted::new("b", &log))
+                .with(Scripted::new("c", &log).hanging_once())
+                .with(Scripted::new("x", &log))
+        };
+        let first = orchestrator(b.store.clone(), HandlerRegistry::new(plan(&["a", "b", "c"])), all());
+        crash_when_logged(first, incoming("m8", order_intent()), &log, 3).await;
+        tokio::time::sleep(fast_config().claim_lease + Duration::from_millis(50)).await;
+
+        // The handler now plans differently for the same message.
+        let second = orchestrator(b.store.clone(), HandlerRegistry::new(plan(&["a", "x"])), all());
+        let outcome = second.process(incoming("m8", order_intent())).await.unwrap();
+        let Outcome::DeadLettered(dead) = outcome else { panic!("{}: expected DLQ, got {outcome:?}", b.label) };
+        assert!(dead.reason.contains("was `b` in the saga log but is now `x`"), "{}: {}", b.label, dead.reason);
+        // c was started and never finished: undone by key; then b and a from their outputs.
+        assert_eq!(
+            log.entries(),
+            ["execute a", "execute b", "execute c", "compensate_unknown c", "compensate b", "compensate a"],
+            "{}",
+            b.label
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_message_that_keeps_killing_its_worker_ends_in_the_dlq() {
+    for b in backends().await {
+        let log = CallLog::default();
+        let worker = || {
+            orchestrator(
+                b.store.clone(),
+                HandlerRegistry::new(plan(&["a"])),
+                ExecutorRegistry::new().with(Scripted::new("a", &log).hanging_always()),
+            )
+        };
+        let mut message = incoming("m9", order_intent());
+        message.max_attempts = Some(2);
+        for crash in 1..=2 {
+            crash_when_logged(worker(), message.clone(), &log, crash).await;
+            tokio::time::sleep(fast_config().claim_lease + Duration::from_millis(50)).await;
+        }
+        let outcome = worker().process(message).await.unwrap();
+        let Outcome::DeadLettered(dead) = outcome else { panic!("{}: expected DLQ, got {outcome:?}", b.label) };
+        assert_eq!(dead.failure_type, orchestrator::event::FailureType::UnknownError, "{}", b.label);
+        assert!(dead.reason.contains("did not finish"), "{}: {}", b.label, dead.reason);
+        assert_eq!(log.count("execute a"), 2, "{}: not run a third time", b.label);
+    }
+}
+
+#[tokio::test]
+async fn a_slow_message_keeps_its_lease_while_it_works() {
+    for b in backends().await {
+        let log = CallLog::default();
+        let worker = || {
+            Arc::new(orchestrator(
+                b.store.clone(),
+                HandlerRegistry::new(plan(&["a"])),
+                ExecutorRegistry::new().with(Scripted::new("a", &log).taking(Duration::from_millis(1200))),
+            ))
+        };
+        // The step takes four lease lengths (lease: 300 ms); renewal keeps the claim.
+        let slow = worker();
+        let running = tokio::spawn(async move { slow.process(incoming("m10", order_intent())).await });
+        tokio::time::sleep(Duration::from_millis(700)).await;
+        let redelivery = worker().process(incoming("m10", order_intent())).await.unwrap();
+        assert!(matches!(redelivery, Outcome::Deferred { .. }), "{}: taken over while alive: {redelivery:?}", b.label);
+        assert!(matches!(running.await.unwrap().unwrap(), Outcome::Completed(_)), "{}", b.label);
+        assert_eq!(log.count("execute a"), 1, "{}", b.label);
     }
 }

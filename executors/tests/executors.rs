@@ -64,6 +64,15 @@ async fn check(
     let action = ActionContext { message: &next_run, params: &params, step_index: 0 };
     executor.execute(&action).await.unwrap();
     assert_eq!(statuses(db, table, &ctx.message_id).await, [undone, done], "{table}");
+
+    // Its result was never recorded (timeout, crash): undone by idempotency key alone.
+    executor.compensate_unknown(&action).await.unwrap();
+    assert_eq!(statuses(db, table, &ctx.message_id).await, [undone, undone], "{table}: undone by key");
+    // Nothing was written under this key: a no-op.
+    let mut never_ran = ctx.clone();
+    never_ran.run = 3;
+    executor.compensate_unknown(&ActionContext { message: &never_ran, params: &params, step_index: 0 }).await.unwrap();
+    assert_eq!(statuses(db, table, &ctx.message_id).await, [undone, undone], "{table}");
 }
 
 #[tokio::test]

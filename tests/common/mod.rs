@@ -67,6 +67,8 @@ pub struct Scripted {
     compensation_error: Option<ActionError>,
     hang_once: AtomicBool,
     compensation_hang_once: AtomicBool,
+    hang_always: bool,
+    delay: Duration,
 }
 
 impl Scripted {
@@ -79,6 +81,8 @@ impl Scripted {
             compensation_error: None,
             hang_once: AtomicBool::new(false),
             compensation_hang_once: AtomicBool::new(false),
+            hang_always: false,
+            delay: Duration::ZERO,
         }
     }
 
@@ -106,6 +110,18 @@ impl Scripted {
         self
     }
 
+    /// Every execution never returns.
+    pub fn hanging_always(mut self) -> Self {
+        self.hang_always = true;
+        self
+    }
+
+    /// Every execution takes `delay` before it succeeds (or fails as scripted).
+    pub fn taking(mut self, delay: Duration) -> Self {
+        self.delay = delay;
+        self
+    }
+
     /// The first execution never returns.
     pub fn hanging_once(self) -> Self {
         self.hang_once.store(true, Ordering::SeqCst);
@@ -121,9 +137,10 @@ impl ActionExecutor for Scripted {
 
     async fn execute(&self, ctx: &ActionContext<'_>) -> Result<ActionOutput, ActionError> {
         self.log.push(format!("execute {}", self.name));
-        if self.hang_once.swap(false, Ordering::SeqCst) {
+        if self.hang_always || self.hang_once.swap(false, Ordering::SeqCst) {
             std::future::pending::<()>().await;
         }
+        tokio::time::sleep(self.delay).await;
         if let Some(error) = &self.always_fail {
             return Err(error.clone());
         }
@@ -143,6 +160,11 @@ impl ActionExecutor for Scripted {
             Some(error) => Err(error.clone()),
             None => Ok(()),
         }
+    }
+
+    async fn compensate_unknown(&self, _ctx: &ActionContext<'_>) -> Result<(), ActionError> {
+        self.log.push(format!("compensate_unknown {}", self.name));
+        Ok(())
     }
 }
 
