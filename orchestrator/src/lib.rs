@@ -19,6 +19,7 @@
 //! | the pipeline | [`Orchestrator`] |
 
 pub mod breaker;
+pub mod classifier;
 pub mod config;
 pub mod context;
 pub mod db;
@@ -28,6 +29,7 @@ pub mod executor_registry;
 pub mod handler;
 pub mod handler_registry;
 pub mod intent;
+pub mod kafka;
 pub mod maintenance;
 mod mask;
 pub mod pipeline;
@@ -39,6 +41,7 @@ pub mod testing;
 pub mod validate;
 
 pub use breaker::{BreakerConfig, BreakerError, BreakerRegistry, BreakerState, CircuitBreaker};
+pub use classifier::{Classifier, ClassifyError, KeywordClassifier};
 pub use config::{ConfigError, PipelineConfig};
 pub use context::{Inbound, MessageContext};
 pub use executor::{ActionContext, ActionError, ActionExecutor, ActionOutput};

@@ -432,25 +432,37 @@ impl Orchestrator {
         source: Option<SourceInfo>,
         error: &DecodeError,
     ) -> Result<Outcome, PipelineError> {
+        self.reject(payload, source, FailureType::SerializationError, error.to_string()).await
+    }
+
+    /// Files input the pipeline cannot take (undecodable bytes, an event
+    /// type that is not consumed) in the dead-letter queue as it arrived.
+    pub async fn reject(
+        &self,
+        payload: &[u8],
+        source: Option<SourceInfo>,
+        failure_type: FailureType,
+        reason: String,
+    ) -> Result<Outcome, PipelineError> {
         let entry = NewDeadLetter {
             message_id: None,
             tenant_id: None,
             source: source.clone(),
             payload: payload.to_vec(),
-            failure_type: FailureType::SerializationError,
-            error: error.to_string(),
+            failure_type,
+            error: reason,
             attempt_count: 1,
         };
         let dlq_id = self.store.dead_letter(None, &entry).await?;
-        tracing::warn!(dlq_id, %error, "undecodable message dead-lettered");
+        tracing::warn!(dlq_id, %failure_type, error = %entry.error, "input rejected to the dead-letter queue");
         Ok(Outcome::DeadLettered(DeadLettered {
             dlq_id,
-            failure_type: FailureType::SerializationError,
+            failure_type,
             reason: entry.error.clone(),
             event: MessageFailed {
                 message_id: String::new(),
                 phone: source.and_then(|s| s.key).unwrap_or_default(),
-                failure_type: FailureType::SerializationError,
+                failure_type,
                 error_details: entry.error,
                 attempt_count: 1,
                 failed_at: Utc::now(),

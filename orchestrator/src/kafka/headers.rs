@@ -1,0 +1,16 @@
+//! Kafka header names the runtime writes on retry and dead-letter copies.
+
+/// When a retry copy is due (RFC 3339, UTC).
+pub const DUE_AT: &str = "x-due-at";
+/// Topic the message was first consumed from.
+pub const SOURCE_TOPIC: &str = "x-source-topic";
+/// Its partition there.
+pub const SOURCE_PARTITION: &str = "x-source-partition";
+/// Its offset there.
+pub const SOURCE_OFFSET: &str = "x-source-offset";
+/// Consumer group that gave up on it.
+pub const CONSUMER_GROUP: &str = "x-consumer-group";
+/// Attempts made.
+pub const ATTEMPTS: &str = "x-attempts";
+/// Why it was dead-lettered (`failure_type: error`).
+pub const ERROR: &str = "x-error";

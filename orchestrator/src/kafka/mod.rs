@@ -1,0 +1,15 @@
+//! The Kafka side: configuration, the embedded broker, publishing, and the
+//! consumer runtime that feeds the pipeline.
+
+pub mod config;
+pub mod embedded;
+pub mod headers;
+mod key_order;
+mod offsets;
+pub mod publisher;
+pub mod runtime;
+
+pub use config::KafkaConfig;
+pub use embedded::EmbeddedKafka;
+pub use publisher::{PublishError, Publisher};
+pub use runtime::{ConsumerRuntime, RuntimeError, RuntimeStats};

@@ -1,0 +1,75 @@
+//! Publishing events and raw copies to Kafka, keyed by phone.
+
+use std::time::Duration;
+
+use rdkafka::error::KafkaError;
+use rdkafka::message::{Header, OwnedHeaders};
+use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
+
+use super::KafkaConfig;
+use crate::event::Envelope;
+
+/// A publish was not acknowledged by Kafka.
+#[derive(Debug, thiserror::Error)]
+#[error("publishing to {topic} failed: {source}")]
+pub struct PublishError {
+    /// The topic.
+    pub topic: String,
+    /// The cause.
+    #[source]
+    pub source: KafkaError,
+}
+
+/// An idempotent producer (acks and compression per [`KafkaConfig`]).
+#[derive(Clone)]
+pub struct Publisher {
+    producer: FutureProducer,
+    timeout: Duration,
+}
+
+impl Publisher {
+    /// A producer for `config` (its bootstrap servers must be set).
+    pub fn new(config: &KafkaConfig) -> Result<Self, KafkaError> {
+        Ok(Self { producer: config.producer_config().create()?, timeout: config.timeout })
+    }
+
+    /// Publishes an event to its type's topic, keyed by its phone number.
+    pub async fn publish(&self, envelope: &Envelope) -> Result<(i32, i64), PublishError> {
+        let topic = envelope.event_type().topic();
+        self.send(topic, envelope.data.phone(), &envelope.encode(), &[]).await
+    }
+
+    /// Sends bytes with headers; resolves once Kafka acknowledged them.
+    pub async fn send(
+        &self,
+        topic: &str,
+        key: Option<&str>,
+        payload: &[u8],
+        headers: &[(&str, &[u8])],
+    ) -> Result<(i32, i64), PublishError> {
+        let mut owned = OwnedHeaders::new_with_capacity(headers.len());
+        for (key, value) in headers {
+            owned = owned.insert(Header { key, value: Some(*value) });
+        }
+        let mut record = FutureRecord::<str, [u8]>::to(topic).payload(payload).headers(owned);
+        if let Some(key) = key {
+            record = record.key(key);
+        }
+        self.producer
+            .send(record, self.timeout)
+            .await
+            .map(|delivery| (delivery.partition, delivery.offset))
+            .map_err(|(source, _)| PublishError { topic: topic.to_owned(), source })
+    }
+
+    /// Waits for everything queued to be acknowledged.
+    pub fn flush(&self, timeout: Duration) -> Result<(), KafkaError> {
+        self.producer.flush(timeout)
+    }
+}
+
+impl std::fmt::Debug for Publisher {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Publisher").field("timeout", &self.timeout).finish_non_exhaustive()
+    }
+}
