@@ -1,0 +1,184 @@
+//! The whole flow on the embedded broker: a MessageReceived produced to
+//! Kafka becomes a ResponseReady on conversation.responses; poison goes to
+//! the .dlq topic and the table; retries go through .retry. On SQLite and
+//! (with TEST_DATABASE_URL) PostgreSQL.
+
+mod common;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use chrono::Utc;
+use common::{CallLog, Scripted, count, fast_config};
+use orchestrator::event::{EventData, MessageContent, MessageReceived, MessageType, ResponseContent, topics};
+use orchestrator::kafka::runtime::RuntimeSettings;
+use orchestrator::kafka::{ConsumerRuntime, EmbeddedKafka, KafkaConfig, Publisher, headers};
+use orchestrator::testing;
+use orchestrator::{ActionError, KeywordClassifier, Orchestrator, RetryPolicy, SqlStore};
+use rdkafka::consumer::{Consumer, StreamConsumer};
+use rdkafka::message::{Headers, Message, OwnedMessage};
+use tokio::sync::oneshot;
+
+fn config(kafka: &EmbeddedKafka, group: &str) -> KafkaConfig {
+    KafkaConfig {
+        consumer_group_id: group.to_owned(),
+        heartbeat_interval_ms: 300,
+        session_timeout_ms: 6000,
+        ..KafkaConfig::default()
+    }
+    .with_bootstrap_servers(kafka.bootstrap_servers())
+}
+
+fn message_received(id: &str, phone: &str, body: &str) -> orchestrator::event::Envelope {
+    orchestrator::event::Envelope::new(
+        EventData::MessageReceived(MessageReceived {
+            message_id: id.to_owned(),
+            from_phone: phone.to_owned(),
+            message_type: MessageType::Text,
+            content: MessageContent::Text { body: body.to_owned() },
+            received_at: Utc::now(),
+            metadata: HashMap::new(),
+        }),
+        "test",
+    )
+}
+
+/// Reads `topic` from the start until `want` messages arrived (or 60 s passed).
+async fn read(kafka: &EmbeddedKafka, topic: &str, want: usize) -> Vec<OwnedMessage> {
+    let reader: StreamConsumer = config(kafka, &format!("reader-{}", uuid::Uuid::new_v4()))
+        .consumer_config(&format!("reader-{}", uuid::Uuid::new_v4()))
+        .create()
+        .unwrap();
+    reader.subscribe(&[topic]).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut got = Vec::new();
+    while got.len() < want && Instant::now() < deadline {
+        if let Ok(Ok(message)) = tokio::time::timeout(Duration::from_secs(1), reader.recv()).await {
+            got.push(message.detach());
+        }
+    }
+    got
+}
+
+fn header(message: &OwnedMessage, name: &str) -> Option<String> {
+    message.headers()?.iter().find(|h| h.key == name)?.value.map(|v| String::from_utf8_lossy(v).into_owned())
+}
+
+fn start(runtime: ConsumerRuntime) -> (oneshot::Sender<()>, tokio::task::JoinHandle<()>) {
+    let (stop, stopped) = oneshot::channel::<()>();
+    let handle = tokio::spawn(async move {
+        runtime
+            .run(async {
+                let _ = stopped.await;
+            })
+            .await
+            .expect("runtime ran");
+    });
+    (stop, handle)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_message_becomes_a_reply_and_poison_goes_to_the_dlq() {
+    for t in testing::databases().await {
+        let kafka = EmbeddedKafka::start(4).unwrap();
+        let store = Arc::new(SqlStore::new(t.db.clone()));
+        let orch = Orchestrator::builder()
+            .handlers(handlers::builtin())
+            .executors(executors::builtin(&t.db))
+            .store(store)
+            .config(fast_config())
+            .build()
+            .unwrap();
+        let settings = RuntimeSettings { shutdown_grace: Duration::from_secs(10), ..Default::default() };
+        let runtime = ConsumerRuntime::new(
+            &config(&kafka, "orchestrator"),
+            Arc::new(orch),
+            Arc::new(KeywordClassifier),
+            settings,
+        )
+        .unwrap();
+        let stats = runtime.stats();
+        let (stop, handle) = start(runtime);
+
+        let publisher = Publisher::new(&config(&kafka, "producer")).unwrap();
+        let phone = "+15551234567";
+        publisher.publish(&message_received("wamid.k1", phone, "I want to order 2 tacos")).await.unwrap();
+        publisher.send(topics::MESSAGES, Some(phone), b"{not json", &[]).await.unwrap();
+        publisher.publish(&message_received("wamid.k2", phone, "how much is the pizza?")).await.unwrap();
+
+        let replies = read(&kafka, topics::RESPONSES, 2).await;
+        assert_eq!(replies.len(), 2, "{}: two replies", t.label);
+        let mut answered = Vec::new();
+        for reply in &replies {
+            assert_eq!(reply.key(), Some(phone.as_bytes()), "{}: replies are keyed by phone", t.label);
+            let envelope = orchestrator::event::Envelope::decode(reply.payload().unwrap()).unwrap();
+            let EventData::ResponseReady(ready) = envelope.data else { panic!("not a ResponseReady") };
+            assert!(matches!(ready.content, ResponseContent::Text { .. }));
+            answered.push(ready.original_message_id);
+        }
+        // Same phone: processed in the order produced, the poison between them did not stall it.
+        assert_eq!(answered, ["wamid.k1", "wamid.k2"], "{}", t.label);
+
+        let dead = read(&kafka, &format!("{}.dlq", topics::MESSAGES), 1).await;
+        assert_eq!(dead.len(), 1, "{}", t.label);
+        assert_eq!(dead[0].payload(), Some(&b"{not json"[..]), "{}: the DLQ copy is the original bytes", t.label);
+        assert!(header(&dead[0], headers::ERROR).unwrap().starts_with("SerializationError"), "{}", t.label);
+        assert_eq!(header(&dead[0], headers::SOURCE_TOPIC).as_deref(), Some(topics::MESSAGES));
+        let failures = read(&kafka, topics::FAILURES, 1).await;
+        assert_eq!(failures.len(), 1, "{}: a MessageFailed is published", t.label);
+
+        assert_eq!(count(&t.db, "orders", "message_id = 'wamid.k1' AND status = 'created'").await, 1, "{}", t.label);
+        assert_eq!(count(&t.db, "dead_letter_queue", "failure_type = 'SerializationError'").await, 1, "{}", t.label);
+
+        let _ = stop.send(());
+        handle.await.unwrap();
+        let [processed, _, _, dead_lettered, _] = stats.snapshot();
+        assert_eq!((processed, dead_lettered), (2, 1), "{}", t.label);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retryable_failure_goes_through_the_retry_topic_and_succeeds_on_attempt_2() {
+    for t in testing::databases().await {
+        let kafka = EmbeddedKafka::start(2).unwrap();
+        let log = CallLog::default();
+        let orch = Orchestrator::builder()
+            .handlers(handlers::builtin())
+            .executors(
+                executors::builtin(&t.db)
+                    .with(Scripted::new("notify_sales", &log).failing([ActionError::retryable("CRM timeout")])),
+            )
+            .store(Arc::new(SqlStore::new(t.db.clone())))
+            .retry_policy(RetryPolicy::steps(vec![Duration::from_millis(300)]))
+            .config(fast_config())
+            .build()
+            .unwrap();
+        let runtime = ConsumerRuntime::new(
+            &config(&kafka, "orchestrator"),
+            Arc::new(orch),
+            Arc::new(KeywordClassifier),
+            RuntimeSettings::default(),
+        )
+        .unwrap();
+        let stats = runtime.stats();
+        let (stop, handle) = start(runtime);
+        let publisher = Publisher::new(&config(&kafka, "producer")).unwrap();
+        publisher.publish(&message_received("wamid.r1", "+15557654321", "how much is the pizza?")).await.unwrap();
+
+        let replies = read(&kafka, topics::RESPONSES, 1).await;
+        assert_eq!(replies.len(), 1, "{}: the retried message completes", t.label);
+        let retries = read(&kafka, &format!("{}.retry", topics::MESSAGES), 1).await;
+        assert_eq!(retries.len(), 1, "{}", t.label);
+        assert!(header(&retries[0], headers::DUE_AT).is_some(), "{}: the retry copy carries its due time", t.label);
+        let copy = orchestrator::event::Envelope::decode(retries[0].payload().unwrap()).unwrap();
+        assert_eq!(copy.attempt_count, 2, "{}: attempt_count raised", t.label);
+        assert_eq!(log.count("execute notify_sales"), 2, "{}", t.label);
+        assert_eq!(count(&t.db, "processed_messages", "message_id = 'wamid.r1' AND status = 'completed'").await, 1);
+
+        let _ = stop.send(());
+        handle.await.unwrap();
+        let [processed, failed, retried, dead_lettered, _] = stats.snapshot();
+        assert_eq!((processed, failed, retried, dead_lettered), (1, 1, 1, 0), "{}", t.label);
+    }
+}
