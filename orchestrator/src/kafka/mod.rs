@@ -8,8 +8,10 @@ mod key_order;
 mod offsets;
 pub mod publisher;
 pub mod runtime;
+pub mod sender;
 
 pub use config::KafkaConfig;
 pub use embedded::EmbeddedKafka;
 pub use publisher::{PublishError, Publisher};
-pub use runtime::{ConsumerRuntime, RuntimeError, RuntimeStats};
+pub use runtime::{ConsumerRuntime, RuntimeError, RuntimeSettings, RuntimeStats};
+pub use sender::{DryRunSender, ResponseSender, SendError, WhatsAppSender};
