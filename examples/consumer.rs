@@ -97,12 +97,17 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let orchestrator = Orchestrator::builder()
         .handlers(handlers::builtin())
         .executors(executors::builtin(&db))
-        .store(store)
+        .store(store.clone())
         .retry_policy(RetryPolicy::from_env()?)
         .build()?;
 
-    let runtime =
-        ConsumerRuntime::new(&kafka, Arc::new(orchestrator), Arc::new(KeywordClassifier), RuntimeSettings::default())?;
+    let runtime = ConsumerRuntime::new(
+        &kafka,
+        Arc::new(orchestrator),
+        Arc::new(KeywordClassifier),
+        store,
+        RuntimeSettings::default(),
+    )?;
     let sender = ResponseSender::new(&kafka, Arc::new(DryRunSender))?;
     let (stop, stopped) = watch::channel(false);
     let wait = |mut rx: watch::Receiver<bool>| async move {

@@ -86,7 +86,7 @@ async fn a_message_becomes_a_reply_and_poison_goes_to_the_dlq() {
         let orch = Orchestrator::builder()
             .handlers(handlers::builtin())
             .executors(executors::builtin(&t.db))
-            .store(store)
+            .store(store.clone())
             .config(fast_config())
             .build()
             .unwrap();
@@ -95,6 +95,7 @@ async fn a_message_becomes_a_reply_and_poison_goes_to_the_dlq() {
             &config(&kafka, "orchestrator"),
             Arc::new(orch),
             Arc::new(KeywordClassifier),
+            store,
             settings,
         )
         .unwrap();
@@ -143,13 +144,14 @@ async fn a_retryable_failure_goes_through_the_retry_topic_and_succeeds_on_attemp
     for t in testing::databases().await {
         let kafka = EmbeddedKafka::start(2).unwrap();
         let log = CallLog::default();
+        let store = Arc::new(SqlStore::new(t.db.clone()));
         let orch = Orchestrator::builder()
             .handlers(handlers::builtin())
             .executors(
                 executors::builtin(&t.db)
                     .with(Scripted::new("notify_sales", &log).failing([ActionError::retryable("CRM timeout")])),
             )
-            .store(Arc::new(SqlStore::new(t.db.clone())))
+            .store(store.clone())
             .retry_policy(RetryPolicy::steps(vec![Duration::from_millis(300)]))
             .config(fast_config())
             .build()
@@ -158,6 +160,7 @@ async fn a_retryable_failure_goes_through_the_retry_topic_and_succeeds_on_attemp
             &config(&kafka, "orchestrator"),
             Arc::new(orch),
             Arc::new(KeywordClassifier),
+            store,
             RuntimeSettings::default(),
         )
         .unwrap();
@@ -180,5 +183,85 @@ async fn a_retryable_failure_goes_through_the_retry_topic_and_succeeds_on_attemp
         handle.await.unwrap();
         let [processed, failed, retried, dead_lettered, _] = stats.snapshot();
         assert_eq!((processed, failed, retried, dead_lettered), (1, 1, 1, 0), "{}", t.label);
+    }
+}
+
+/// `completed_at` of a processed message.
+async fn completed_at(db: &sea_orm::DatabaseConnection, message_id: &str) -> chrono::DateTime<Utc> {
+    use sea_orm::{ConnectionTrait, Statement};
+    let sql = format!("SELECT completed_at FROM processed_messages WHERE message_id = '{message_id}'");
+    let row = db.query_one_raw(Statement::from_string(db.get_database_backend(), sql)).await.unwrap().expect("row");
+    row.try_get::<Option<chrono::DateTime<Utc>>>("", "completed_at").unwrap().expect("completed")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_phone_waits_behind_its_message_in_retry_across_a_restart_while_others_flow() {
+    for t in testing::databases().await {
+        let kafka = EmbeddedKafka::start(2).unwrap();
+        let log = CallLog::default();
+        let store = Arc::new(SqlStore::new(t.db.clone()));
+        // The first notify_sales fails (retryable); the retry is due 3 s later.
+        let failing_once = Arc::new(Scripted::new("notify_sales", &log).failing([ActionError::retryable("CRM down")]));
+        let runtime = |grace: Duration| {
+            let mut executors = executors::builtin(&t.db);
+            executors.register(failing_once.clone());
+            let orch = Orchestrator::builder()
+                .handlers(handlers::builtin())
+                .executors(executors)
+                .store(store.clone())
+                .retry_policy(RetryPolicy::steps(vec![Duration::from_secs(3)]))
+                .config(fast_config())
+                .build()
+                .unwrap();
+            let settings = RuntimeSettings { shutdown_grace: grace, ..Default::default() };
+            ConsumerRuntime::new(
+                &config(&kafka, "orchestrator"),
+                Arc::new(orch),
+                Arc::new(KeywordClassifier),
+                store.clone(),
+                settings,
+            )
+            .unwrap()
+        };
+        let (stop, handle) = start(runtime(Duration::from_millis(200)));
+        let publisher = Publisher::new(&config(&kafka, "producer")).unwrap();
+        let (p, q) = ("+15550000001", "+15550000002");
+        publisher.publish(&message_received("wamid.p1", p, "how much is the pizza?")).await.unwrap();
+        publisher.publish(&message_received("wamid.p2", p, "and how much are the tacos?")).await.unwrap();
+
+        // p1 is in retry, p2 parked behind it.
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while count(&t.db, "parked_messages", "message_id = 'wamid.p2'").await == 0 {
+            assert!(Instant::now() < deadline, "{}: p2 was never parked", t.label);
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        assert_eq!(count(&t.db, "key_blocks", &format!("key = '{p}' AND holder_message_id = 'wamid.p1'")).await, 1);
+        // Another phone is not held up.
+        publisher.publish(&message_received("wamid.q1", q, "how much is the soda?")).await.unwrap();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while count(&t.db, "processed_messages", "message_id = 'wamid.q1' AND status = 'completed'").await == 0 {
+            assert!(Instant::now() < deadline, "{}: q1 was held up", t.label);
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        assert_eq!(count(&t.db, "processed_messages", "message_id = 'wamid.p2' AND status = 'completed'").await, 0);
+
+        // Restart while p1 waits in retry: the block and the parked p2 are in the database.
+        let _ = stop.send(());
+        handle.await.unwrap();
+        let (stop, handle) = start(runtime(Duration::from_secs(10)));
+
+        let replies = read(&kafka, topics::RESPONSES, 3).await;
+        assert_eq!(replies.len(), 3, "{}", t.label);
+        let (p1, p2, q1) = (
+            completed_at(&t.db, "wamid.p1").await,
+            completed_at(&t.db, "wamid.p2").await,
+            completed_at(&t.db, "wamid.q1").await,
+        );
+        assert!(q1 < p1, "{}: the other phone flowed while p waited", t.label);
+        assert!(p1 < p2, "{}: p2 did not overtake p1 ({p1} vs {p2})", t.label);
+        assert_eq!(count(&t.db, "parked_messages", "1 = 1").await, 0, "{}: nothing left parked", t.label);
+        assert_eq!(count(&t.db, "key_blocks", "1 = 1").await, 0, "{}: the block was lifted", t.label);
+        let _ = stop.send(());
+        handle.await.unwrap();
     }
 }

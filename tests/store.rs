@@ -268,3 +268,36 @@ async fn migrations_go_down_and_up_again() {
         assert_eq!(Migrator::get_pending_migrations(&t.db).await.unwrap().len(), 0);
     }
 }
+
+#[tokio::test]
+async fn a_blocked_key_parks_later_messages_in_order_until_unblocked() {
+    use orchestrator::store::{KeyParking, ParkCheck, ParkedMessage};
+    for t in testing::databases().await {
+        let store = SqlStore::new(t.db.clone());
+        let message = |id: &str, offset: i64| ParkedMessage {
+            id: 0,
+            key: "+15551234567".into(),
+            message_id: id.into(),
+            topic: "conversation.messages".into(),
+            partition: 1,
+            offset,
+            payload: format!("{{\"id\":\"{id}\"}}"),
+        };
+        assert_eq!(store.park_if_blocked(&message("m1", 1)).await.unwrap(), ParkCheck::Open { holder: false });
+        store.block("+15551234567", "m1").await.unwrap();
+        assert_eq!(store.park_if_blocked(&message("m1", 1)).await.unwrap(), ParkCheck::Open { holder: true });
+        for (id, offset) in [("m2", 2), ("m3", 3)] {
+            assert_eq!(store.park_if_blocked(&message(id, offset)).await.unwrap(), ParkCheck::Parked, "{}", t.label);
+        }
+        assert!(!store.unblock_if_empty("+15551234567").await.unwrap(), "{}: m2 and m3 wait", t.label);
+        let first = store.next_parked("+15551234567").await.unwrap().expect("parked");
+        assert_eq!((first.message_id.as_str(), first.offset, first.payload.as_str()), ("m2", 2, "{\"id\":\"m2\"}"));
+        store.unpark(first.id).await.unwrap();
+        let second = store.next_parked("+15551234567").await.unwrap().expect("parked");
+        assert_eq!(second.message_id, "m3", "{}: parked in arrival order", t.label);
+        store.unpark(second.id).await.unwrap();
+        assert!(store.unblock_if_empty("+15551234567").await.unwrap(), "{}", t.label);
+        assert_eq!(store.park_if_blocked(&message("m4", 4)).await.unwrap(), ParkCheck::Open { holder: false });
+        assert!(store.unblock_if_empty("+19999999999").await.unwrap(), "{}: an unknown key is not blocked", t.label);
+    }
+}

@@ -3,7 +3,8 @@
 //! [`Migrator`] creates every table of the design: the orchestrator's own
 //! (`processed_messages`, `dead_letter_queue`, `saga_steps`, `lead_activities`)
 //! and the built-in executors' effect tables (`orders`, `support_tickets`,
-//! `review_flags`, `sales_notifications`). Both SQLite and PostgreSQL are
+//! `review_flags`, `sales_notifications`), and the per-key ordering tables
+//! (`key_blocks`, `parked_messages`). Both SQLite and PostgreSQL are
 //! supported; the orchestrator applies pending migrations at start-up.
 //!
 //! ```no_run
@@ -18,6 +19,7 @@ pub use sea_orm_migration::prelude::{MigratorTrait, SchemaManager};
 
 mod m20250101_000001_core_tables;
 mod m20250101_000002_effect_tables;
+mod m20250101_000003_key_parking;
 
 /// Every migration of the project, in order.
 pub struct Migrator;
@@ -25,7 +27,11 @@ pub struct Migrator;
 #[async_trait::async_trait]
 impl MigratorTrait for Migrator {
     fn migrations() -> Vec<Box<dyn MigrationTrait>> {
-        vec![Box::new(m20250101_000001_core_tables::Migration), Box::new(m20250101_000002_effect_tables::Migration)]
+        vec![
+            Box::new(m20250101_000001_core_tables::Migration),
+            Box::new(m20250101_000002_effect_tables::Migration),
+            Box::new(m20250101_000003_key_parking::Migration),
+        ]
     }
 }
 
@@ -39,4 +45,6 @@ pub const TABLES: &[&str] = &[
     "support_tickets",
     "review_flags",
     "sales_notifications",
+    "key_blocks",
+    "parked_messages",
 ];

@@ -25,7 +25,7 @@ use super::{KafkaConfig, PublishError, Publisher};
 use crate::classifier::Classifier;
 use crate::event::{Envelope, EventData};
 use crate::pipeline::{Incoming, Orchestrator, Outcome, PROCESSED_BY, PipelineError};
-use crate::store::SourceInfo;
+use crate::store::{KeyParking, ParkCheck, ParkedMessage, SourceInfo};
 
 /// The runtime could not start or keep consuming.
 #[derive(Debug, thiserror::Error)]
@@ -90,17 +90,21 @@ struct Worker {
     publisher: Publisher,
     orchestrator: Arc<Orchestrator>,
     classifier: Arc<dyn Classifier>,
+    parking: Arc<dyn KeyParking>,
     offsets: OffsetTracker,
     stats: Arc<RuntimeStats>,
     group_id: String,
 }
 
 impl ConsumerRuntime {
-    /// A runtime on `config` (bootstrap servers set), subscribed on [`run`](Self::run).
+    /// A runtime on `config` (bootstrap servers set), subscribed on
+    /// [`run`](Self::run). `parking` keeps per-phone order across retries
+    /// (usually the same store the orchestrator uses).
     pub fn new(
         config: &KafkaConfig,
         orchestrator: Arc<Orchestrator>,
         classifier: Arc<dyn Classifier>,
+        parking: Arc<dyn KeyParking>,
         settings: RuntimeSettings,
     ) -> Result<Self, RuntimeError> {
         let worker = Worker {
@@ -108,6 +112,7 @@ impl ConsumerRuntime {
             publisher: Publisher::new(config)?,
             orchestrator,
             classifier,
+            parking,
             offsets: OffsetTracker::default(),
             stats: Arc::new(RuntimeStats::default()),
             group_id: config.consumer_group_id.clone(),
@@ -218,32 +223,137 @@ async fn until_ok<T, E: std::fmt::Display, F: std::future::Future<Output = Resul
     }
 }
 
+/// A message to handle, fresh from Kafka or drained from the parked table.
+struct Delivered {
+    topic: String,
+    partition: i32,
+    offset: i64,
+    key: Option<String>,
+    payload: Vec<u8>,
+    /// Where it first entered (a retry copy carries its original's coordinates).
+    origin: (String, String, String),
+}
+
+impl Delivered {
+    fn from_message(message: &OwnedMessage) -> Self {
+        let origin = match header(message, headers::SOURCE_TOPIC) {
+            Some(topic) => (
+                topic,
+                header(message, headers::SOURCE_PARTITION).unwrap_or_default(),
+                header(message, headers::SOURCE_OFFSET).unwrap_or_default(),
+            ),
+            None => (message.topic().to_owned(), message.partition().to_string(), message.offset().to_string()),
+        };
+        Self {
+            topic: message.topic().to_owned(),
+            partition: message.partition(),
+            offset: message.offset(),
+            key: message.key().map(|k| String::from_utf8_lossy(k).into_owned()),
+            payload: message.payload().unwrap_or_default().to_vec(),
+            origin,
+        }
+    }
+
+    fn from_parked(parked: &ParkedMessage) -> Self {
+        Self {
+            topic: parked.topic.clone(),
+            partition: parked.partition,
+            offset: parked.offset,
+            key: Some(parked.key.clone()),
+            payload: parked.payload.clone().into_bytes(),
+            origin: (parked.topic.clone(), parked.partition.to_string(), parked.offset.to_string()),
+        }
+    }
+
+    /// The topic without its `.retry` suffix.
+    fn base_topic(&self) -> &str {
+        self.topic.trim_end_matches(".retry")
+    }
+
+    fn source(&self) -> SourceInfo {
+        SourceInfo { topic: self.topic.clone(), partition: self.partition, offset: self.offset, key: self.key.clone() }
+    }
+}
+
+/// Whether the message is done with (no copy of it waits in retry).
+fn is_final(outcome: &Outcome) -> bool {
+    matches!(outcome, Outcome::Completed(_) | Outcome::Duplicate(_) | Outcome::DeadLettered(_))
+}
+
 impl Worker {
     async fn handle(&self, message: OwnedMessage) {
-        let (topic, partition, offset) = (message.topic().to_owned(), message.partition(), message.offset());
         if let Some(due) = header(&message, headers::DUE_AT).and_then(|v| DateTime::parse_from_rfc3339(&v).ok()) {
             // A retry copy waits for its due time; only its key waits with it.
             let wait = (due.with_timezone(&Utc) - Utc::now()).to_std().unwrap_or_default();
             tokio::time::sleep(wait).await;
         }
-        let outcome = until_ok("processing", || self.process(&message)).await;
-        until_ok("publishing the outcome", || self.act(&message, &outcome)).await;
-        if let Some(next) = self.offsets.finish(&topic, partition, offset)
-            && let Err(error) = self.consumer.store_offset(&topic, partition, next)
+        self.deliver(Delivered::from_message(&message)).await;
+        let (topic, partition, offset) = (message.topic(), message.partition(), message.offset());
+        if let Some(next) = self.offsets.finish(topic, partition, offset)
+            && let Err(error) = self.consumer.store_offset(topic, partition, next)
         {
             // The partition was revoked meanwhile: its new owner redelivers, the deduper skips.
             tracing::debug!(%error, topic, partition, "offset not stored");
         }
     }
 
-    async fn process(&self, message: &OwnedMessage) -> Result<Outcome, PipelineError> {
-        let payload = message.payload().unwrap_or_default();
-        let source = SourceInfo {
-            topic: message.topic().to_owned(),
-            partition: message.partition(),
-            offset: message.offset(),
-            key: message.key().map(|k| String::from_utf8_lossy(k).into_owned()),
-        };
+    /// Parks the message behind its phone's message in retry, or processes
+    /// it; a holder that finished releases the messages parked behind it.
+    async fn deliver(&self, delivered: Delivered) {
+        let message_id = dedupe_id(&delivered.payload);
+        let mut holder = false;
+        if let (Some(key), Some(message_id)) = (&delivered.key, &message_id) {
+            let parked = ParkedMessage {
+                id: 0,
+                key: key.clone(),
+                message_id: message_id.clone(),
+                topic: delivered.base_topic().to_owned(),
+                partition: delivered.partition,
+                offset: delivered.offset,
+                // Decoded above, so it is UTF-8.
+                payload: String::from_utf8_lossy(&delivered.payload).into_owned(),
+            };
+            match until_ok("checking the key's retry block", || self.parking.park_if_blocked(&parked)).await {
+                ParkCheck::Parked => {
+                    tracing::info!(message_id, "parked behind an earlier message of the same phone in retry");
+                    return;
+                }
+                ParkCheck::Open { holder: is_holder } => holder = is_holder,
+            }
+        }
+        let outcome = until_ok("processing", || self.process(&delivered)).await;
+        until_ok("publishing the outcome", || self.act(&delivered, message_id.as_deref(), &outcome)).await;
+        if holder
+            && is_final(&outcome)
+            && let Some(key) = &delivered.key
+        {
+            self.drain(key).await;
+        }
+    }
+
+    /// Processes the messages parked under `key` in order, until one of them
+    /// goes to retry (it then holds the key) or none is left (the block goes).
+    async fn drain(&self, key: &str) {
+        loop {
+            let Some(parked) = until_ok("reading parked messages", || self.parking.next_parked(key)).await else {
+                if until_ok("unblocking the key", || self.parking.unblock_if_empty(key)).await {
+                    return;
+                }
+                continue;
+            };
+            let delivered = Delivered::from_parked(&parked);
+            let outcome = until_ok("processing", || self.process(&delivered)).await;
+            until_ok("publishing the outcome", || self.act(&delivered, Some(&parked.message_id), &outcome)).await;
+            until_ok("unparking", || self.parking.unpark(parked.id)).await;
+            if !is_final(&outcome) {
+                return;
+            }
+        }
+    }
+
+    async fn process(&self, delivered: &Delivered) -> Result<Outcome, PipelineError> {
+        let payload = delivered.payload.as_slice();
+        let source = delivered.source();
         let envelope = match Envelope::decode(payload) {
             Ok(envelope) => envelope,
             Err(error) => return self.orchestrator.reject_undecodable(payload, Some(source), &error).await,
@@ -274,10 +384,10 @@ impl Worker {
     }
 
     /// Publishes what the outcome calls for. Safe to repeat.
-    async fn act(&self, message: &OwnedMessage, outcome: &Outcome) -> Result<(), PublishError> {
-        let payload = message.payload().unwrap_or_default();
-        let base_topic = message.topic().trim_end_matches(".retry");
-        let key = message.key().map(|k| String::from_utf8_lossy(k).into_owned());
+    async fn act(&self, delivered: &Delivered, message_id: Option<&str>, outcome: &Outcome) -> Result<(), ActError> {
+        let payload = delivered.payload.as_slice();
+        let base_topic = delivered.base_topic();
+        let key = delivered.key.as_deref();
         match outcome {
             Outcome::Completed(done) => {
                 if let Some(response) = &done.response {
@@ -288,24 +398,22 @@ impl Worker {
             }
             Outcome::Duplicate(_) => RuntimeStats::bump(&self.stats.duplicates),
             Outcome::RetryScheduled { next_attempt, due_at, .. } => {
-                let copy = retry_copy(payload, Some(*next_attempt));
-                self.send_retry(message, base_topic, key.as_deref(), &copy, due_at).await?;
+                self.send_retry(delivered, message_id, &retry_copy(payload, Some(*next_attempt)), due_at).await?;
                 RuntimeStats::bump(&self.stats.failed);
                 RuntimeStats::bump(&self.stats.retried);
             }
             Outcome::Deferred { due_at, .. } => {
-                let copy = retry_copy(payload, None);
-                self.send_retry(message, base_topic, key.as_deref(), &copy, due_at).await?;
+                self.send_retry(delivered, message_id, &retry_copy(payload, None), due_at).await?;
                 RuntimeStats::bump(&self.stats.retried);
             }
             Outcome::DeadLettered(dead) => {
                 let attempts = dead.event.attempt_count.to_string();
                 let error = format!("{}: {}", dead.failure_type, dead.reason);
-                let (source_topic, source_partition, source_offset) = self.origin(message);
+                let (source_topic, source_partition, source_offset) = &delivered.origin;
                 self.publisher
                     .send(
                         &format!("{base_topic}.dlq"),
-                        key.as_deref(),
+                        key,
                         payload,
                         &[
                             (headers::SOURCE_TOPIC, source_topic.as_bytes()),
@@ -326,20 +434,24 @@ impl Worker {
         Ok(())
     }
 
+    /// Blocks the phone behind this message (its later messages park), then
+    /// sends the retry copy.
     async fn send_retry(
         &self,
-        message: &OwnedMessage,
-        base_topic: &str,
-        key: Option<&str>,
+        delivered: &Delivered,
+        message_id: Option<&str>,
         copy: &[u8],
         due_at: &DateTime<Utc>,
-    ) -> Result<(), PublishError> {
+    ) -> Result<(), ActError> {
+        if let (Some(key), Some(message_id)) = (&delivered.key, message_id) {
+            self.parking.block(key, message_id).await?;
+        }
         let due = due_at.to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
-        let (source_topic, source_partition, source_offset) = self.origin(message);
+        let (source_topic, source_partition, source_offset) = &delivered.origin;
         self.publisher
             .send(
-                &format!("{base_topic}.retry"),
-                key,
+                &format!("{}.retry", delivered.base_topic()),
+                delivered.key.as_deref(),
                 copy,
                 &[
                     (headers::DUE_AT, due.as_bytes()),
@@ -348,20 +460,28 @@ impl Worker {
                     (headers::SOURCE_OFFSET, source_offset.as_bytes()),
                 ],
             )
-            .await
-            .map(|_| ())
+            .await?;
+        Ok(())
     }
+}
 
-    /// Where the message first entered: its own coordinates, or those a retry copy carries.
-    fn origin(&self, message: &OwnedMessage) -> (String, String, String) {
-        match header(message, headers::SOURCE_TOPIC) {
-            Some(topic) => (
-                topic,
-                header(message, headers::SOURCE_PARTITION).unwrap_or_default(),
-                header(message, headers::SOURCE_OFFSET).unwrap_or_default(),
-            ),
-            None => (message.topic().to_owned(), message.partition().to_string(), message.offset().to_string()),
-        }
+/// Publishing an outcome failed: Kafka or the parking store.
+#[derive(Debug, thiserror::Error)]
+enum ActError {
+    #[error(transparent)]
+    Publish(#[from] PublishError),
+    #[error(transparent)]
+    Store(#[from] crate::store::StoreError),
+}
+
+/// The dedupe id of an inbound envelope, if the bytes are one.
+fn dedupe_id(payload: &[u8]) -> Option<String> {
+    let envelope = Envelope::decode(payload).ok()?;
+    let event_id = envelope.event_id.to_string();
+    match &envelope.data {
+        EventData::MessageReceived(m) => Some(m.message_id.clone()),
+        EventData::InteractionReceived(i) => Some(i.message_id.clone().unwrap_or(event_id)),
+        _ => None,
     }
 }
 

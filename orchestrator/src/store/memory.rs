@@ -8,8 +8,8 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 
 use super::{
-    Claim, DeadLetter, DeadLetterQueue, DlqFilter, DlqStatus, Lease, MessageKey, NewActivity, NewDeadLetter, Page,
-    StepRecord, Store, StoreError,
+    Claim, DeadLetter, DeadLetterQueue, DlqFilter, DlqStatus, KeyParking, Lease, MessageKey, NewActivity,
+    NewDeadLetter, Page, ParkCheck, ParkedMessage, StepRecord, Store, StoreError,
 };
 
 #[derive(Debug, Clone)]
@@ -29,6 +29,9 @@ struct State {
     steps: HashMap<(MessageKey, u32), Vec<StepRecord>>,
     dead_letters: Vec<DeadLetter>,
     activities: Vec<(MessageKey, NewActivity)>,
+    blocks: HashMap<String, String>,
+    parked: Vec<ParkedMessage>,
+    next_parked_id: i64,
 }
 
 /// Keeps everything in process memory; lost on exit.
@@ -215,5 +218,45 @@ impl DeadLetterQueue for MemoryStore {
             row.lease_expires_at = None;
         }
         Ok(entry)
+    }
+}
+
+#[async_trait]
+impl KeyParking for MemoryStore {
+    async fn park_if_blocked(&self, message: &ParkedMessage) -> Result<ParkCheck, StoreError> {
+        let mut state = self.state();
+        match state.blocks.get(&message.key) {
+            None => Ok(ParkCheck::Open { holder: false }),
+            Some(holder) if *holder == message.message_id => Ok(ParkCheck::Open { holder: true }),
+            Some(_) => {
+                state.next_parked_id += 1;
+                let id = state.next_parked_id;
+                state.parked.push(ParkedMessage { id, ..message.clone() });
+                Ok(ParkCheck::Parked)
+            }
+        }
+    }
+
+    async fn block(&self, key: &str, message_id: &str) -> Result<(), StoreError> {
+        self.state().blocks.insert(key.to_owned(), message_id.to_owned());
+        Ok(())
+    }
+
+    async fn next_parked(&self, key: &str) -> Result<Option<ParkedMessage>, StoreError> {
+        Ok(self.state().parked.iter().find(|p| p.key == key).cloned())
+    }
+
+    async fn unpark(&self, id: i64) -> Result<(), StoreError> {
+        self.state().parked.retain(|p| p.id != id);
+        Ok(())
+    }
+
+    async fn unblock_if_empty(&self, key: &str) -> Result<bool, StoreError> {
+        let mut state = self.state();
+        if state.parked.iter().any(|p| p.key == key) {
+            return Ok(false);
+        }
+        state.blocks.remove(key);
+        Ok(true)
     }
 }

@@ -15,10 +15,11 @@ use super::{
     Store, StoreError,
 };
 
-use super::Lease;
+use super::{KeyParking, Lease, ParkCheck, ParkedMessage};
 
 mod claims;
 mod dead_letters;
+mod parking;
 mod saga_log;
 mod statement;
 
@@ -95,5 +96,28 @@ impl DeadLetterQueue for SqlStore {
 
     async fn mark(&self, id: i64, status: DlqStatus) -> Result<DeadLetter, StoreError> {
         dead_letters::mark(&self.db, id, status).await
+    }
+}
+
+#[async_trait]
+impl KeyParking for SqlStore {
+    async fn park_if_blocked(&self, message: &ParkedMessage) -> Result<ParkCheck, StoreError> {
+        parking::park_if_blocked(&self.db, message).await
+    }
+
+    async fn block(&self, key: &str, message_id: &str) -> Result<(), StoreError> {
+        parking::block(&self.db, key, message_id).await
+    }
+
+    async fn next_parked(&self, key: &str) -> Result<Option<ParkedMessage>, StoreError> {
+        parking::next_parked(&self.db, key).await
+    }
+
+    async fn unpark(&self, id: i64) -> Result<(), StoreError> {
+        parking::unpark(&self.db, id).await
+    }
+
+    async fn unblock_if_empty(&self, key: &str) -> Result<bool, StoreError> {
+        parking::unblock_if_empty(&self.db, key).await
     }
 }
