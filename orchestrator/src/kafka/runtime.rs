@@ -84,14 +84,44 @@ pub struct ConsumerRuntime {
     settings: RuntimeSettings,
 }
 
+/// Keeps offset tracking in step with the group's assignment.
+struct RebalanceContext {
+    offsets: Arc<OffsetTracker>,
+}
+
+impl rdkafka::ClientContext for RebalanceContext {}
+
+impl rdkafka::consumer::ConsumerContext for RebalanceContext {
+    fn pre_rebalance(&self, _: &rdkafka::consumer::BaseConsumer<Self>, rebalance: &rdkafka::consumer::Rebalance<'_>) {
+        // Revoked: messages still running there finish (their effects happen
+        // once, by dedupe and lease) but their offsets are not stored; the new
+        // owner gets them again and skips or defers them.
+        if let rdkafka::consumer::Rebalance::Revoke(partitions) = rebalance {
+            for element in partitions.elements() {
+                self.offsets.forget(element.topic(), element.partition());
+            }
+            tracing::info!(partitions = partitions.count(), "partitions revoked");
+        }
+    }
+
+    fn post_rebalance(&self, _: &rdkafka::consumer::BaseConsumer<Self>, rebalance: &rdkafka::consumer::Rebalance<'_>) {
+        if let rdkafka::consumer::Rebalance::Assign(partitions) = rebalance {
+            for element in partitions.elements() {
+                self.offsets.forget(element.topic(), element.partition());
+            }
+            tracing::info!(partitions = partitions.count(), "partitions assigned");
+        }
+    }
+}
+
 /// Everything a message task needs.
 struct Worker {
-    consumer: StreamConsumer,
+    consumer: StreamConsumer<RebalanceContext>,
     publisher: Publisher,
     orchestrator: Arc<Orchestrator>,
     classifier: Arc<dyn Classifier>,
     parking: Arc<dyn KeyParking>,
-    offsets: OffsetTracker,
+    offsets: Arc<OffsetTracker>,
     stats: Arc<RuntimeStats>,
     group_id: String,
 }
@@ -107,13 +137,15 @@ impl ConsumerRuntime {
         parking: Arc<dyn KeyParking>,
         settings: RuntimeSettings,
     ) -> Result<Self, RuntimeError> {
+        let offsets = Arc::new(OffsetTracker::default());
+        let context = RebalanceContext { offsets: offsets.clone() };
         let worker = Worker {
-            consumer: config.consumer_config(&config.consumer_group_id).create()?,
+            consumer: config.consumer_config(&config.consumer_group_id).create_with_context(context)?,
             publisher: Publisher::new(config)?,
             orchestrator,
             classifier,
             parking,
-            offsets: OffsetTracker::default(),
+            offsets,
             stats: Arc::new(RuntimeStats::default()),
             group_id: config.consumer_group_id.clone(),
         };
@@ -290,11 +322,21 @@ impl Worker {
         self.deliver(Delivered::from_message(&message)).await;
         let (topic, partition, offset) = (message.topic(), message.partition(), message.offset());
         if let Some(next) = self.offsets.finish(topic, partition, offset)
-            && let Err(error) = self.consumer.store_offset(topic, partition, next)
+            && let Err(error) = self.store_next_offset(topic, partition, next)
         {
             // The partition was revoked meanwhile: its new owner redelivers, the deduper skips.
             tracing::debug!(%error, topic, partition, "offset not stored");
         }
+    }
+
+    /// Stores `next`, the next offset to consume, for the background commit.
+    /// Not `Consumer::store_offset`: librdkafka's `rd_kafka_offset_store`
+    /// stores its argument plus one, which would skip a message at every
+    /// commit point; `store_offsets` stores a partition list as given.
+    fn store_next_offset(&self, topic: &str, partition: i32, next: i64) -> Result<(), KafkaError> {
+        let mut list = rdkafka::TopicPartitionList::with_capacity(1);
+        list.add_partition_offset(topic, partition, rdkafka::Offset::Offset(next))?;
+        self.consumer.store_offsets(&list)
     }
 
     /// Parks the message behind its phone's message in retry, or processes
