@@ -1,25 +1,30 @@
-//! A user's own intent handler and action executor, registered in code next
-//! to the built-in ones, processing a few messages end to end on the embedded
-//! defaults (SQLite `./orchestrator.db`, or `DATABASE_URL`).
+//! A user's own intent handler, action executor, classifier and WhatsApp
+//! sender, registered in code next to the built-in ones and running in the
+//! consumer runtime on the embedded defaults (in-process broker, SQLite
+//! `./orchestrator.db` or `DATABASE_URL`). It sends a few messages, prints
+//! each reply the runtime produces, and exits.
 //!
 //! ```sh
 //! cargo run --example custom_handler
 //! ```
 
-use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, Ordering};
+use std::time::Duration;
 
 use chrono::Utc;
-use orchestrator::event::{MessageContent, MessageReceived, MessageType, ResponseContent};
-use orchestrator::store::{DlqFilter, DlqStatus, Page};
+use orchestrator::event::{Envelope, EventData, MessageContent, MessageReceived, MessageType, ResponseContent};
+use orchestrator::kafka::{
+    ConsumerRuntime, EmbeddedKafka, KafkaConfig, Publisher, ResponseSender, RuntimeSettings, SendError, WhatsAppSender,
+};
 use orchestrator::{
-    ActionContext, ActionError, ActionExecutor, ActionOutput, DeadLetterQueue, HandlerError, Inbound, Incoming, Intent,
-    IntentHandler, IntentOutcome, MessageContext, Orchestrator, Outcome, Reply, SqlStore, async_trait,
+    ActionContext, ActionError, ActionExecutor, ActionOutput, Classifier, ClassifyError, HandlerError, Inbound, Intent,
+    IntentHandler, IntentOutcome, KeywordClassifier, MessageContext, Orchestrator, Reply, SqlStore, async_trait,
 };
 use serde_json::json;
+use tokio::sync::{mpsc, watch};
 
-/// Answers "how many points do I have?" and credits a welcome bonus.
+/// Answers loyalty questions and credits a welcome bonus.
 struct LoyaltyHandler;
 
 #[async_trait]
@@ -68,101 +73,97 @@ impl ActionExecutor for AwardPoints {
     }
 }
 
-fn message(body: &str) -> Inbound {
-    Inbound::Message(MessageReceived {
-        message_id: format!("wamid.demo-{}", uuid::Uuid::new_v4().simple()),
-        from_phone: "+15551234567".to_owned(),
-        message_type: MessageType::Text,
-        content: MessageContent::Text { body: body.to_owned() },
-        received_at: Utc::now(),
-        metadata: HashMap::new(),
-    })
+/// Recognises loyalty questions, and asks the built-in classifier otherwise.
+struct LoyaltyAwareClassifier;
+
+#[async_trait]
+impl Classifier for LoyaltyAwareClassifier {
+    async fn classify(&self, inbound: &Inbound) -> Result<Intent, ClassifyError> {
+        let text = inbound.text().unwrap_or_default().to_lowercase();
+        if text.contains("points") || text.contains("puntos") {
+            return Ok(Intent::new("LOYALTY_POINTS", 0.9));
+        }
+        KeywordClassifier.classify(inbound).await
+    }
 }
 
-fn describe(outcome: &Outcome) -> String {
-    match outcome {
-        Outcome::Completed(done) => {
-            let reply = match done.response.as_ref().map(|r| &r.content) {
-                Some(ResponseContent::Text { message }) => message.clone(),
-                Some(other) => format!("{other:?}"),
-                None => "(no reply)".to_owned(),
-            };
-            let actions: Vec<&str> = done.steps.iter().map(|s| s.action.as_str()).collect();
-            format!("completed by {} actions={actions:?} reply={reply:?}", done.handler)
-        }
-        Outcome::Duplicate(of) => format!("duplicate of a message already {of:?}"),
-        Outcome::RetryScheduled { next_attempt, delay, reason, .. } => {
-            format!("retry #{next_attempt} in {delay:?}: {reason}")
-        }
-        Outcome::Deferred { due_at, reason } => format!("deferred until {due_at}: {reason}"),
-        Outcome::DeadLettered(dead) => {
-            format!("dead-lettered #{} ({}): {}", dead.dlq_id, dead.failure_type, dead.reason)
-        }
+/// Instead of calling WhatsApp, hands each reply to `main` to print.
+struct PrintingSender(mpsc::UnboundedSender<String>);
+
+#[async_trait]
+impl WhatsAppSender for PrintingSender {
+    async fn send(&self, response: &orchestrator::event::ResponseReady) -> Result<(), SendError> {
+        let text = match &response.content {
+            ResponseContent::Text { message } => message.clone(),
+            other => format!("{other:?}"),
+        };
+        let _ = self.0.send(format!("to {}: {text}", orchestrator::mask_phone(&response.to_phone)));
+        Ok(())
     }
+}
+
+fn message(phone: &str, body: &str) -> Envelope {
+    Envelope::new(
+        EventData::MessageReceived(MessageReceived {
+            message_id: format!("wamid.custom-{}", uuid::Uuid::new_v4().simple()),
+            from_phone: phone.to_owned(),
+            message_type: MessageType::Text,
+            content: MessageContent::Text { body: body.to_owned() },
+            received_at: Utc::now(),
+            metadata: Default::default(),
+        }),
+        "custom_handler_example",
+    )
 }
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let url = orchestrator::config::database_url();
-    let db = orchestrator::db::connect(&url).await?;
-    println!("database: {url} (migrated)");
+    let kafka_broker = EmbeddedKafka::start(4)?;
+    let kafka = KafkaConfig::from_env()?.with_bootstrap_servers(kafka_broker.bootstrap_servers());
+    let db = orchestrator::db::connect(&orchestrator::config::database_url()).await?;
     let store = Arc::new(SqlStore::new(db.clone()));
 
+    // The registries: built-ins plus the user's own, in code.
     let mut handlers = handlers::builtin();
     handlers.register(Arc::new(LoyaltyHandler));
     let executors = executors::builtin(&db).with(AwardPoints::default());
-    let orchestrator = Orchestrator::builder()
-        .handlers(handlers)
-        .executors(executors)
-        .store(store.clone())
-        .retry_policy(orchestrator::RetryPolicy::from_env()?)
-        .build()?;
+    let orchestrator = Orchestrator::builder().handlers(handlers).executors(executors).store(store.clone()).build()?;
 
-    let order = Incoming::new(
-        message("I'd like 2 tacos and a soda"),
-        Intent::new("ORDER_REQUEST", 0.93).with_entity("products", json!([{ "name": "tacos", "quantity": 2 }, "soda"])),
-    );
-    let samples = vec![
-        ("order", order.clone()),
-        ("same order delivered again", order),
-        (
-            "loyalty (custom handler)",
-            Incoming::new(message("how many points do I have?"), Intent::new("LOYALTY_POINTS", 0.8)),
-        ),
-        (
-            "complaint",
-            Incoming::new(
-                message("my order never arrived"),
-                Intent::new("COMPLAINT", 0.9).with_entity("severity", "high"),
-            ),
-        ),
-        ("unknown", Incoming::new(message("asdfgh"), Intent::unknown())),
-        ("order naming no product (asks)", Incoming::new(message("order!"), Intent::new("ORDER_REQUEST", 0.9))),
-        (
-            "bad phone number",
-            Incoming::new(
-                Inbound::Message(MessageReceived {
-                    from_phone: "not a phone".into(),
-                    ..match message("hi") {
-                        Inbound::Message(m) => m,
-                        _ => unreachable!(),
-                    }
-                }),
-                Intent::unknown(),
-            ),
-        ),
+    let runtime = ConsumerRuntime::new(
+        &kafka,
+        Arc::new(orchestrator),
+        Arc::new(LoyaltyAwareClassifier),
+        store,
+        RuntimeSettings::default(),
+    )?;
+    let (replies_tx, mut replies) = mpsc::unbounded_channel();
+    let sender = ResponseSender::new(&kafka, Arc::new(PrintingSender(replies_tx)))?;
+    let (stop, stopped) = watch::channel(false);
+    let until_stopped = |mut rx: watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|s| *s).await;
+    };
+    let consumer = tokio::spawn(runtime.run(until_stopped(stopped.clone())));
+    let replier = tokio::spawn(sender.run(until_stopped(stopped)));
+
+    let publisher = Publisher::new(&kafka)?;
+    let sent = [
+        ("+15551234567", "How many points do I have?"),
+        ("+15551234567", "I want to order 2 tacos"),
+        ("+5215512345678", "¿Cuántos puntos tengo?"),
     ];
-    for (label, incoming) in samples {
-        let outcome = orchestrator.process(incoming).await?;
-        println!("{label:>40}: {}", describe(&outcome));
+    for (phone, text) in sent {
+        println!("from {}: {text}", orchestrator::mask_phone(phone));
+        publisher.publish(&message(phone, text)).await?;
+    }
+    for _ in 0..sent.len() {
+        match tokio::time::timeout(Duration::from_secs(30), replies.recv()).await {
+            Ok(Some(reply)) => println!("{reply}"),
+            _ => return Err("no reply within 30 s".into()),
+        }
     }
 
-    let failed = store
-        .list(&DlqFilter { status: Some(DlqStatus::Failed), ..Default::default() }, Page { limit: 5, offset: 0 })
-        .await?;
-    println!("\nnewest failed dead letters (SELECT * FROM dead_letter_queue WHERE status = 'failed' ...):");
-    for entry in failed {
-        println!("  #{} {} {} {}", entry.id, entry.failure_type, entry.message_id.unwrap_or_default(), entry.error);
-    }
+    let _ = stop.send(true);
+    consumer.await??;
+    replier.await??;
     Ok(())
 }
