@@ -16,6 +16,41 @@ pub use failure::{FailureType, MessageFailed};
 pub use inbound::{InteractionReceived, InteractionType, MessageContent, MessageReceived, MessageType, Selection};
 pub use response::{Button, ListRow, ListSection, Priority, ResponseContent, ResponseReady, ResponseType};
 
+/// A typed event payload: which `event_type` it is and how it sits in [`EventData`].
+pub trait Event: Clone + Send + Sync + 'static {
+    /// Its `event_type`.
+    const TYPE: EventType;
+    /// The payload, if `data` is of this type.
+    fn from_data(data: EventData) -> Option<Self>;
+    /// Wraps the payload.
+    fn into_data(self) -> EventData;
+}
+
+macro_rules! event_types {
+    ($($name:ident),* $(,)?) => {$(
+        impl Event for $name {
+            const TYPE: EventType = EventType::$name;
+            fn from_data(data: EventData) -> Option<Self> {
+                match data {
+                    EventData::$name(event) => Some(event),
+                    _ => None,
+                }
+            }
+            fn into_data(self) -> EventData {
+                EventData::$name(self)
+            }
+        }
+
+        impl From<$name> for EventData {
+            fn from(event: $name) -> Self {
+                EventData::$name(event)
+            }
+        }
+    )*};
+}
+
+event_types!(MessageReceived, InteractionReceived, ResponseReady, MessageFailed, AiProcessRequest, AiProcessResult);
+
 /// Kafka topic names fixed by the design.
 pub mod topics {
     /// Inbound WhatsApp messages.

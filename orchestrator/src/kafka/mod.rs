@@ -1,6 +1,7 @@
 //! The Kafka side: configuration, the embedded broker, publishing, and the
 //! consumer runtime that feeds the pipeline.
 
+pub mod bus;
 pub mod config;
 pub mod embedded;
 pub mod headers;
@@ -10,6 +11,7 @@ pub mod publisher;
 pub mod runtime;
 pub mod sender;
 
+pub use bus::{EventHandler, KafkaEventBus, ProcessingResult, Subscription, SubscriptionConfig};
 pub use config::KafkaConfig;
 pub use embedded::EmbeddedKafka;
 pub use publisher::{PublishError, Publisher};
