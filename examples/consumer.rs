@@ -15,7 +15,8 @@ use std::sync::Arc;
 use chrono::Utc;
 use orchestrator::event::{Envelope, EventData, MessageContent, MessageReceived, MessageType};
 use orchestrator::kafka::{
-    ConsumerRuntime, DryRunSender, EmbeddedKafka, KafkaConfig, Publisher, ResponseSender, RuntimeSettings,
+    CloudApiConfig, CloudApiSender, ConsumerRuntime, DryRunSender, EmbeddedKafka, KafkaConfig, Publisher,
+    ResponseSender, RuntimeSettings, WhatsAppSender,
 };
 use orchestrator::{KeywordClassifier, Orchestrator, RetryPolicy, SqlStore};
 use tokio::sync::watch;
@@ -108,7 +109,17 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         store,
         RuntimeSettings::default(),
     )?;
-    let sender = ResponseSender::new(&kafka, Arc::new(DryRunSender))?;
+    let whatsapp: Arc<dyn WhatsAppSender> = match CloudApiConfig::from_env() {
+        Some(cloud) => {
+            tracing::info!(api_url = %cloud.api_url, "sending replies through the WhatsApp Cloud API");
+            Arc::new(CloudApiSender::new(cloud, orchestrator::BreakerConfig::default())?)
+        }
+        None => {
+            tracing::info!("WHATSAPP_TOKEN / WHATSAPP_PHONE_NUMBER_ID not set: replies are logged, not sent (dry run)");
+            Arc::new(DryRunSender)
+        }
+    };
+    let sender = ResponseSender::new(&kafka, whatsapp)?;
     let (stop, stopped) = watch::channel(false);
     let wait = |mut rx: watch::Receiver<bool>| async move {
         let _ = rx.wait_for(|stop| *stop).await;

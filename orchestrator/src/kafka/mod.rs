@@ -2,6 +2,7 @@
 //! consumer runtime that feeds the pipeline.
 
 pub mod bus;
+pub mod cloud_api;
 pub mod config;
 pub mod embedded;
 pub mod headers;
@@ -12,6 +13,7 @@ pub mod runtime;
 pub mod sender;
 
 pub use bus::{EventHandler, KafkaEventBus, ProcessingResult, Subscription, SubscriptionConfig};
+pub use cloud_api::{CloudApiConfig, CloudApiSender};
 pub use config::KafkaConfig;
 pub use embedded::EmbeddedKafka;
 pub use publisher::{PublishError, Publisher};
