@@ -1,5 +1,8 @@
 //! The WhatsApp Cloud API sender against a local fake server.
 
+mod common;
+
+use common::kafka_config;
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -12,7 +15,7 @@ use chrono::Utc;
 use orchestrator::event::{Button, Envelope, EventData, Priority, ResponseContent, ResponseReady};
 use orchestrator::kafka::cloud_api::cloud_api_body;
 use orchestrator::kafka::{
-    CloudApiConfig, CloudApiSender, EmbeddedKafka, KafkaConfig, Publisher, ResponseSender, SendError, WhatsAppSender,
+    CloudApiConfig, CloudApiSender, EmbeddedKafka, Publisher, ResponseSender, SendError, WhatsAppSender,
 };
 use orchestrator::{BreakerConfig, BreakerState};
 use serde_json::{Value, json};
@@ -125,8 +128,7 @@ async fn the_response_sender_delivers_replies_from_kafka_retrying_a_5xx() {
     let (fake, url) = fake_server().await;
     fake.statuses.lock().unwrap().push_back(503);
     let kafka = EmbeddedKafka::start(2).unwrap();
-    let config = KafkaConfig { heartbeat_interval_ms: 300, session_timeout_ms: 6000, ..KafkaConfig::default() }
-        .with_bootstrap_servers(kafka.bootstrap_servers());
+    let config = kafka_config(&kafka, "orchestrator");
     let response_sender = ResponseSender::new(&config, Arc::new(sender(&url, 5))).unwrap();
     let (stop, stopped) = watch::channel(false);
     let task = tokio::spawn(response_sender.run(async move {

@@ -10,25 +10,14 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use chrono::Utc;
-use common::{CallLog, Scripted, count, fast_config};
+use common::{CallLog, Running, Scripted, count, fast_config, kafka_config};
 use orchestrator::event::{EventData, MessageContent, MessageReceived, MessageType, ResponseContent, topics};
 use orchestrator::kafka::runtime::RuntimeSettings;
-use orchestrator::kafka::{ConsumerRuntime, EmbeddedKafka, KafkaConfig, Publisher, headers};
+use orchestrator::kafka::{ConsumerRuntime, EmbeddedKafka, Publisher, headers};
 use orchestrator::testing;
 use orchestrator::{ActionError, KeywordClassifier, Orchestrator, RetryPolicy, SqlStore};
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::message::{Headers, Message, OwnedMessage};
-use tokio::sync::oneshot;
-
-fn config(kafka: &EmbeddedKafka, group: &str) -> KafkaConfig {
-    KafkaConfig {
-        consumer_group_id: group.to_owned(),
-        heartbeat_interval_ms: 300,
-        session_timeout_ms: 6000,
-        ..KafkaConfig::default()
-    }
-    .with_bootstrap_servers(kafka.bootstrap_servers())
-}
 
 fn message_received(id: &str, phone: &str, body: &str) -> orchestrator::event::Envelope {
     orchestrator::event::Envelope::new(
@@ -46,7 +35,7 @@ fn message_received(id: &str, phone: &str, body: &str) -> orchestrator::event::E
 
 /// Reads `topic` from the start until `want` messages arrived (or 60 s passed).
 async fn read(kafka: &EmbeddedKafka, topic: &str, want: usize) -> Vec<OwnedMessage> {
-    let reader: StreamConsumer = config(kafka, &format!("reader-{}", uuid::Uuid::new_v4()))
+    let reader: StreamConsumer = kafka_config(kafka, &format!("reader-{}", uuid::Uuid::new_v4()))
         .consumer_config(&format!("reader-{}", uuid::Uuid::new_v4()))
         .create()
         .unwrap();
@@ -65,19 +54,6 @@ fn header(message: &OwnedMessage, name: &str) -> Option<String> {
     message.headers()?.iter().find(|h| h.key == name)?.value.map(|v| String::from_utf8_lossy(v).into_owned())
 }
 
-fn start(runtime: ConsumerRuntime) -> (oneshot::Sender<()>, tokio::task::JoinHandle<()>) {
-    let (stop, stopped) = oneshot::channel::<()>();
-    let handle = tokio::spawn(async move {
-        runtime
-            .run(async {
-                let _ = stopped.await;
-            })
-            .await
-            .expect("runtime ran");
-    });
-    (stop, handle)
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_message_becomes_a_reply_and_poison_goes_to_the_dlq() {
     for t in testing::databases().await {
@@ -92,7 +68,7 @@ async fn a_message_becomes_a_reply_and_poison_goes_to_the_dlq() {
             .unwrap();
         let settings = RuntimeSettings { shutdown_grace: Duration::from_secs(10), ..Default::default() };
         let runtime = ConsumerRuntime::new(
-            &config(&kafka, "orchestrator"),
+            &kafka_config(&kafka, "orchestrator"),
             Arc::new(orch),
             Arc::new(KeywordClassifier),
             store,
@@ -100,9 +76,9 @@ async fn a_message_becomes_a_reply_and_poison_goes_to_the_dlq() {
         )
         .unwrap();
         let stats = runtime.stats();
-        let (stop, handle) = start(runtime);
+        let running = Running::start(runtime);
 
-        let publisher = Publisher::new(&config(&kafka, "producer")).unwrap();
+        let publisher = Publisher::new(&kafka_config(&kafka, "producer")).unwrap();
         let phone = "+15551234567";
         publisher.publish(&message_received("wamid.k1", phone, "I want to order 2 tacos")).await.unwrap();
         publisher.send(topics::MESSAGES, Some(phone), b"{not json", &[]).await.unwrap();
@@ -132,8 +108,7 @@ async fn a_message_becomes_a_reply_and_poison_goes_to_the_dlq() {
         assert_eq!(count(&t.db, "orders", "message_id = 'wamid.k1' AND status = 'created'").await, 1, "{}", t.label);
         assert_eq!(count(&t.db, "dead_letter_queue", "failure_type = 'SerializationError'").await, 1, "{}", t.label);
 
-        let _ = stop.send(());
-        handle.await.unwrap();
+        running.stop().await;
         let [processed, _, _, dead_lettered, _] = stats.snapshot();
         assert_eq!((processed, dead_lettered), (2, 1), "{}", t.label);
     }
@@ -157,7 +132,7 @@ async fn a_retryable_failure_goes_through_the_retry_topic_and_succeeds_on_attemp
             .build()
             .unwrap();
         let runtime = ConsumerRuntime::new(
-            &config(&kafka, "orchestrator"),
+            &kafka_config(&kafka, "orchestrator"),
             Arc::new(orch),
             Arc::new(KeywordClassifier),
             store,
@@ -165,8 +140,8 @@ async fn a_retryable_failure_goes_through_the_retry_topic_and_succeeds_on_attemp
         )
         .unwrap();
         let stats = runtime.stats();
-        let (stop, handle) = start(runtime);
-        let publisher = Publisher::new(&config(&kafka, "producer")).unwrap();
+        let running = Running::start(runtime);
+        let publisher = Publisher::new(&kafka_config(&kafka, "producer")).unwrap();
         publisher.publish(&message_received("wamid.r1", "+15557654321", "how much is the pizza?")).await.unwrap();
 
         let replies = read(&kafka, topics::RESPONSES, 1).await;
@@ -179,8 +154,7 @@ async fn a_retryable_failure_goes_through_the_retry_topic_and_succeeds_on_attemp
         assert_eq!(log.count("execute notify_sales"), 2, "{}", t.label);
         assert_eq!(count(&t.db, "processed_messages", "message_id = 'wamid.r1' AND status = 'completed'").await, 1);
 
-        let _ = stop.send(());
-        handle.await.unwrap();
+        running.stop().await;
         let [processed, failed, retried, dead_lettered, _] = stats.snapshot();
         assert_eq!((processed, failed, retried, dead_lettered), (1, 1, 1, 0), "{}", t.label);
     }
@@ -215,7 +189,7 @@ async fn a_phone_waits_behind_its_message_in_retry_across_a_restart_while_others
                 .unwrap();
             let settings = RuntimeSettings { shutdown_grace: grace, ..Default::default() };
             ConsumerRuntime::new(
-                &config(&kafka, "orchestrator"),
+                &kafka_config(&kafka, "orchestrator"),
                 Arc::new(orch),
                 Arc::new(KeywordClassifier),
                 store.clone(),
@@ -223,8 +197,8 @@ async fn a_phone_waits_behind_its_message_in_retry_across_a_restart_while_others
             )
             .unwrap()
         };
-        let (stop, handle) = start(runtime(Duration::from_millis(200)));
-        let publisher = Publisher::new(&config(&kafka, "producer")).unwrap();
+        let running = Running::start(runtime(Duration::from_millis(200)));
+        let publisher = Publisher::new(&kafka_config(&kafka, "producer")).unwrap();
         let (p, q) = ("+15550000001", "+15550000002");
         publisher.publish(&message_received("wamid.p1", p, "how much is the pizza?")).await.unwrap();
         publisher.publish(&message_received("wamid.p2", p, "and how much are the tacos?")).await.unwrap();
@@ -246,9 +220,8 @@ async fn a_phone_waits_behind_its_message_in_retry_across_a_restart_while_others
         assert_eq!(count(&t.db, "processed_messages", "message_id = 'wamid.p2' AND status = 'completed'").await, 0);
 
         // Restart while p1 waits in retry: the block and the parked p2 are in the database.
-        let _ = stop.send(());
-        handle.await.unwrap();
-        let (stop, handle) = start(runtime(Duration::from_secs(10)));
+        running.stop().await;
+        let running = Running::start(runtime(Duration::from_secs(10)));
 
         let replies = read(&kafka, topics::RESPONSES, 3).await;
         assert_eq!(replies.len(), 3, "{}", t.label);
@@ -261,7 +234,6 @@ async fn a_phone_waits_behind_its_message_in_retry_across_a_restart_while_others
         assert!(p1 < p2, "{}: p2 did not overtake p1 ({p1} vs {p2})", t.label);
         assert_eq!(count(&t.db, "parked_messages", "1 = 1").await, 0, "{}: nothing left parked", t.label);
         assert_eq!(count(&t.db, "key_blocks", "1 = 1").await, 0, "{}: the block was lifted", t.label);
-        let _ = stop.send(());
-        handle.await.unwrap();
+        running.stop().await;
     }
 }

@@ -1,5 +1,8 @@
 //! The KafkaEventBus API on the embedded broker.
 
+mod common;
+
+use common::kafka_config;
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -31,8 +34,7 @@ fn message(id: &str) -> MessageReceived {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn publish_and_subscribe_with_retry_and_dead_letter() {
     let kafka = EmbeddedKafka::start(2).unwrap();
-    let config = KafkaConfig { heartbeat_interval_ms: 300, session_timeout_ms: 6000, ..KafkaConfig::default() }
-        .with_bootstrap_servers(kafka.bootstrap_servers());
+    let config = kafka_config(&kafka, "orchestrator");
     assert!(KafkaEventBus::new(KafkaConfig::default()).is_err(), "no bootstrap servers: a clear error");
     let bus = KafkaEventBus::new(config.clone()).unwrap();
 

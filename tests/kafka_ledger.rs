@@ -10,14 +10,13 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use chrono::Utc;
-use common::{count, fast_config};
+use common::{Running, count, fast_config, kafka_config};
 use orchestrator::event::{Envelope, EventData, MessageContent, MessageReceived, MessageType};
 use orchestrator::kafka::runtime::RuntimeSettings;
 use orchestrator::kafka::{ConsumerRuntime, EmbeddedKafka, KafkaConfig, Publisher};
 use orchestrator::testing::{self, TestDb};
 use orchestrator::{KeywordClassifier, Orchestrator, SqlStore};
 use sea_orm::{ConnectionTrait, Statement};
-use tokio::sync::oneshot;
 
 const PHONES: usize = 100;
 
@@ -25,16 +24,11 @@ fn phone(index: usize) -> String {
     format!("+1555{index:07}")
 }
 
-struct Member {
-    stop: oneshot::Sender<()>,
-    handle: tokio::task::JoinHandle<()>,
-}
-
-fn join(kafka: &EmbeddedKafka, t: &TestDb, store: &Arc<SqlStore>) -> Member {
+fn join(kafka: &EmbeddedKafka, t: &TestDb, store: &Arc<SqlStore>) -> Running {
     join_with_grace(kafka, t, store, Duration::from_secs(20))
 }
 
-fn join_with_grace(kafka: &EmbeddedKafka, t: &TestDb, store: &Arc<SqlStore>, grace: Duration) -> Member {
+fn join_with_grace(kafka: &EmbeddedKafka, t: &TestDb, store: &Arc<SqlStore>, grace: Duration) -> Running {
     let orch = Orchestrator::builder()
         .handlers(handlers::builtin())
         .executors(executors::builtin(&t.db))
@@ -42,31 +36,15 @@ fn join_with_grace(kafka: &EmbeddedKafka, t: &TestDb, store: &Arc<SqlStore>, gra
         .config(fast_config())
         .build()
         .unwrap();
-    let config = KafkaConfig {
-        consumer_group_id: "orchestrator".into(),
-        heartbeat_interval_ms: 300,
-        session_timeout_ms: 6000,
-        ..KafkaConfig::default()
-    }
-    .with_bootstrap_servers(kafka.bootstrap_servers());
+    let config = kafka_config(kafka, "orchestrator");
     let settings = RuntimeSettings { shutdown_grace: grace, ..Default::default() };
     let runtime =
         ConsumerRuntime::new(&config, Arc::new(orch), Arc::new(KeywordClassifier), store.clone(), settings).unwrap();
-    let (stop, stopped) = oneshot::channel::<()>();
-    let handle = tokio::spawn(async move {
-        runtime
-            .run(async {
-                let _ = stopped.await;
-            })
-            .await
-            .expect("runtime ran");
-    });
-    Member { stop, handle }
+    Running::start(runtime)
 }
 
-async fn leave(member: Member) {
-    let _ = member.stop.send(());
-    member.handle.await.unwrap();
+async fn leave(member: Running) {
+    member.stop().await;
 }
 
 async fn completed(db: &sea_orm::DatabaseConnection) -> i64 {

@@ -232,6 +232,46 @@ pub async fn crash_when_logged(orch: Orchestrator, message: Incoming, log: &Call
     assert!(task.await.unwrap_err().is_cancelled());
 }
 
+/// Client settings for the embedded broker: a short heartbeat so group
+/// changes settle in about a second (see DEPENDENCY-NOTES).
+pub fn kafka_config(kafka: &orchestrator::kafka::EmbeddedKafka, group: &str) -> orchestrator::kafka::KafkaConfig {
+    orchestrator::kafka::KafkaConfig {
+        consumer_group_id: group.to_owned(),
+        heartbeat_interval_ms: 300,
+        session_timeout_ms: 6000,
+        ..orchestrator::kafka::KafkaConfig::default()
+    }
+    .with_bootstrap_servers(kafka.bootstrap_servers())
+}
+
+/// A consumer runtime running in a task until stopped.
+pub struct Running {
+    stop: tokio::sync::oneshot::Sender<()>,
+    handle: tokio::task::JoinHandle<()>,
+}
+
+impl Running {
+    /// Runs `runtime` in a task.
+    pub fn start(runtime: orchestrator::kafka::ConsumerRuntime) -> Self {
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let handle = tokio::spawn(async move {
+            runtime
+                .run(async {
+                    let _ = stopped.await;
+                })
+                .await
+                .expect("runtime ran");
+        });
+        Self { stop, handle }
+    }
+
+    /// Shuts it down and waits until it has stopped.
+    pub async fn stop(self) {
+        let _ = self.stop.send(());
+        self.handle.await.expect("runtime task");
+    }
+}
+
 /// Rows of `table` matching the SQL condition `filter`.
 pub async fn count(db: &DatabaseConnection, table: &str, filter: &str) -> i64 {
     let sql = format!("SELECT COUNT(*) AS n FROM {table} WHERE {filter}");
