@@ -12,7 +12,7 @@ use orchestrator::store::{DlqStatus, SourceInfo};
 use orchestrator::testing;
 use orchestrator::{
     ActionError, ActionRequest, BreakerConfig, DeadLetterQueue, DuplicateOf, ExecutorRegistry, HandlerRegistry,
-    Incoming, Intent, Orchestrator, Outcome, PipelineConfig, RetryPolicy, SqlStore, StoreError,
+    Incoming, Intent, Orchestrator, Outcome, PipelineConfig, RetryPolicy, SqlStore, Store, StoreError,
 };
 use serde_json::json;
 
@@ -69,7 +69,9 @@ async fn a_duplicate_delivery_is_skipped_with_no_second_side_effect() {
         let store = Arc::new(SqlStore::new(t.db.clone()));
         let orch = builtin(&store);
         let message = incoming("wamid.d1", order_intent());
-        assert!(matches!(orch.process(message.clone()).await.unwrap(), Outcome::Completed(_)), "{}", t.label);
+        let Outcome::Completed(done) = orch.process(message.clone()).await.unwrap() else { panic!("{}", t.label) };
+        // The runtime confirms the reply once Kafka acknowledged it.
+        store.mark_reply_published(&done.key).await.unwrap();
         // Redelivered (webhook retry, Kafka redelivery), also to another worker.
         assert_eq!(orch.process(message.clone()).await.unwrap(), Outcome::Duplicate(DuplicateOf::Completed));
         assert_eq!(builtin(&store).process(message).await.unwrap(), Outcome::Duplicate(DuplicateOf::Completed));
@@ -312,4 +314,25 @@ async fn the_retry_policy_is_read_from_the_environment() {
     assert_eq!(policy.delay_before_retry(1), Some(Duration::from_millis(200)));
     assert_eq!(policy.delay_before_retry(2), Some(Duration::from_millis(1000)));
     assert_eq!(policy.delay_before_retry(3), None);
+}
+
+#[tokio::test]
+async fn a_reply_not_confirmed_published_is_handed_out_again_on_redelivery() {
+    for t in testing::databases().await {
+        let store = Arc::new(SqlStore::new(t.db.clone()));
+        let orch = builtin(&store);
+        let message = incoming("wamid.o9", order_intent());
+        let Outcome::Completed(done) = orch.process(message.clone()).await.unwrap() else { panic!("{}", t.label) };
+        let reply = done.response.clone().expect("a reply");
+        // The worker died before publishing: the redelivery hands the reply out again, nothing re-runs.
+        let again = orch.process(message.clone()).await.unwrap();
+        let Outcome::Duplicate(DuplicateOf::ReplyPending { key, response }) = again else {
+            panic!("{}: expected the pending reply, got {again:?}", t.label)
+        };
+        assert_eq!((key.clone(), *response), (done.key.clone(), reply), "{}", t.label);
+        assert_eq!(count(&t.db, "orders", "message_id = 'wamid.o9'").await, 1, "{}", t.label);
+        // Once published, a redelivery is a plain duplicate.
+        store.mark_reply_published(&key).await.unwrap();
+        assert_eq!(orch.process(message).await.unwrap(), Outcome::Duplicate(DuplicateOf::Completed), "{}", t.label);
+    }
 }

@@ -52,7 +52,7 @@ async fn claims_count_attempts_resume_runs_and_skip_finished_messages() {
         let fourth = lease_of(store.claim(&key, LEASE).await.unwrap());
         let activity =
             NewActivity { lead_id: "lead-1".into(), activity_type: "message_handled".into(), details: json!({"x": 1}) };
-        store.complete(&fourth, &[activity], Duration::from_secs(60)).await.unwrap();
+        store.complete(&fourth, &[activity], Duration::from_secs(60), None).await.unwrap();
         assert_eq!(
             count(&t.db, "processed_messages", "message_id = 'm1' AND attempt_count = 3 AND run_count = 3").await,
             1
@@ -81,7 +81,7 @@ async fn a_lease_taken_over_fences_out_its_old_holder() {
             ("renew", store.renew(&stale, LEASE).await),
             ("record_step", store.record_step(&stale, 1, &step).await),
             ("release", store.release(&stale, false).await),
-            ("complete", store.complete(&stale, &[], Duration::from_secs(60)).await),
+            ("complete", store.complete(&stale, &[], Duration::from_secs(60), None).await),
             (
                 "dead_letter",
                 store
@@ -100,7 +100,7 @@ async fn a_lease_taken_over_fences_out_its_old_holder() {
         assert_eq!(count(&t.db, "dead_letter_queue", "message_id = 'fenced'").await, 0, "{}: rolled back", t.label);
         // The new holder is unaffected.
         store.record_step(&current, 1, &step).await.unwrap();
-        store.complete(&current, &[], Duration::from_secs(60)).await.unwrap();
+        store.complete(&current, &[], Duration::from_secs(60), None).await.unwrap();
         assert_eq!(store.claim(&key, LEASE).await.unwrap(), Claim::Completed, "{}", t.label);
     }
 }
@@ -241,7 +241,7 @@ async fn expired_completed_records_are_purged_and_live_ones_kept() {
         let done = MessageKey::new("acme", "old");
         let running = MessageKey::new("acme", "running");
         let held = lease_of(store.claim(&done, LEASE).await.unwrap());
-        store.complete(&held, &[], Duration::from_secs(60)).await.unwrap();
+        store.complete(&held, &[], Duration::from_secs(60), None).await.unwrap();
         store.claim(&running, LEASE).await.unwrap();
         assert_eq!(store.purge_expired(Utc::now()).await.unwrap(), 0, "{}: TTL not reached", t.label);
         let later = Utc::now() + chrono::Duration::minutes(2);

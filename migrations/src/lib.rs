@@ -20,6 +20,7 @@ pub use sea_orm_migration::prelude::{MigratorTrait, SchemaManager};
 mod m20250101_000001_core_tables;
 mod m20250101_000002_effect_tables;
 mod m20250101_000003_key_parking;
+mod m20250101_000004_reply_outbox;
 
 /// Every migration of the project, in order.
 pub struct Migrator;
@@ -31,6 +32,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20250101_000001_core_tables::Migration),
             Box::new(m20250101_000002_effect_tables::Migration),
             Box::new(m20250101_000003_key_parking::Migration),
+            Box::new(m20250101_000004_reply_outbox::Migration),
         ]
     }
 }

@@ -36,7 +36,7 @@ mod tests {
         let Claim::Acquired { lease, .. } = store.claim(&key, Duration::from_secs(30)).await.unwrap() else {
             panic!("fresh key")
         };
-        store.complete(&lease, &[], Duration::ZERO).await.unwrap();
+        store.complete(&lease, &[], Duration::ZERO, None).await.unwrap();
         assert_eq!(store.claim(&key, Duration::from_secs(30)).await.unwrap(), Claim::Completed);
         let task = spawn_dedupe_cleanup(store.clone(), Duration::from_millis(10));
         tokio::time::sleep(Duration::from_millis(60)).await;

@@ -100,6 +100,8 @@ impl Incoming {
 /// A message was processed to the end.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Completed {
+    /// The message's dedupe key (to confirm its reply was published).
+    pub key: MessageKey,
     /// Intent of the handler that took it.
     pub handler: String,
     /// The saga's steps.
@@ -124,10 +126,19 @@ pub struct DeadLettered {
 }
 
 /// Why a message was skipped as a duplicate.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub enum DuplicateOf {
     /// It was processed before.
     Completed,
+    /// It was processed before, but its reply was never confirmed published
+    /// (the worker stopped in between): publish it, then
+    /// [`Store::mark_reply_published`].
+    ReplyPending {
+        /// The message's dedupe key.
+        key: MessageKey,
+        /// The reply kept in the outbox.
+        response: Box<ResponseReady>,
+    },
     /// It is in the dead-letter queue.
     DeadLettered,
 }
@@ -309,7 +320,14 @@ impl Orchestrator {
         let claim = self.store.claim(&key, self.config.claim_lease).instrument(tracing::info_span!("dedupe")).await?;
         let (lease, attempt, run) = match claim {
             Claim::Acquired { lease, attempt, run } => (lease, attempt, run),
-            Claim::Completed => return Ok(Outcome::Duplicate(DuplicateOf::Completed)),
+            Claim::Completed => {
+                let pending = self.store.pending_reply(&key).await?;
+                let response = pending.and_then(|reply| serde_json::from_value::<ResponseReady>(reply).ok());
+                return Ok(Outcome::Duplicate(match response {
+                    Some(response) => DuplicateOf::ReplyPending { key, response: Box::new(response) },
+                    None => DuplicateOf::Completed,
+                }));
+            }
             Claim::DeadLettered => return Ok(Outcome::Duplicate(DuplicateOf::DeadLettered)),
             Claim::Busy { lease_expires_at } => {
                 return Ok(Outcome::Deferred {
@@ -385,7 +403,6 @@ impl Orchestrator {
         match self.saga.run(lease, &ctx, &outcome.actions).await? {
             SagaReport::Succeeded { steps } => {
                 let activities = activities(&ctx, &handler_name, &outcome, &steps);
-                self.store.complete(lease, &activities, self.config.dedupe_ttl).await?;
                 let response = outcome.response.map(|reply| ResponseReady {
                     original_message_id: ctx.message_id.clone(),
                     to_phone: ctx.phone().to_owned(),
@@ -394,7 +411,11 @@ impl Orchestrator {
                     generated_at: Utc::now(),
                     priority: if outcome.escalate { Priority::Urgent } else { reply.priority },
                 });
+                // The reply goes into the outbox with the completion, in one transaction.
+                let outbox = response.as_ref().and_then(|r| serde_json::to_value(r).ok());
+                self.store.complete(lease, &activities, self.config.dedupe_ttl, outbox.as_ref()).await?;
                 Ok(Outcome::Completed(Completed {
+                    key: key.clone(),
                     handler: handler_name,
                     steps,
                     escalated: outcome.escalate,

@@ -23,9 +23,10 @@ use super::key_order::KeyChains;
 use super::offsets::OffsetTracker;
 use super::{KafkaConfig, PublishError, Publisher};
 use crate::classifier::Classifier;
+use crate::event::ResponseReady;
 use crate::event::{Envelope, EventData};
-use crate::pipeline::{Incoming, Orchestrator, Outcome, PROCESSED_BY, PipelineError};
-use crate::store::{KeyParking, ParkCheck, ParkedMessage, SourceInfo};
+use crate::pipeline::{DuplicateOf, Incoming, Orchestrator, Outcome, PROCESSED_BY, PipelineError};
+use crate::store::{KeyParking, MessageKey, ParkCheck, ParkedMessage, SourceInfo};
 
 /// The runtime could not start or keep consuming.
 #[derive(Debug, thiserror::Error)]
@@ -433,10 +434,14 @@ impl Worker {
         match outcome {
             Outcome::Completed(done) => {
                 if let Some(response) = &done.response {
-                    let reply = Envelope::new(EventData::ResponseReady(response.clone()), PROCESSED_BY);
-                    self.publisher.publish(&reply).await?;
+                    self.publish_reply(&done.key, response).await?;
                 }
                 RuntimeStats::bump(&self.stats.processed);
+            }
+            Outcome::Duplicate(DuplicateOf::ReplyPending { key, response }) => {
+                // Completed by a worker that stopped before publishing its reply.
+                self.publish_reply(key, response).await?;
+                RuntimeStats::bump(&self.stats.duplicates);
             }
             Outcome::Duplicate(_) => RuntimeStats::bump(&self.stats.duplicates),
             Outcome::RetryScheduled { next_attempt, due_at, .. } => {
@@ -473,6 +478,14 @@ impl Worker {
                 RuntimeStats::bump(&self.stats.dead_lettered);
             }
         }
+        Ok(())
+    }
+
+    /// Publishes a reply and empties the message's outbox.
+    async fn publish_reply(&self, key: &MessageKey, response: &ResponseReady) -> Result<(), ActError> {
+        let reply = Envelope::new(EventData::ResponseReady(response.clone()), PROCESSED_BY);
+        self.publisher.publish(&reply).await?;
+        self.orchestrator.store().mark_reply_published(key).await?;
         Ok(())
     }
 

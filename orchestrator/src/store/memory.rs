@@ -21,6 +21,7 @@ struct ClaimRow {
     lease_expires_at: Option<DateTime<Utc>>,
     lease_token: i64,
     expires_at: DateTime<Utc>,
+    reply: Option<serde_json::Value>,
 }
 
 #[derive(Debug, Default)]
@@ -83,6 +84,7 @@ impl Store for MemoryStore {
             lease_expires_at: None,
             lease_token: 0,
             expires_at: now,
+            reply: None,
         });
         if row.completed {
             return Ok(Claim::Completed);
@@ -129,14 +131,32 @@ impl Store for MemoryStore {
         Ok(())
     }
 
-    async fn complete(&self, lease: &Lease, activities: &[NewActivity], ttl: Duration) -> Result<(), StoreError> {
+    async fn complete(
+        &self,
+        lease: &Lease,
+        activities: &[NewActivity],
+        ttl: Duration,
+        reply: Option<&serde_json::Value>,
+    ) -> Result<(), StoreError> {
         let now = Utc::now();
         let mut state = self.state();
         let row = Self::held(&mut state, lease)?;
         row.completed = true;
         row.lease_expires_at = None;
         row.expires_at = now + to_chrono(ttl);
+        row.reply = reply.cloned();
         state.activities.extend(activities.iter().map(|a| (lease.key.clone(), a.clone())));
+        Ok(())
+    }
+
+    async fn pending_reply(&self, key: &MessageKey) -> Result<Option<serde_json::Value>, StoreError> {
+        Ok(self.state().claims.get(key).filter(|row| row.completed).and_then(|row| row.reply.clone()))
+    }
+
+    async fn mark_reply_published(&self, key: &MessageKey) -> Result<(), StoreError> {
+        if let Some(row) = self.state().claims.get_mut(key) {
+            row.reply = None;
+        }
         Ok(())
     }
 

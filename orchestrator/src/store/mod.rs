@@ -368,9 +368,21 @@ pub trait Store: Send + Sync {
     /// Appends to the saga log of one run, if the lease is still held.
     async fn record_step(&self, lease: &Lease, run: u32, step: &StepRecord) -> Result<(), StoreError>;
 
-    /// Marks the message processed and writes its audit trail, in one
-    /// transaction, if the lease is still held.
-    async fn complete(&self, lease: &Lease, activities: &[NewActivity], ttl: Duration) -> Result<(), StoreError>;
+    /// Marks the message processed, writes its audit trail and keeps its
+    /// reply (the outbox), in one transaction, if the lease is still held.
+    async fn complete(
+        &self,
+        lease: &Lease,
+        activities: &[NewActivity],
+        ttl: Duration,
+        reply: Option<&Value>,
+    ) -> Result<(), StoreError>;
+
+    /// The reply of a completed message that was never confirmed published.
+    async fn pending_reply(&self, key: &MessageKey) -> Result<Option<Value>, StoreError>;
+
+    /// Records that the message's reply was acknowledged by Kafka.
+    async fn mark_reply_published(&self, key: &MessageKey) -> Result<(), StoreError>;
 
     /// Parks a message in the dead-letter queue and, when a lease is given,
     /// marks its claim dead-lettered so redeliveries skip it, in one

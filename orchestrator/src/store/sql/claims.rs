@@ -114,6 +114,7 @@ pub(super) async fn complete(
     lease: &Lease,
     activities: &[NewActivity],
     ttl: Duration,
+    reply: Option<&serde_json::Value>,
 ) -> Result<(), StoreError> {
     let now = Utc::now();
     let key = &lease.key;
@@ -124,10 +125,10 @@ pub(super) async fn complete(
         &txn,
         &format!(
             "UPDATE processed_messages
-               SET status = 'completed', completed_at = ?, lease_expires_at = NULL, expires_at = ?
+               SET status = 'completed', completed_at = ?, lease_expires_at = NULL, expires_at = ?, reply = ?
              WHERE {HELD}"
         ),
-        vec![now.into(), (now + chrono_duration(ttl)).into()],
+        vec![now.into(), (now + chrono_duration(ttl)).into(), reply.cloned().into()],
         lease,
     )
     .await?;
@@ -150,6 +151,32 @@ pub(super) async fn complete(
         txn.execute_raw(stmt(backend, &sql, values)).await?;
     }
     txn.commit().await?;
+    Ok(())
+}
+
+pub(super) async fn pending_reply(
+    db: &impl ConnectionTrait,
+    key: &MessageKey,
+) -> Result<Option<serde_json::Value>, StoreError> {
+    let row = db
+        .query_one_raw(stmt(
+            db.get_database_backend(),
+            "SELECT reply FROM processed_messages
+             WHERE tenant_id = ? AND message_id = ? AND status = 'completed'
+               AND reply IS NOT NULL AND reply_published_at IS NULL",
+            vec![key.tenant_id.as_str().into(), key.message_id.as_str().into()],
+        ))
+        .await?;
+    Ok(row.map(|row| row.try_get::<Option<serde_json::Value>>("", "reply")).transpose()?.flatten())
+}
+
+pub(super) async fn mark_reply_published(db: &impl ConnectionTrait, key: &MessageKey) -> Result<(), StoreError> {
+    db.execute_raw(stmt(
+        db.get_database_backend(),
+        "UPDATE processed_messages SET reply_published_at = ? WHERE tenant_id = ? AND message_id = ?",
+        vec![Utc::now().into(), key.tenant_id.as_str().into(), key.message_id.as_str().into()],
+    ))
+    .await?;
     Ok(())
 }
 

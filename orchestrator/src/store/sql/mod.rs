@@ -71,8 +71,22 @@ impl Store for SqlStore {
         saga_log::record_step(&self.db, lease, run, step).await
     }
 
-    async fn complete(&self, lease: &Lease, activities: &[NewActivity], ttl: Duration) -> Result<(), StoreError> {
-        claims::complete(&self.db, lease, activities, ttl).await
+    async fn complete(
+        &self,
+        lease: &Lease,
+        activities: &[NewActivity],
+        ttl: Duration,
+        reply: Option<&serde_json::Value>,
+    ) -> Result<(), StoreError> {
+        claims::complete(&self.db, lease, activities, ttl, reply).await
+    }
+
+    async fn pending_reply(&self, key: &MessageKey) -> Result<Option<serde_json::Value>, StoreError> {
+        claims::pending_reply(&self.db, key).await
+    }
+
+    async fn mark_reply_published(&self, key: &MessageKey) -> Result<(), StoreError> {
+        claims::mark_reply_published(&self.db, key).await
     }
 
     async fn dead_letter(&self, lease: Option<&Lease>, entry: &NewDeadLetter) -> Result<i64, StoreError> {
