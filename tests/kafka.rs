@@ -82,6 +82,8 @@ async fn a_message_becomes_a_reply_and_poison_goes_to_the_dlq() {
         let phone = "+15551234567";
         publisher.publish(&message_received("wamid.k1", phone, "I want to order 2 tacos")).await.unwrap();
         publisher.send(topics::MESSAGES, Some(phone), b"{not json", &[]).await.unwrap();
+        // Decodes, but fails validation: a permanent failure.
+        publisher.publish(&message_received("wamid.bad", "call me maybe", "hi")).await.unwrap();
         publisher.publish(&message_received("wamid.k2", phone, "how much is the pizza?")).await.unwrap();
 
         let replies = read(&kafka, topics::RESPONSES, 2).await;
@@ -97,20 +99,27 @@ async fn a_message_becomes_a_reply_and_poison_goes_to_the_dlq() {
         // Same phone: processed in the order produced, the poison between them did not stall it.
         assert_eq!(answered, ["wamid.k1", "wamid.k2"], "{}", t.label);
 
-        let dead = read(&kafka, &format!("{}.dlq", topics::MESSAGES), 1).await;
-        assert_eq!(dead.len(), 1, "{}", t.label);
-        assert_eq!(dead[0].payload(), Some(&b"{not json"[..]), "{}: the DLQ copy is the original bytes", t.label);
-        assert!(header(&dead[0], headers::ERROR).unwrap().starts_with("SerializationError"), "{}", t.label);
-        assert_eq!(header(&dead[0], headers::SOURCE_TOPIC).as_deref(), Some(topics::MESSAGES));
-        let failures = read(&kafka, topics::FAILURES, 1).await;
-        assert_eq!(failures.len(), 1, "{}: a MessageFailed is published", t.label);
+        let dead = read(&kafka, &format!("{}.dlq", topics::MESSAGES), 2).await;
+        assert_eq!(dead.len(), 2, "{}", t.label);
+        let poison = dead.iter().find(|m| m.payload() == Some(&b"{not json"[..])).expect("the poison, as sent");
+        assert!(header(poison, headers::ERROR).unwrap().starts_with("SerializationError"), "{}", t.label);
+        assert_eq!(header(poison, headers::SOURCE_TOPIC).as_deref(), Some(topics::MESSAGES));
+        let invalid = dead.iter().find(|m| m.payload() != Some(&b"{not json"[..])).unwrap();
+        assert!(header(invalid, headers::ERROR).unwrap().starts_with("ValidationError"), "{}", t.label);
+        assert_eq!(header(invalid, headers::ATTEMPTS).as_deref(), Some("1"), "{}", t.label);
+        let failures = read(&kafka, topics::FAILURES, 2).await;
+        assert_eq!(failures.len(), 2, "{}: a MessageFailed for each", t.label);
 
         assert_eq!(count(&t.db, "orders", "message_id = 'wamid.k1' AND status = 'created'").await, 1, "{}", t.label);
         assert_eq!(count(&t.db, "dead_letter_queue", "failure_type = 'SerializationError'").await, 1, "{}", t.label);
+        assert_eq!(
+            count(&t.db, "dead_letter_queue", "message_id = 'wamid.bad' AND failure_type = 'ValidationError'").await,
+            1
+        );
 
         running.stop().await;
         let [processed, _, _, dead_lettered, _] = stats.snapshot();
-        assert_eq!((processed, dead_lettered), (2, 1), "{}", t.label);
+        assert_eq!((processed, dead_lettered), (2, 2), "{}", t.label);
     }
 }
 
