@@ -135,3 +135,38 @@ async fn built_in_handlers_decide_from_entities() {
     let (h, o) = decide(Intent::unknown()).await;
     assert_eq!((h.as_str(), actions(&o)), ("UNKNOWN", vec!["flag_for_review".into()]));
 }
+
+#[tokio::test]
+async fn built_in_handlers_answer_in_the_language_of_the_message() {
+    use orchestrator::{Classifier, KeywordClassifier};
+    let registry = handlers::builtin();
+    let reply_to = |text: &'static str| {
+        let registry = registry.clone();
+        async move {
+            let inbound = text_inbound(text);
+            let intent = KeywordClassifier.classify(&inbound).await.unwrap();
+            let mut c = ctx(intent);
+            c.inbound = inbound;
+            registry.route(&c).handle(&c).await.unwrap().response.unwrap().content
+        }
+    };
+    let text_of = |content: ResponseContent| match content {
+        ResponseContent::Text { message } => message,
+        ResponseContent::Interactive { body_text, buttons } => {
+            format!("{body_text} {}", buttons.iter().map(|b| b.title.as_str()).collect::<Vec<_>>().join("/"))
+        }
+        other => panic!("{other:?}"),
+    };
+    assert!(text_of(reply_to("Quiero pedir 2 tacos").await).contains("Registramos tu pedido: 2 x tacos"));
+    assert!(text_of(reply_to("I want to order 2 tacos").await).contains("registered your order: 2 x tacos"));
+    assert!(text_of(reply_to("¿Cuánto cuesta la pizza?").await).starts_with("¡Gracias por tu interés"));
+    assert!(text_of(reply_to("Mi pedido llegó roto").await).starts_with("Lamentamos"));
+    assert_eq!(
+        text_of(reply_to("¿Me pueden llamar?").await),
+        "¡Claro! ¿Cuándo quieres que te llamemos? Mañana/Tarde/Noche"
+    );
+}
+
+fn text_inbound(body: &str) -> orchestrator::Inbound {
+    text("m", "+5215512345678", body)
+}

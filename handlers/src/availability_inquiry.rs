@@ -5,7 +5,7 @@ use orchestrator::intent::names;
 use orchestrator::{HandlerError, IntentHandler, IntentOutcome, MessageContext, Reply};
 use serde_json::json;
 
-use crate::entities::product;
+use crate::entities::{product, spanish};
 
 /// Handles `AVAILABILITY_INQUIRY` at confidence >= 0.6.
 #[derive(Debug, Clone, Copy, Default)]
@@ -26,14 +26,24 @@ impl IntentHandler for AvailabilityInquiryHandler {
     }
 
     async fn handle(&self, ctx: &MessageContext) -> Result<IntentOutcome, HandlerError> {
-        let what = product(&ctx.intent).unwrap_or_else(|| "that".to_owned());
-        let when = ctx.intent.entity_str("date").map(|d| format!(" on {d}")).unwrap_or_default();
-        Ok(IntentOutcome::reply(Reply::text(format!(
-            "Let me check whether {what} is available{when}. We will get back to you in a few minutes."
-        )))
-        .with_action(
-            "notify_sales",
-            json!({ "reason": "availability_inquiry", "summary": format!("Availability of {what}{when}") }),
-        ))
+        let es = spanish(&ctx.intent);
+        let product = product(&ctx.intent);
+        let date = ctx.intent.entity_str("date");
+        let reply = if es {
+            let what = product.as_deref().unwrap_or("eso");
+            let when = date.map(|d| format!(" el {d}")).unwrap_or_default();
+            format!("Déjame revisar si {what} está disponible{when}. Te respondemos en unos minutos.")
+        } else {
+            let what = product.as_deref().unwrap_or("that");
+            let when = date.map(|d| format!(" on {d}")).unwrap_or_default();
+            format!("Let me check whether {what} is available{when}. We will get back to you in a few minutes.")
+        };
+        let summary = format!(
+            "Availability of {}{}",
+            product.as_deref().unwrap_or("(not named)"),
+            date.map(|d| format!(" on {d}")).unwrap_or_default()
+        );
+        Ok(IntentOutcome::reply(Reply::text(reply))
+            .with_action("notify_sales", json!({ "reason": "availability_inquiry", "summary": summary })))
     }
 }

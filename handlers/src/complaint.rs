@@ -30,12 +30,21 @@ impl IntentHandler for ComplaintHandler {
             Some(order) => format!("Complaint about order {order}"),
             None => "Customer complaint".to_owned(),
         };
-        let mut outcome = IntentOutcome::reply(Reply::text(if severe {
-            "We are very sorry about this. A supervisor has been alerted and will contact you personally as soon as possible."
-        } else {
-            "We are sorry to hear that. We have opened a support ticket and our team will get back to you shortly."
-        }))
-        .with_action(
+        let reply = match (severe, crate::entities::spanish(&ctx.intent)) {
+            (true, false) => {
+                "We are very sorry about this. A supervisor has been alerted and will contact you personally as soon as possible."
+            }
+            (false, false) => {
+                "We are sorry to hear that. We have opened a support ticket and our team will get back to you shortly."
+            }
+            (true, true) => {
+                "Lamentamos mucho lo ocurrido. Un supervisor ya fue notificado y se comunicará contigo personalmente lo antes posible."
+            }
+            (false, true) => {
+                "Lamentamos lo sucedido. Abrimos un ticket de soporte y nuestro equipo te responderá en breve."
+            }
+        };
+        let mut outcome = IntentOutcome::reply(Reply::text(reply)).with_action(
             "create_support_ticket",
             json!({ "subject": subject, "priority": if severe { "urgent" } else { "normal" } }),
         );

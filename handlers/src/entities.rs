@@ -33,6 +33,11 @@ pub(crate) fn order_items(intent: &Intent) -> Vec<Value> {
     items
 }
 
+/// Whether to answer in Spanish: the classifier's `language` entity is `es`.
+pub(crate) fn spanish(intent: &Intent) -> bool {
+    intent.entity_str("language") == Some("es")
+}
+
 /// "2 x tacos, 1 x soda".
 pub(crate) fn describe_items(items: &[Value]) -> String {
     items

@@ -5,7 +5,7 @@ use orchestrator::intent::names;
 use orchestrator::{HandlerError, IntentHandler, IntentOutcome, MessageContext, Reply};
 use serde_json::json;
 
-use crate::entities::{describe_items, order_items};
+use crate::entities::{describe_items, order_items, spanish};
 
 /// Handles `ORDER_REQUEST` at confidence >= 0.7.
 #[derive(Debug, Clone, Copy, Default)]
@@ -26,16 +26,21 @@ impl IntentHandler for OrderRequestHandler {
     }
 
     async fn handle(&self, ctx: &MessageContext) -> Result<IntentOutcome, HandlerError> {
+        let es = spanish(&ctx.intent);
         let items = order_items(&ctx.intent);
         if items.is_empty() {
-            return Ok(IntentOutcome::reply(Reply::text(
-                "Happy to take your order! Which products would you like, and how many of each?",
-            )));
+            return Ok(IntentOutcome::reply(Reply::text(if es {
+                "¡Con gusto tomamos tu pedido! ¿Qué productos quieres y cuántos de cada uno?"
+            } else {
+                "Happy to take your order! Which products would you like, and how many of each?"
+            })));
         }
         let summary = describe_items(&items);
-        Ok(IntentOutcome::reply(Reply::text(format!(
-            "Thanks! We have registered your order: {summary}. A sales representative will confirm it shortly."
-        )))
+        Ok(IntentOutcome::reply(Reply::text(if es {
+            format!("¡Gracias! Registramos tu pedido: {summary}. Un asesor de ventas te lo confirmará en breve.")
+        } else {
+            format!("Thanks! We have registered your order: {summary}. A sales representative will confirm it shortly.")
+        }))
         .with_action("create_order", json!({ "items": items }))
         .with_action("notify_sales", json!({ "reason": "new_order", "summary": format!("New order: {summary}") })))
     }

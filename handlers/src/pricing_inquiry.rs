@@ -5,7 +5,7 @@ use orchestrator::intent::names;
 use orchestrator::{HandlerError, IntentHandler, IntentOutcome, MessageContext, Reply};
 use serde_json::json;
 
-use crate::entities::product;
+use crate::entities::{product, spanish};
 
 /// Handles `PRICING_INQUIRY` at confidence >= 0.6.
 #[derive(Debug, Clone, Copy, Default)]
@@ -26,7 +26,14 @@ impl IntentHandler for PricingInquiryHandler {
     }
 
     async fn handle(&self, ctx: &MessageContext) -> Result<IntentOutcome, HandlerError> {
+        let es = spanish(&ctx.intent);
         let (reply, summary) = match product(&ctx.intent) {
+            Some(product) if es => (
+                format!(
+                    "¡Gracias por preguntar por {product}! Un asesor te enviará nuestros precios actuales en breve."
+                ),
+                format!("Price request for {product}"),
+            ),
             Some(product) => (
                 format!(
                     "Thanks for asking about {product}! A sales representative will send you our current prices shortly."
@@ -34,7 +41,11 @@ impl IntentHandler for PricingInquiryHandler {
                 format!("Price request for {product}"),
             ),
             None => (
-                "Thanks for your interest! Which product would you like a price for?".to_owned(),
+                if es {
+                    "¡Gracias por tu interés! ¿De qué producto quieres el precio?".to_owned()
+                } else {
+                    "Thanks for your interest! Which product would you like a price for?".to_owned()
+                },
                 "Price request (product not named)".to_owned(),
             ),
         };

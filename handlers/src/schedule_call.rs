@@ -14,6 +14,10 @@ pub struct ScheduleCallHandler;
 pub const SLOTS: [(&str, &str); 3] =
     [("call_morning", "Morning"), ("call_afternoon", "Afternoon"), ("call_evening", "Evening")];
 
+/// The same slots in Spanish (same ids).
+pub const SLOTS_ES: [(&str, &str); 3] =
+    [("call_morning", "Mañana"), ("call_afternoon", "Tarde"), ("call_evening", "Noche")];
+
 #[async_trait]
 impl IntentHandler for ScheduleCallHandler {
     fn intent(&self) -> &str {
@@ -29,22 +33,32 @@ impl IntentHandler for ScheduleCallHandler {
     }
 
     async fn handle(&self, ctx: &MessageContext) -> Result<IntentOutcome, HandlerError> {
+        let es = crate::entities::spanish(&ctx.intent);
         match ctx.intent.entity_str("preferred_time") {
-            Some(time) => Ok(IntentOutcome::reply(Reply::text(format!(
-                "Great, we will call you {time}. A sales representative will confirm the exact time."
-            )))
+            Some(time) => Ok(IntentOutcome::reply(Reply::text(if es {
+                format!("¡Perfecto! Te llamaremos {time}. Un asesor confirmará la hora exacta.")
+            } else {
+                format!("Great, we will call you {time}. A sales representative will confirm the exact time.")
+            }))
             .with_action(
                 "notify_sales",
                 json!({ "reason": "schedule_call", "summary": format!("Call requested for {time}"),
                         "details": { "preferred_time": time } }),
             )),
-            None => Ok(IntentOutcome::reply(Reply::content(ResponseContent::Interactive {
-                body_text: "Sure! When would you like us to call you?".to_owned(),
-                buttons: SLOTS
-                    .iter()
-                    .map(|(id, title)| Button { id: (*id).to_owned(), title: (*title).to_owned() })
-                    .collect(),
-            }))),
+            None => {
+                let (body_text, slots) = if es {
+                    ("¡Claro! ¿Cuándo quieres que te llamemos?", &SLOTS_ES)
+                } else {
+                    ("Sure! When would you like us to call you?", &SLOTS)
+                };
+                Ok(IntentOutcome::reply(Reply::content(ResponseContent::Interactive {
+                    body_text: body_text.to_owned(),
+                    buttons: slots
+                        .iter()
+                        .map(|(id, title)| Button { id: (*id).to_owned(), title: (*title).to_owned() })
+                        .collect(),
+                })))
+            }
         }
     }
 }

@@ -29,9 +29,11 @@ impl IntentHandler for UnknownHandler {
     }
 
     async fn handle(&self, ctx: &MessageContext) -> Result<IntentOutcome, HandlerError> {
-        Ok(IntentOutcome::reply(Reply::text(
-            "Thanks for your message! I did not quite get that; a member of our team will get back to you.",
-        ))
+        Ok(IntentOutcome::reply(Reply::text(if crate::entities::spanish(&ctx.intent) {
+            "¡Gracias por tu mensaje! No logré entenderlo; un miembro de nuestro equipo te responderá."
+        } else {
+            "Thanks for your message! I did not quite get that; a member of our team will get back to you."
+        }))
         .with_action(
             "flag_for_review",
             json!({ "reason": "unknown_intent",

@@ -134,6 +134,26 @@ const RULES: &[(&str, &[&str])] = &[
     ),
 ];
 
+/// Common words that tell Spanish from English.
+const SPANISH_WORDS: &[&str] = &[
+    "el", "la", "los", "las", "de", "que", "mi", "un", "una", "por", "favor", "hola", "gracias", "quiero", "tienen",
+    "cuanto", "cuesta", "precio", "pedido", "es", "para", "con", "llego", "manana", "tarde", "llamame", "hay", "y",
+];
+const ENGLISH_WORDS: &[&str] = &[
+    "the", "i", "my", "a", "an", "is", "are", "do", "you", "have", "how", "much", "please", "want", "to", "of", "and",
+    "for", "with", "it", "can", "order", "call",
+];
+
+/// `es` or `en`, by which language's common words the text uses more.
+fn language(original: &str, normalised: &str) -> &'static str {
+    let words: Vec<&str> = normalised.split(' ').collect();
+    let spanish = words.iter().filter(|w| SPANISH_WORDS.contains(w)).count()
+        // Inverted marks and ñ are unambiguous: they outweigh a shared word.
+        + 2 * original.chars().filter(|c| matches!(c, '¿' | '¡' | 'ñ' | 'Ñ')).count();
+    let english = words.iter().filter(|w| ENGLISH_WORDS.contains(w)).count();
+    if spanish > english { "es" } else { "en" }
+}
+
 /// Words that make a complaint severe.
 const SEVERE: &[&str] = &[
     "terrible",
@@ -205,12 +225,14 @@ impl KeywordClassifier {
             // max_by_key keeps the last maximum; reverse so the earliest rule wins ties.
             .rev()
             .max_by_key(|(_, hits)| *hits);
+        let language = language(text, &normalised);
         let Some((name, hits)) = best else {
-            return Intent::new(names::UNKNOWN, 0.2);
+            return Intent::new(names::UNKNOWN, 0.2).with_entity("language", language);
         };
         let confidence = (0.65 + 0.1 * hits as f64).min(0.95);
         let mut intent = Intent::new(name, confidence);
         intent.entities = entities(name, &normalised, &padded);
+        intent.entities.insert("language".into(), json!(language));
         intent
     }
 }
@@ -319,6 +341,15 @@ mod tests {
         ] {
             assert_eq!(classify(text).name, expected, "{text}");
         }
+    }
+
+    #[test]
+    fn tells_spanish_from_english() {
+        assert_eq!(classify("¿Cuánto cuesta la pizza?").entity_str("language"), Some("es"));
+        assert_eq!(classify("Quiero pedir dos tacos").entity_str("language"), Some("es"));
+        assert_eq!(classify("How much is the pizza?").entity_str("language"), Some("en"));
+        assert_eq!(classify("asdf").entity_str("language"), Some("en"));
+        assert_eq!(classify("¿Me pueden llamar?").entity_str("language"), Some("es"));
     }
 
     #[test]
