@@ -265,10 +265,13 @@ impl Running {
         Self { stop, handle }
     }
 
-    /// Shuts it down and waits until it has stopped.
+    /// Shuts it down and waits until it has stopped (a hang fails the test).
     pub async fn stop(self) {
         let _ = self.stop.send(());
-        self.handle.await.expect("runtime task");
+        tokio::time::timeout(Duration::from_secs(120), self.handle)
+            .await
+            .expect("the runtime did not shut down within 120 s")
+            .expect("runtime task");
     }
 }
 

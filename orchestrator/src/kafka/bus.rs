@@ -220,10 +220,12 @@ impl<E: Event, H: EventHandler<E>> SubscriptionLoop<E, H> {
                 tracing::debug!(%error, "subscription offset not stored");
             }
         }
-        match self.consumer.commit_consumer_state(CommitMode::Sync) {
+        let committed = match self.consumer.commit_consumer_state(CommitMode::Sync) {
             Ok(()) | Err(KafkaError::ConsumerCommit(rdkafka::types::RDKafkaErrorCode::NoOffset)) => Ok(()),
             Err(error) => Err(error),
-        }
+        };
+        super::leave_group(&self.consumer).await;
+        committed
     }
 
     /// Runs the handler, retrying `Retry` results with doubling delays.

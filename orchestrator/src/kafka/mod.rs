@@ -19,3 +19,25 @@ pub use embedded::EmbeddedKafka;
 pub use publisher::{PublishError, Publisher};
 pub use runtime::{ConsumerRuntime, RuntimeError, RuntimeSettings, RuntimeStats};
 pub use sender::{DryRunSender, ResponseSender, SendError, WhatsAppSender};
+
+/// Leaves the consumer group before the consumer is dropped: unsubscribes,
+/// then serves the consumer until its assignment is revoked. Dropping a
+/// consumer with a revocation still queued makes librdkafka's close run the
+/// rebalance inside `rd_kafka_assign`, which can wait forever (seen with the
+/// mock cluster while other members were leaving too).
+pub(crate) async fn leave_group<C>(consumer: &rdkafka::consumer::StreamConsumer<C>)
+where
+    C: rdkafka::consumer::ConsumerContext + 'static,
+{
+    use rdkafka::consumer::Consumer as _;
+    consumer.unsubscribe();
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
+    while tokio::time::Instant::now() < deadline {
+        if consumer.assignment().map_or(true, |assigned| assigned.count() == 0) {
+            return;
+        }
+        // Messages still buffered are dropped unprocessed and uncommitted: redelivered later.
+        let _ = tokio::time::timeout(std::time::Duration::from_millis(100), consumer.recv()).await;
+    }
+    tracing::warn!("consumer still had partitions assigned after leaving the group");
+}

@@ -231,7 +231,7 @@ impl ConsumerRuntime {
             Err(error) => tracing::warn!(%error, "final commit failed"),
         }
         self.worker.publisher.flush(Duration::from_secs(10))?;
-        self.worker.consumer.unsubscribe();
+        super::leave_group(&self.worker.consumer).await;
         tracing::info!("consumer stopped");
         Ok(())
     }

@@ -117,6 +117,7 @@ impl ResponseSender {
             Ok(()) | Err(KafkaError::ConsumerCommit(rdkafka::types::RDKafkaErrorCode::NoOffset)) => {}
             Err(error) => tracing::warn!(%error, "final commit of the response sender failed"),
         }
+        super::leave_group(&self.consumer).await;
         Ok(())
     }
 }
