@@ -22,7 +22,7 @@ use crate::handler_registry::HandlerRegistry;
 use crate::intent::Intent;
 use crate::retry::{RetryDecision, RetryPolicy};
 use crate::saga::{SagaReport, SagaRunner, StepOutcome};
-use crate::store::{Claim, Lease, MessageKey, NewActivity, NewDeadLetter, SourceInfo, Store, StoreError};
+use crate::store::{Claim, Lease, MessageKey, NewActivity, NewDeadLetter, SourceInfo, Store, StoreError, to_chrono};
 use crate::validate::validate;
 
 /// `processed_by` stamped on events the orchestrator produces.
@@ -595,8 +595,4 @@ fn activities(ctx: &MessageContext, handler: &str, outcome: &IntentOutcome, step
         });
     }
     rows
-}
-
-fn to_chrono(duration: Duration) -> chrono::Duration {
-    chrono::Duration::from_std(duration).unwrap_or(chrono::Duration::MAX)
 }

@@ -9,7 +9,7 @@ use chrono::{DateTime, Utc};
 
 use super::{
     Claim, DeadLetter, DeadLetterQueue, DlqFilter, DlqStatus, KeyParking, Lease, MessageKey, NewActivity,
-    NewDeadLetter, Page, ParkCheck, ParkedMessage, StepRecord, Store, StoreError,
+    NewDeadLetter, Page, ParkCheck, ParkedMessage, StepRecord, Store, StoreError, to_chrono,
 };
 
 #[derive(Debug, Clone)]
@@ -65,10 +65,6 @@ impl MemoryStore {
     pub fn activities(&self, key: &MessageKey) -> Vec<NewActivity> {
         self.state().activities.iter().filter(|(k, _)| k == key).map(|(_, a)| a.clone()).collect()
     }
-}
-
-fn to_chrono(duration: Duration) -> chrono::Duration {
-    chrono::Duration::from_std(duration).unwrap_or(chrono::Duration::MAX)
 }
 
 #[async_trait]

@@ -19,6 +19,11 @@ mod sql;
 pub use memory::MemoryStore;
 pub use sql::SqlStore;
 
+/// A std duration as a chrono one, saturating (leases, TTLs and delays are far below the limit).
+pub(crate) fn to_chrono(duration: Duration) -> chrono::Duration {
+    chrono::Duration::from_std(duration).unwrap_or(chrono::Duration::MAX)
+}
+
 /// Identifies a message for deduplication: ids are unique per tenant.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct MessageKey {

@@ -5,8 +5,9 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use sea_orm::{ConnectionTrait, DatabaseConnection, DbErr, TransactionTrait, Value};
 
+use super::corrupt;
 use super::statement::stmt;
-use super::{chrono_duration, corrupt};
+use crate::store::to_chrono;
 use crate::store::{Claim, Lease, MessageKey, NewActivity, StoreError};
 
 /// Inserts a claim, or takes over one whose lease is free or ran out. Every
@@ -48,7 +49,7 @@ async fn fenced(db: &impl ConnectionTrait, sql: &str, mut values: Vec<Value>, le
 pub(super) async fn claim(db: &impl ConnectionTrait, key: &MessageKey, lease: Duration) -> Result<Claim, StoreError> {
     let backend = db.get_database_backend();
     let now = Utc::now();
-    let lease_until = now + chrono_duration(lease);
+    let lease_until = now + to_chrono(lease);
     let held = Lease::new(key.clone());
     let values: Vec<Value> = vec![
         key.tenant_id.as_str().into(),
@@ -88,7 +89,7 @@ pub(super) async fn claim(db: &impl ConnectionTrait, key: &MessageKey, lease: Du
 }
 
 pub(super) async fn renew(db: &impl ConnectionTrait, lease: &Lease, duration: Duration) -> Result<(), StoreError> {
-    let until = Utc::now() + chrono_duration(duration);
+    let until = Utc::now() + to_chrono(duration);
     fenced(db, &format!("UPDATE processed_messages SET lease_expires_at = ? WHERE {HELD}"), vec![until.into()], lease)
         .await
 }
@@ -128,7 +129,7 @@ pub(super) async fn complete(
                SET status = 'completed', completed_at = ?, lease_expires_at = NULL, expires_at = ?, reply = ?
              WHERE {HELD}"
         ),
-        vec![now.into(), (now + chrono_duration(ttl)).into(), reply.cloned().into()],
+        vec![now.into(), (now + to_chrono(ttl)).into(), reply.cloned().into()],
         lease,
     )
     .await?;

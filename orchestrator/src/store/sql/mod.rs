@@ -41,10 +41,6 @@ impl SqlStore {
     }
 }
 
-pub(super) fn chrono_duration(duration: Duration) -> chrono::Duration {
-    chrono::Duration::from_std(duration).unwrap_or(chrono::Duration::MAX)
-}
-
 fn corrupt(table: &'static str, reason: String) -> StoreError {
     StoreError::Corrupt { table, reason }
 }
