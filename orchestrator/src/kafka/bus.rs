@@ -23,7 +23,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
+use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::error::KafkaError;
 use rdkafka::message::Message;
 use tokio::sync::watch;
@@ -220,12 +220,7 @@ impl<E: Event, H: EventHandler<E>> SubscriptionLoop<E, H> {
                 tracing::debug!(%error, "subscription offset not stored");
             }
         }
-        let committed = match self.consumer.commit_consumer_state(CommitMode::Sync) {
-            Ok(()) | Err(KafkaError::ConsumerCommit(rdkafka::types::RDKafkaErrorCode::NoOffset)) => Ok(()),
-            Err(error) => Err(error),
-        };
-        super::leave_group(&self.consumer).await;
-        committed
+        super::commit_and_leave(&self.consumer).await
     }
 
     /// Runs the handler, retrying `Retry` results with doubling delays.

@@ -1,6 +1,8 @@
 //! The Kafka side: configuration, the embedded broker, publishing, and the
 //! consumer runtime that feeds the pipeline.
 
+use rdkafka::error::KafkaError;
+
 pub mod bus;
 pub mod cloud_api;
 pub mod config;
@@ -19,6 +21,21 @@ pub use embedded::EmbeddedKafka;
 pub use publisher::{PublishError, Publisher};
 pub use runtime::{ConsumerRuntime, RuntimeError, RuntimeSettings, RuntimeStats};
 pub use sender::{DryRunSender, ResponseSender, SendError, WhatsAppSender};
+
+/// Commits the stored offsets (nothing stored is fine), then leaves the
+/// group with [`leave_group`]; returns the commit's result.
+pub(crate) async fn commit_and_leave<C>(consumer: &rdkafka::consumer::StreamConsumer<C>) -> Result<(), KafkaError>
+where
+    C: rdkafka::consumer::ConsumerContext + 'static,
+{
+    use rdkafka::consumer::Consumer as _;
+    let committed = match consumer.commit_consumer_state(rdkafka::consumer::CommitMode::Sync) {
+        Ok(()) | Err(KafkaError::ConsumerCommit(rdkafka::types::RDKafkaErrorCode::NoOffset)) => Ok(()),
+        Err(error) => Err(error),
+    };
+    leave_group(consumer).await;
+    committed
+}
 
 /// Leaves the consumer group before the consumer is dropped: unsubscribes,
 /// then serves the consumer until its assignment is revoked. Dropping a

@@ -11,7 +11,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
+use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::error::KafkaError;
 use rdkafka::message::{Headers, Message, OwnedMessage};
 use tokio::sync::Semaphore;
@@ -226,12 +226,11 @@ impl ConsumerRuntime {
             tracing::warn!(abandoned = tasks.len(), "grace period over: abandoning in-flight messages uncommitted");
             tasks.shutdown().await;
         }
-        match self.worker.consumer.commit_consumer_state(CommitMode::Sync) {
-            Ok(()) | Err(KafkaError::ConsumerCommit(rdkafka::types::RDKafkaErrorCode::NoOffset)) => {}
-            Err(error) => tracing::warn!(%error, "final commit failed"),
-        }
+        // Every copy was acknowledged before its offset was stored; flush any stragglers.
         self.worker.publisher.flush(Duration::from_secs(10))?;
-        super::leave_group(&self.worker.consumer).await;
+        if let Err(error) = super::commit_and_leave(&self.worker.consumer).await {
+            tracing::warn!(%error, "final commit failed");
+        }
         tracing::info!("consumer stopped");
         Ok(())
     }
@@ -343,7 +342,8 @@ impl Worker {
     /// Parks the message behind its phone's message in retry, or processes
     /// it; a holder that finished releases the messages parked behind it.
     async fn deliver(&self, delivered: Delivered) {
-        let message_id = dedupe_id(&delivered.payload);
+        let decoded = Decoded::from(&delivered);
+        let message_id = decoded.message_id();
         let mut holder = false;
         if let (Some(key), Some(message_id)) = (&delivered.key, &message_id) {
             let parked = ParkedMessage {
@@ -364,7 +364,7 @@ impl Worker {
                 ParkCheck::Open { holder: is_holder } => holder = is_holder,
             }
         }
-        let outcome = until_ok("processing", || self.process(&delivered)).await;
+        let outcome = until_ok("processing", || self.process(&delivered, &decoded)).await;
         until_ok("publishing the outcome", || self.act(&delivered, message_id.as_deref(), &outcome)).await;
         if holder
             && is_final(&outcome)
@@ -385,7 +385,8 @@ impl Worker {
                 continue;
             };
             let delivered = Delivered::from_parked(&parked);
-            let outcome = until_ok("processing", || self.process(&delivered)).await;
+            let decoded = Decoded::from(&delivered);
+            let outcome = until_ok("processing", || self.process(&delivered, &decoded)).await;
             until_ok("publishing the outcome", || self.act(&delivered, Some(&parked.message_id), &outcome)).await;
             until_ok("unparking", || self.parking.unpark(parked.id)).await;
             if !is_final(&outcome) {
@@ -394,35 +395,31 @@ impl Worker {
         }
     }
 
-    async fn process(&self, delivered: &Delivered) -> Result<Outcome, PipelineError> {
+    async fn process(&self, delivered: &Delivered, decoded: &Decoded) -> Result<Outcome, PipelineError> {
         let payload = delivered.payload.as_slice();
         let source = delivered.source();
-        let envelope = match Envelope::decode(payload) {
-            Ok(envelope) => envelope,
-            Err(error) => return self.orchestrator.reject_undecodable(payload, Some(source), &error).await,
-        };
-        let inbound = match &envelope.data {
-            EventData::MessageReceived(m) => crate::context::Inbound::Message(m.clone()),
-            EventData::InteractionReceived(i) => crate::context::Inbound::Interaction(i.clone()),
-            other => {
-                let reason = format!("{} events are not processed from {}", other.event_type(), source.topic);
+        let incoming = match decoded {
+            Decoded::Undecodable(error) => {
+                return self.orchestrator.reject_undecodable(payload, Some(source), error).await;
+            }
+            Decoded::NotInbound(event_type) => {
+                let reason = format!("{event_type} events are not processed from {}", source.topic);
                 return self
                     .orchestrator
                     .reject(payload, Some(source), crate::event::FailureType::ValidationError, reason)
                     .await;
             }
+            Decoded::Inbound(incoming) => incoming,
         };
-        let intent = match self.classifier.classify(&inbound).await {
+        let intent = match self.classifier.classify(&incoming.inbound).await {
             Ok(intent) => intent,
             Err(error) => {
                 tracing::warn!(%error, "classifier failed, using UNKNOWN");
                 crate::intent::Intent::unknown()
             }
         };
-        let incoming = Incoming::from_envelope(&envelope, intent)
-            .unwrap_or_else(|| unreachable!("inbound checked above"))
-            .with_source(source)
-            .with_payload(payload.to_vec());
+        let mut incoming = incoming.as_ref().clone().with_source(source).with_payload(payload.to_vec());
+        incoming.intent = intent;
         self.orchestrator.process(incoming).await
     }
 
@@ -529,14 +526,33 @@ enum ActError {
     Store(#[from] crate::store::StoreError),
 }
 
-/// The dedupe id of an inbound envelope, if the bytes are one.
-fn dedupe_id(payload: &[u8]) -> Option<String> {
-    let envelope = Envelope::decode(payload).ok()?;
-    let event_id = envelope.event_id.to_string();
-    match &envelope.data {
-        EventData::MessageReceived(m) => Some(m.message_id.clone()),
-        EventData::InteractionReceived(i) => Some(i.message_id.clone().unwrap_or(event_id)),
-        _ => None,
+/// What a delivery's bytes are, decoded once for parking and processing.
+enum Decoded {
+    /// Not a valid envelope.
+    Undecodable(crate::event::DecodeError),
+    /// A valid envelope of a type this runtime does not process.
+    NotInbound(crate::event::EventType),
+    /// An inbound message, its intent not classified yet.
+    Inbound(Box<Incoming>),
+}
+
+impl Decoded {
+    fn from(delivered: &Delivered) -> Self {
+        match Envelope::decode(&delivered.payload) {
+            Err(error) => Decoded::Undecodable(error),
+            Ok(envelope) => match Incoming::from_envelope(&envelope, crate::intent::Intent::unknown()) {
+                Some(incoming) => Decoded::Inbound(Box::new(incoming)),
+                None => Decoded::NotInbound(envelope.event_type()),
+            },
+        }
+    }
+
+    /// The dedupe id, by the pipeline's own rule.
+    fn message_id(&self) -> Option<String> {
+        match self {
+            Decoded::Inbound(incoming) => Some(incoming.inbound.message_id(&incoming.event_id.to_string()).to_owned()),
+            _ => None,
+        }
     }
 }
 

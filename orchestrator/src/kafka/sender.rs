@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use backon::Retryable as _;
-use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
+use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::error::KafkaError;
 use rdkafka::message::Message;
 
@@ -113,11 +113,9 @@ impl ResponseSender {
                 tracing::debug!(%error, "reply offset not stored");
             }
         }
-        match self.consumer.commit_consumer_state(CommitMode::Sync) {
-            Ok(()) | Err(KafkaError::ConsumerCommit(rdkafka::types::RDKafkaErrorCode::NoOffset)) => {}
-            Err(error) => tracing::warn!(%error, "final commit of the response sender failed"),
+        if let Err(error) = super::commit_and_leave(&self.consumer).await {
+            tracing::warn!(%error, "final commit of the response sender failed");
         }
-        super::leave_group(&self.consumer).await;
         Ok(())
     }
 }
