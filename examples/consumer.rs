@@ -15,8 +15,8 @@ use std::sync::Arc;
 use chrono::Utc;
 use orchestrator::event::{Envelope, EventData, MessageContent, MessageReceived, MessageType};
 use orchestrator::kafka::{
-    CloudApiConfig, CloudApiSender, ConsumerRuntime, DryRunSender, EmbeddedKafka, KafkaConfig, Publisher,
-    ResponseSender, RuntimeSettings, WhatsAppSender,
+    AiRouteSettings, CloudApiConfig, CloudApiSender, ConsumerRuntime, DryRunSender, EmbeddedKafka, KafkaConfig,
+    Publisher, ResponseSender, RuntimeSettings, WhatsAppSender,
 };
 use orchestrator::{KeywordClassifier, Orchestrator, RetryPolicy, SqlStore};
 use tokio::sync::watch;
@@ -102,13 +102,24 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .retry_policy(RetryPolicy::from_env()?)
         .build()?;
 
-    let runtime = ConsumerRuntime::new(
+    let mut runtime = ConsumerRuntime::new(
         &kafka,
         Arc::new(orchestrator),
         Arc::new(KeywordClassifier),
-        store,
+        store.clone(),
         RuntimeSettings::default(),
     )?;
+    match AiRouteSettings::from_env()? {
+        Some(ai) => {
+            tracing::info!(
+                timeout = ?ai.timeout,
+                "INTENT_SOURCE=ai: intents come from the AI service (ai.process.request / ai.process.result); \
+                 the keyword classifier answers when it is late"
+            );
+            runtime = runtime.with_ai_route(store, ai);
+        }
+        None => tracing::info!("intents from the built-in keyword classifier (INTENT_SOURCE=ai for the AI service)"),
+    }
     let whatsapp: Arc<dyn WhatsAppSender> = match CloudApiConfig::from_env() {
         Some(cloud) => {
             tracing::info!(api_url = %cloud.api_url, "sending replies through the WhatsApp Cloud API");

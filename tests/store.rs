@@ -301,3 +301,53 @@ async fn a_blocked_key_parks_later_messages_in_order_until_unblocked() {
         assert!(store.unblock_if_empty("+19999999999").await.unwrap(), "{}: an unknown key is not blocked", t.label);
     }
 }
+
+/// The pending-classification contract, on any implementation.
+async fn pending_classifications_behave(store: &dyn orchestrator::store::PendingClassifications, label: &str) {
+    use orchestrator::store::PendingClassification;
+    let pending = |processing_id: &str, message_id: &str, age_secs: i64| PendingClassification {
+        processing_id: processing_id.into(),
+        key: "+15551234567".into(),
+        message_id: message_id.into(),
+        topic: "conversation.messages".into(),
+        partition: 2,
+        offset: 7,
+        payload: format!("{{\"id\":\"{message_id}\"}}"),
+        // Whole milliseconds: what both databases keep.
+        requested_at: chrono::DateTime::from_timestamp_millis(Utc::now().timestamp_millis() - age_secs * 1000).unwrap(),
+    };
+    let (old, fresh) = store.register(&pending("p-old", "m1", 60)).await.unwrap();
+    assert!(fresh, "{label}");
+    // A redelivery of the same message reuses the waiting row and its processing id.
+    let (again, fresh) = store.register(&pending("p-other", "m1", 0)).await.unwrap();
+    assert!(!fresh, "{label}");
+    assert_eq!(again, old, "{label}: the row as first registered");
+    store.register(&pending("p-new", "m2", 0)).await.unwrap();
+
+    let cutoff = Utc::now() - chrono::Duration::seconds(30);
+    let overdue = store.overdue(cutoff, 10).await.unwrap();
+    assert_eq!(overdue.iter().map(|p| p.processing_id.as_str()).collect::<Vec<_>>(), ["p-old"], "{label}");
+
+    let taken = store.take("p-old", Duration::from_secs(60)).await.unwrap().expect("free to take");
+    assert_eq!((taken.message_id.as_str(), taken.offset, taken.payload.as_str()), ("m1", 7, "{\"id\":\"m1\"}"));
+    assert!(store.take("p-old", Duration::from_secs(60)).await.unwrap().is_none(), "{label}: held by the first taker");
+    assert!(store.overdue(cutoff, 10).await.unwrap().is_empty(), "{label}: a held row is not overdue");
+    // A hold that ran out (its worker died) can be taken over.
+    assert!(store.take("p-new", Duration::ZERO).await.unwrap().is_some(), "{label}");
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    assert!(store.take("p-new", Duration::from_secs(60)).await.unwrap().is_some(), "{label}: hold expired");
+
+    store.resolve("p-old").await.unwrap();
+    assert!(store.take("p-old", Duration::from_secs(60)).await.unwrap().is_none(), "{label}: finished");
+    assert!(store.take("p-unknown", Duration::from_secs(60)).await.unwrap().is_none(), "{label}");
+    let (after, fresh) = store.register(&pending("p-later", "m1", 0)).await.unwrap();
+    assert!(fresh && after.processing_id == "p-later", "{label}: a finished message can be asked about again");
+}
+
+#[tokio::test]
+async fn pending_classifications_are_registered_once_taken_exclusively_and_resolved() {
+    for t in testing::databases().await {
+        pending_classifications_behave(&SqlStore::new(t.db.clone()), &t.label).await;
+    }
+    pending_classifications_behave(&orchestrator::MemoryStore::new(), "memory").await;
+}

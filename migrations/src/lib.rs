@@ -4,8 +4,9 @@
 //! (`processed_messages`, `dead_letter_queue`, `saga_steps`, `lead_activities`)
 //! and the built-in executors' effect tables (`orders`, `support_tickets`,
 //! `review_flags`, `sales_notifications`), and the per-key ordering tables
-//! (`key_blocks`, `parked_messages`). Both SQLite and PostgreSQL are
-//! supported; the orchestrator applies pending migrations at start-up.
+//! (`key_blocks`, `parked_messages`), and the messages waiting for the AI
+//! service (`ai_pending`). Both SQLite and PostgreSQL are supported; the
+//! orchestrator applies pending migrations at start-up.
 //!
 //! ```no_run
 //! use migrations::{Migrator, MigratorTrait};
@@ -21,6 +22,7 @@ mod m20250101_000001_core_tables;
 mod m20250101_000002_effect_tables;
 mod m20250101_000003_key_parking;
 mod m20250101_000004_reply_outbox;
+mod m20250101_000005_ai_pending;
 
 /// Every migration of the project, in order.
 pub struct Migrator;
@@ -33,6 +35,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20250101_000002_effect_tables::Migration),
             Box::new(m20250101_000003_key_parking::Migration),
             Box::new(m20250101_000004_reply_outbox::Migration),
+            Box::new(m20250101_000005_ai_pending::Migration),
         ]
     }
 }
@@ -49,4 +52,5 @@ pub const TABLES: &[&str] = &[
     "sales_notifications",
     "key_blocks",
     "parked_messages",
+    "ai_pending",
 ];

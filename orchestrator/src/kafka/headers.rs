@@ -14,3 +14,5 @@ pub const CONSUMER_GROUP: &str = "x-consumer-group";
 pub const ATTEMPTS: &str = "x-attempts";
 /// Why it was dead-lettered (`failure_type: error`).
 pub const ERROR: &str = "x-error";
+/// The intent a retry copy was classified with (JSON), so the AI service is not asked again.
+pub const INTENT: &str = "x-intent";

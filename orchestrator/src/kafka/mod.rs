@@ -3,6 +3,7 @@
 
 use rdkafka::error::KafkaError;
 
+pub mod ai_route;
 pub mod bus;
 pub mod cloud_api;
 pub mod config;
@@ -14,6 +15,7 @@ pub mod publisher;
 pub mod runtime;
 pub mod sender;
 
+pub use ai_route::{AiRouteSettings, IntentSource};
 pub use bus::{EventHandler, KafkaEventBus, ProcessingResult, Subscription, SubscriptionConfig};
 pub use cloud_api::{CloudApiConfig, CloudApiSender};
 pub use config::KafkaConfig;

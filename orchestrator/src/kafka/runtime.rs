@@ -5,6 +5,8 @@
 //! sent to retry, or dead-lettered), and the commit point is the lowest
 //! offset still in flight, so nothing is skipped. Messages with the same key
 //! (phone) run in arrival order; different keys run concurrently, bounded.
+//! With the AI route ([`ConsumerRuntime::with_ai_route`]) it also reads
+//! `ai.process.result` and finishes messages with the AI's intents.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -17,16 +19,19 @@ use rdkafka::message::{Headers, Message, OwnedMessage};
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 
+use super::ai_route::{AiRoute, AiRouteSettings};
 use super::embedded::CONSUMED_TOPICS;
 use super::headers;
 use super::key_order::KeyChains;
 use super::offsets::OffsetTracker;
 use super::{KafkaConfig, PublishError, Publisher};
 use crate::classifier::Classifier;
-use crate::event::ResponseReady;
-use crate::event::{Envelope, EventData};
+use crate::event::{AiProcessRequest, Envelope, EventData, ResponseReady, topics};
+use crate::intent::Intent;
 use crate::pipeline::{DuplicateOf, Incoming, Orchestrator, Outcome, PROCESSED_BY, PipelineError};
-use crate::store::{KeyParking, MessageKey, ParkCheck, ParkedMessage, SourceInfo};
+use crate::store::{
+    KeyParking, MessageKey, ParkCheck, ParkedMessage, PendingClassification, PendingClassifications, SourceInfo,
+};
 
 /// The runtime could not start or keep consuming.
 #[derive(Debug, thiserror::Error)]
@@ -49,6 +54,10 @@ pub struct RuntimeStats {
     pub dead_lettered: AtomicU64,
     /// Duplicates skipped.
     pub duplicates: AtomicU64,
+    /// Classifications requested from the AI service.
+    pub ai_requests: AtomicU64,
+    /// Messages finished with the fallback classifier because the AI service did not answer in time.
+    pub ai_timeouts: AtomicU64,
 }
 
 impl RuntimeStats {
@@ -81,7 +90,7 @@ impl Default for RuntimeSettings {
 
 /// Consumes the conversation topics and drives the [`Orchestrator`].
 pub struct ConsumerRuntime {
-    worker: Arc<Worker>,
+    worker: Worker,
     settings: RuntimeSettings,
 }
 
@@ -120,7 +129,9 @@ struct Worker {
     consumer: StreamConsumer<RebalanceContext>,
     publisher: Publisher,
     orchestrator: Arc<Orchestrator>,
+    /// Classifies messages; with the AI route, only those whose result is overdue.
     classifier: Arc<dyn Classifier>,
+    ai: Option<AiRoute>,
     parking: Arc<dyn KeyParking>,
     offsets: Arc<OffsetTracker>,
     stats: Arc<RuntimeStats>,
@@ -145,12 +156,21 @@ impl ConsumerRuntime {
             publisher: Publisher::new(config)?,
             orchestrator,
             classifier,
+            ai: None,
             parking,
             offsets,
             stats: Arc::new(RuntimeStats::default()),
             group_id: config.consumer_group_id.clone(),
         };
-        Ok(Self { worker: Arc::new(worker), settings })
+        Ok(Self { worker, settings })
+    }
+
+    /// Takes intents from the external AI service (see [`super::ai_route`]):
+    /// messages wait in `pending` for their `AiProcessResult`, and the
+    /// runtime's classifier finishes those whose result is overdue.
+    pub fn with_ai_route(mut self, pending: Arc<dyn PendingClassifications>, settings: AiRouteSettings) -> Self {
+        self.worker.ai = Some(AiRoute { pending, settings });
+        self
     }
 
     /// The worker counters.
@@ -158,22 +178,34 @@ impl ConsumerRuntime {
         self.worker.stats.clone()
     }
 
-    /// Topics read: the consumed topics and their retry topics.
-    pub fn topics() -> Vec<String> {
-        CONSUMED_TOPICS.iter().flat_map(|t| [(*t).to_owned(), format!("{t}.retry")]).collect()
+    /// Topics read: the consumed topics and their retry topics, and
+    /// `ai.process.result` with the AI route.
+    pub fn topics(&self) -> Vec<String> {
+        let mut topics: Vec<String> =
+            CONSUMED_TOPICS.iter().flat_map(|t| [(*t).to_owned(), format!("{t}.retry")]).collect();
+        if self.worker.ai.is_some() {
+            topics.push(topics::AI_RESULT.to_owned());
+        }
+        topics
     }
 
     /// Consumes until `shutdown` resolves, then stops fetching, finishes (or
     /// after the grace period abandons) in-flight messages, commits what is
     /// finished and flushes the producer.
     pub async fn run(self, shutdown: impl std::future::Future<Output = ()>) -> Result<(), RuntimeError> {
-        let topics = Self::topics();
+        let topics = self.topics();
+        let Self { worker, settings } = self;
+        let worker = Arc::new(worker);
         let topic_refs: Vec<&str> = topics.iter().map(String::as_str).collect();
-        self.worker.consumer.subscribe(&topic_refs)?;
-        tracing::info!(topics = ?topics, group = %self.worker.group_id, "consumer subscribed");
-        let permits = Arc::new(Semaphore::new(self.settings.max_in_flight.max(1)));
+        worker.consumer.subscribe(&topic_refs)?;
+        tracing::info!(topics = ?topics, group = %worker.group_id, "consumer subscribed");
+        let permits = Arc::new(Semaphore::new(settings.max_in_flight.max(1)));
         let mut chains = KeyChains::default();
         let mut tasks = JoinSet::new();
+        let (stop_sweeping, sweeping) = tokio::sync::watch::channel(false);
+        if let Some(ai) = worker.ai.clone() {
+            tasks.spawn(worker.clone().sweep_overdue(ai, sweeping));
+        }
         tokio::pin!(shutdown);
         loop {
             let permit = tokio::select! {
@@ -185,7 +217,7 @@ impl ConsumerRuntime {
             };
             let received = tokio::select! {
                 _ = &mut shutdown => break,
-                received = self.worker.consumer.recv() => received.map(|m| m.detach()),
+                received = worker.consumer.recv() => received.map(|m| m.detach()),
             };
             let message = match received {
                 Ok(message) => message,
@@ -195,14 +227,14 @@ impl ConsumerRuntime {
                     continue;
                 }
             };
-            self.worker.offsets.start(message.topic(), message.partition(), message.offset());
+            worker.offsets.start(message.topic(), message.partition(), message.offset());
             // Keyless messages are ordered per partition.
             let key = match message.key() {
                 Some(key) => String::from_utf8_lossy(key).into_owned(),
                 None => format!("{}/{}", message.topic(), message.partition()),
             };
             let link = chains.append(&key);
-            let worker = self.worker.clone();
+            let worker = worker.clone();
             tasks.spawn(async move {
                 if let Some(previous) = link.previous {
                     let _ = previous.await;
@@ -218,17 +250,17 @@ impl ConsumerRuntime {
             }
         }
 
-        tracing::info!(in_flight = self.worker.offsets.in_flight(), "shutting down: finishing in-flight messages");
+        tracing::info!(in_flight = worker.offsets.in_flight(), "shutting down: finishing in-flight messages");
+        let _ = stop_sweeping.send(true);
         let drained =
-            tokio::time::timeout(self.settings.shutdown_grace, async { while tasks.join_next().await.is_some() {} })
-                .await;
+            tokio::time::timeout(settings.shutdown_grace, async { while tasks.join_next().await.is_some() {} }).await;
         if drained.is_err() {
             tracing::warn!(abandoned = tasks.len(), "grace period over: abandoning in-flight messages uncommitted");
             tasks.shutdown().await;
         }
         // Every copy was acknowledged before its offset was stored; flush any stragglers.
-        self.worker.publisher.flush(Duration::from_secs(10))?;
-        if let Err(error) = super::commit_and_leave(&self.worker.consumer).await {
+        worker.publisher.flush(Duration::from_secs(10))?;
+        if let Err(error) = super::commit_and_leave(&worker.consumer).await {
             tracing::warn!(%error, "final commit failed");
         }
         tracing::info!("consumer stopped");
@@ -264,6 +296,8 @@ struct Delivered {
     payload: Vec<u8>,
     /// Where it first entered (a retry copy carries its original's coordinates).
     origin: (String, String, String),
+    /// The intent already decided for it (by the AI service), not to be asked again.
+    intent: Option<Intent>,
 }
 
 impl Delivered {
@@ -283,17 +317,31 @@ impl Delivered {
             key: message.key().map(|k| String::from_utf8_lossy(k).into_owned()),
             payload: message.payload().unwrap_or_default().to_vec(),
             origin,
+            intent: header(message, headers::INTENT).and_then(|json| serde_json::from_str(&json).ok()),
         }
     }
 
     fn from_parked(parked: &ParkedMessage) -> Self {
+        Self::stored(&parked.topic, parked.partition, parked.offset, &parked.key, &parked.payload)
+    }
+
+    fn from_pending(pending: &PendingClassification, intent: Intent) -> Self {
+        let mut delivered =
+            Self::stored(&pending.topic, pending.partition, pending.offset, &pending.key, &pending.payload);
+        delivered.intent = Some(intent);
+        delivered
+    }
+
+    /// A message kept in the database (parked or pending), by its first coordinates.
+    fn stored(topic: &str, partition: i32, offset: i64, key: &str, payload: &str) -> Self {
         Self {
-            topic: parked.topic.clone(),
-            partition: parked.partition,
-            offset: parked.offset,
-            key: Some(parked.key.clone()),
-            payload: parked.payload.clone().into_bytes(),
-            origin: (parked.topic.clone(), parked.partition.to_string(), parked.offset.to_string()),
+            topic: topic.to_owned(),
+            partition,
+            offset,
+            key: Some(key.to_owned()),
+            payload: payload.as_bytes().to_vec(),
+            origin: (topic.to_owned(), partition.to_string(), offset.to_string()),
+            intent: None,
         }
     }
 
@@ -314,12 +362,16 @@ fn is_final(outcome: &Outcome) -> bool {
 
 impl Worker {
     async fn handle(&self, message: OwnedMessage) {
-        if let Some(due) = header(&message, headers::DUE_AT).and_then(|v| DateTime::parse_from_rfc3339(&v).ok()) {
-            // A retry copy waits for its due time; only its key waits with it.
-            let wait = (due.with_timezone(&Utc) - Utc::now()).to_std().unwrap_or_default();
-            tokio::time::sleep(wait).await;
+        if message.topic() == topics::AI_RESULT {
+            self.on_ai_result(&message).await;
+        } else {
+            if let Some(due) = header(&message, headers::DUE_AT).and_then(|v| DateTime::parse_from_rfc3339(&v).ok()) {
+                // A retry copy waits for its due time; only its key waits with it.
+                let wait = (due.with_timezone(&Utc) - Utc::now()).to_std().unwrap_or_default();
+                tokio::time::sleep(wait).await;
+            }
+            self.deliver(Delivered::from_message(&message)).await;
         }
-        self.deliver(Delivered::from_message(&message)).await;
         let (topic, partition, offset) = (message.topic(), message.partition(), message.offset());
         if let Some(next) = self.offsets.finish(topic, partition, offset)
             && let Err(error) = self.store_next_offset(topic, partition, next)
@@ -358,19 +410,177 @@ impl Worker {
             };
             match until_ok("checking the key's retry block", || self.parking.park_if_blocked(&parked)).await {
                 ParkCheck::Parked => {
-                    tracing::info!(message_id, "parked behind an earlier message of the same phone in retry");
+                    tracing::info!(
+                        message_id,
+                        "parked behind an earlier message of the same phone (in retry or waiting for the AI service)"
+                    );
                     return;
                 }
                 ParkCheck::Open { holder: is_holder } => holder = is_holder,
             }
         }
-        let outcome = until_ok("processing", || self.process(&delivered, &decoded)).await;
-        until_ok("publishing the outcome", || self.act(&delivered, message_id.as_deref(), &outcome)).await;
+        // Handed to the AI service: the key stays blocked behind it.
+        let Some(outcome) = self.settle(&delivered, &decoded).await else { return };
         if holder
             && is_final(&outcome)
             && let Some(key) = &delivered.key
         {
             self.drain(key).await;
+        }
+    }
+
+    /// Classifies, processes and acts on one delivery. `None` when it was
+    /// handed to the AI service instead: its key is blocked behind it until
+    /// the result (or the timeout) finishes it.
+    async fn settle(&self, delivered: &Delivered, decoded: &Decoded) -> Option<Outcome> {
+        let intent = match (decoded, &delivered.intent, &self.ai) {
+            (Decoded::Inbound(_), Some(intent), _) => intent.clone(),
+            (Decoded::Inbound(incoming), None, Some(ai)) => {
+                until_ok("requesting a classification", || self.request_classification(ai, delivered, incoming)).await;
+                return None;
+            }
+            (Decoded::Inbound(incoming), None, None) => self.classify(incoming).await,
+            // Rejected without an intent.
+            _ => Intent::unknown(),
+        };
+        let message_id = decoded.message_id();
+        let outcome = until_ok("processing", || self.process(delivered, decoded, &intent)).await;
+        until_ok("publishing the outcome", || self.act(delivered, message_id.as_deref(), &outcome, &intent)).await;
+        Some(outcome)
+    }
+
+    async fn classify(&self, incoming: &Incoming) -> Intent {
+        self.classifier.classify(&incoming.inbound).await.unwrap_or_else(|error| {
+            tracing::warn!(%error, "classifier failed, using UNKNOWN");
+            Intent::unknown()
+        })
+    }
+
+    /// Stores the message as pending, blocks its phone behind it and asks
+    /// the AI service. Safe to repeat: a redelivery reuses the pending row
+    /// and asks again with the same `processing_id`.
+    async fn request_classification(
+        &self,
+        ai: &AiRoute,
+        delivered: &Delivered,
+        incoming: &Incoming,
+    ) -> Result<(), ActError> {
+        let phone = incoming.inbound.phone();
+        let pending = PendingClassification {
+            processing_id: uuid::Uuid::new_v4().to_string(),
+            key: delivered.key.clone().unwrap_or_else(|| phone.to_owned()),
+            message_id: incoming.inbound.message_id(&incoming.event_id.to_string()).to_owned(),
+            topic: delivered.base_topic().to_owned(),
+            partition: delivered.partition,
+            offset: delivered.offset,
+            // Decoded, so it is UTF-8.
+            payload: String::from_utf8_lossy(&delivered.payload).into_owned(),
+            requested_at: Utc::now(),
+        };
+        let (pending, _) = ai.pending.register(&pending).await?;
+        self.parking.block(&pending.key, &pending.message_id).await?;
+        let request = AiProcessRequest {
+            processing_id: pending.processing_id.clone(),
+            message_id: pending.message_id.clone(),
+            from_phone: phone.to_owned(),
+            text: incoming.inbound.text().map(str::to_owned),
+            lead_id: None,
+            business_id: None,
+            tenant_id: incoming.inbound.tenant_hint().map(str::to_owned),
+            requested_at: pending.requested_at,
+        };
+        self.publisher.publish(&Envelope::new(EventData::AiProcessRequest(request), PROCESSED_BY)).await?;
+        RuntimeStats::bump(&self.stats.ai_requests);
+        tracing::debug!(processing_id = %pending.processing_id, "classification requested from the AI service");
+        Ok(())
+    }
+
+    /// Finishes the pending message an `AiProcessResult` answers.
+    async fn on_ai_result(&self, message: &OwnedMessage) {
+        let Some(ai) = &self.ai else { return };
+        let payload = message.payload().unwrap_or_default();
+        let result = match Envelope::decode(payload) {
+            Ok(Envelope { data: EventData::AiProcessResult(result), .. }) => result,
+            other => {
+                // Recorded for operators; the message it meant to answer falls back after the timeout.
+                let reason = match other {
+                    Err(error) => error.to_string(),
+                    Ok(envelope) => format!("{} event on {}", envelope.event_type(), topics::AI_RESULT),
+                };
+                tracing::warn!(%reason, "unusable AI result dead-lettered");
+                let source = Delivered::from_message(message).source();
+                let failure = crate::event::FailureType::SerializationError;
+                until_ok("dead-lettering an unusable AI result", || {
+                    self.orchestrator.reject(payload, Some(source.clone()), failure, reason.clone())
+                })
+                .await;
+                return;
+            }
+        };
+        let processing_id = result.processing_id.clone();
+        let Some(pending) =
+            until_ok("taking the pending message", || ai.pending.take(&processing_id, ai.settings.hold)).await
+        else {
+            tracing::info!(%processing_id, "AI result for a message already finished (late or repeated): ignored");
+            return;
+        };
+        self.finish_pending(ai, pending, Intent::from(result)).await;
+    }
+
+    /// Finishes a pending message with `intent`, forgets it, and releases
+    /// its phone's parked messages once it is done with.
+    async fn finish_pending(&self, ai: &AiRoute, pending: PendingClassification, intent: Intent) {
+        let delivered = Delivered::from_pending(&pending, intent);
+        let decoded = Decoded::from(&delivered);
+        let outcome = self.settle(&delivered, &decoded).await;
+        until_ok("forgetting the pending message", || ai.pending.resolve(&pending.processing_id)).await;
+        // A retry copy now holds the phone; it drains when it finishes.
+        if outcome.as_ref().is_some_and(is_final) {
+            self.drain(&pending.key).await;
+        }
+    }
+
+    /// Finishes, with the runtime's own classifier, pending messages whose
+    /// AI result is overdue, until `stop` turns true.
+    async fn sweep_overdue(self: Arc<Self>, ai: AiRoute, mut stop: tokio::sync::watch::Receiver<bool>) {
+        let mut ticks = tokio::time::interval(ai.settings.sweep_interval());
+        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = stop.wait_for(|stop| *stop) => return,
+                _ = ticks.tick() => {}
+            }
+            let before = Utc::now() - crate::store::to_chrono(ai.settings.timeout);
+            let overdue = match ai.pending.overdue(before, 100).await {
+                Ok(overdue) => overdue,
+                Err(error) => {
+                    tracing::warn!(%error, "reading overdue AI classifications failed");
+                    continue;
+                }
+            };
+            for candidate in overdue {
+                if *stop.borrow() {
+                    return;
+                }
+                let taken = until_ok("taking an overdue message", || {
+                    ai.pending.take(&candidate.processing_id, ai.settings.hold)
+                })
+                .await;
+                // Finished or taken by another worker meanwhile.
+                let Some(pending) = taken else { continue };
+                let intent = match Decoded::from(&Delivered::from_pending(&pending, Intent::unknown())) {
+                    Decoded::Inbound(incoming) => self.classify(&incoming).await,
+                    _ => Intent::unknown(),
+                };
+                tracing::warn!(
+                    processing_id = %pending.processing_id,
+                    timeout = ?ai.settings.timeout,
+                    intent = %intent.name,
+                    "no AI result in time: classified with the fallback classifier"
+                );
+                RuntimeStats::bump(&self.stats.ai_timeouts);
+                self.finish_pending(&ai, pending, intent).await;
+            }
         }
     }
 
@@ -386,16 +596,21 @@ impl Worker {
             };
             let delivered = Delivered::from_parked(&parked);
             let decoded = Decoded::from(&delivered);
-            let outcome = until_ok("processing", || self.process(&delivered, &decoded)).await;
-            until_ok("publishing the outcome", || self.act(&delivered, Some(&parked.message_id), &outcome)).await;
+            let outcome = self.settle(&delivered, &decoded).await;
             until_ok("unparking", || self.parking.unpark(parked.id)).await;
-            if !is_final(&outcome) {
+            // In retry or waiting for the AI service: it holds the key now.
+            if !outcome.as_ref().is_some_and(is_final) {
                 return;
             }
         }
     }
 
-    async fn process(&self, delivered: &Delivered, decoded: &Decoded) -> Result<Outcome, PipelineError> {
+    async fn process(
+        &self,
+        delivered: &Delivered,
+        decoded: &Decoded,
+        intent: &Intent,
+    ) -> Result<Outcome, PipelineError> {
         let payload = delivered.payload.as_slice();
         let source = delivered.source();
         let incoming = match decoded {
@@ -411,20 +626,19 @@ impl Worker {
             }
             Decoded::Inbound(incoming) => incoming,
         };
-        let intent = match self.classifier.classify(&incoming.inbound).await {
-            Ok(intent) => intent,
-            Err(error) => {
-                tracing::warn!(%error, "classifier failed, using UNKNOWN");
-                crate::intent::Intent::unknown()
-            }
-        };
         let mut incoming = incoming.as_ref().clone().with_source(source).with_payload(payload.to_vec());
-        incoming.intent = intent;
+        incoming.intent = intent.clone();
         self.orchestrator.process(incoming).await
     }
 
     /// Publishes what the outcome calls for. Safe to repeat.
-    async fn act(&self, delivered: &Delivered, message_id: Option<&str>, outcome: &Outcome) -> Result<(), ActError> {
+    async fn act(
+        &self,
+        delivered: &Delivered,
+        message_id: Option<&str>,
+        outcome: &Outcome,
+        intent: &Intent,
+    ) -> Result<(), ActError> {
         let payload = delivered.payload.as_slice();
         let base_topic = delivered.base_topic();
         let key = delivered.key.as_deref();
@@ -442,12 +656,13 @@ impl Worker {
             }
             Outcome::Duplicate(_) => RuntimeStats::bump(&self.stats.duplicates),
             Outcome::RetryScheduled { next_attempt, due_at, .. } => {
-                self.send_retry(delivered, message_id, &retry_copy(payload, Some(*next_attempt)), due_at).await?;
+                let copy = retry_copy(payload, Some(*next_attempt));
+                self.send_retry(delivered, message_id, &copy, due_at, intent).await?;
                 RuntimeStats::bump(&self.stats.failed);
                 RuntimeStats::bump(&self.stats.retried);
             }
             Outcome::Deferred { due_at, .. } => {
-                self.send_retry(delivered, message_id, &retry_copy(payload, None), due_at).await?;
+                self.send_retry(delivered, message_id, &retry_copy(payload, None), due_at, intent).await?;
                 RuntimeStats::bump(&self.stats.retried);
             }
             Outcome::DeadLettered(dead) => {
@@ -487,32 +702,32 @@ impl Worker {
     }
 
     /// Blocks the phone behind this message (its later messages park), then
-    /// sends the retry copy.
+    /// sends the retry copy; an intent from the AI service travels with it.
     async fn send_retry(
         &self,
         delivered: &Delivered,
         message_id: Option<&str>,
         copy: &[u8],
         due_at: &DateTime<Utc>,
+        intent: &Intent,
     ) -> Result<(), ActError> {
         if let (Some(key), Some(message_id)) = (&delivered.key, message_id) {
             self.parking.block(key, message_id).await?;
         }
         let due = due_at.to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
         let (source_topic, source_partition, source_offset) = &delivered.origin;
-        self.publisher
-            .send(
-                &format!("{}.retry", delivered.base_topic()),
-                delivered.key.as_deref(),
-                copy,
-                &[
-                    (headers::DUE_AT, due.as_bytes()),
-                    (headers::SOURCE_TOPIC, source_topic.as_bytes()),
-                    (headers::SOURCE_PARTITION, source_partition.as_bytes()),
-                    (headers::SOURCE_OFFSET, source_offset.as_bytes()),
-                ],
-            )
-            .await?;
+        let mut retry_headers = vec![
+            (headers::DUE_AT, due.as_bytes()),
+            (headers::SOURCE_TOPIC, source_topic.as_bytes()),
+            (headers::SOURCE_PARTITION, source_partition.as_bytes()),
+            (headers::SOURCE_OFFSET, source_offset.as_bytes()),
+        ];
+        let decided = if self.ai.is_some() { serde_json::to_vec(intent).ok() } else { None };
+        if let Some(decided) = &decided {
+            retry_headers.push((headers::INTENT, decided.as_slice()));
+        }
+        let topic = format!("{}.retry", delivered.base_topic());
+        self.publisher.send(&topic, delivered.key.as_deref(), copy, &retry_headers).await?;
         Ok(())
     }
 }
@@ -540,7 +755,7 @@ impl Decoded {
     fn from(delivered: &Delivered) -> Self {
         match Envelope::decode(&delivered.payload) {
             Err(error) => Decoded::Undecodable(error),
-            Ok(envelope) => match Incoming::from_envelope(&envelope, crate::intent::Intent::unknown()) {
+            Ok(envelope) => match Incoming::from_envelope(&envelope, Intent::unknown()) {
                 Some(incoming) => Decoded::Inbound(Box::new(incoming)),
                 None => Decoded::NotInbound(envelope.event_type()),
             },

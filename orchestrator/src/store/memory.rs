@@ -9,7 +9,8 @@ use chrono::{DateTime, Utc};
 
 use super::{
     Claim, DeadLetter, DeadLetterQueue, DlqFilter, DlqStatus, KeyParking, Lease, MessageKey, NewActivity,
-    NewDeadLetter, Page, ParkCheck, ParkedMessage, StepRecord, Store, StoreError, to_chrono,
+    NewDeadLetter, Page, ParkCheck, ParkedMessage, PendingClassification, PendingClassifications, StepRecord, Store,
+    StoreError, to_chrono,
 };
 
 #[derive(Debug, Clone)]
@@ -33,6 +34,8 @@ struct State {
     blocks: HashMap<String, String>,
     parked: Vec<ParkedMessage>,
     next_parked_id: i64,
+    /// Waiting classifications and the time each is held until.
+    pending_ai: Vec<(PendingClassification, Option<DateTime<Utc>>)>,
 }
 
 /// Keeps everything in process memory; lost on exit.
@@ -274,5 +277,50 @@ impl KeyParking for MemoryStore {
         }
         state.blocks.remove(key);
         Ok(true)
+    }
+}
+
+#[async_trait]
+impl PendingClassifications for MemoryStore {
+    async fn register(&self, pending: &PendingClassification) -> Result<(PendingClassification, bool), StoreError> {
+        let mut state = self.state();
+        let waiting = state.pending_ai.iter().find(|(p, _)| p.key == pending.key && p.message_id == pending.message_id);
+        if let Some((existing, _)) = waiting {
+            return Ok((existing.clone(), false));
+        }
+        state.pending_ai.push((pending.clone(), None));
+        Ok((pending.clone(), true))
+    }
+
+    async fn take(&self, processing_id: &str, hold: Duration) -> Result<Option<PendingClassification>, StoreError> {
+        let now = Utc::now();
+        let mut state = self.state();
+        let free = state
+            .pending_ai
+            .iter_mut()
+            .find(|(p, held)| p.processing_id == processing_id && held.is_none_or(|until| until < now));
+        Ok(free.map(|(pending, held)| {
+            *held = Some(now + to_chrono(hold));
+            pending.clone()
+        }))
+    }
+
+    async fn overdue(&self, before: DateTime<Utc>, limit: u32) -> Result<Vec<PendingClassification>, StoreError> {
+        let now = Utc::now();
+        let mut rows: Vec<PendingClassification> = self
+            .state()
+            .pending_ai
+            .iter()
+            .filter(|(p, held)| p.requested_at < before && held.is_none_or(|until| until < now))
+            .map(|(p, _)| p.clone())
+            .collect();
+        rows.sort_by_key(|p| p.requested_at);
+        rows.truncate(limit as usize);
+        Ok(rows)
+    }
+
+    async fn resolve(&self, processing_id: &str) -> Result<(), StoreError> {
+        self.state().pending_ai.retain(|(p, _)| p.processing_id != processing_id);
+        Ok(())
     }
 }

@@ -15,8 +15,9 @@ use super::{
     Store, StoreError,
 };
 
-use super::{KeyParking, Lease, ParkCheck, ParkedMessage};
+use super::{KeyParking, Lease, ParkCheck, ParkedMessage, PendingClassification, PendingClassifications};
 
+mod ai_pending;
 mod claims;
 mod dead_letters;
 mod parking;
@@ -129,5 +130,24 @@ impl KeyParking for SqlStore {
 
     async fn unblock_if_empty(&self, key: &str) -> Result<bool, StoreError> {
         parking::unblock_if_empty(&self.db, key).await
+    }
+}
+
+#[async_trait]
+impl PendingClassifications for SqlStore {
+    async fn register(&self, pending: &PendingClassification) -> Result<(PendingClassification, bool), StoreError> {
+        ai_pending::register(&self.db, pending).await
+    }
+
+    async fn take(&self, processing_id: &str, hold: Duration) -> Result<Option<PendingClassification>, StoreError> {
+        ai_pending::take(&self.db, processing_id, hold).await
+    }
+
+    async fn overdue(&self, before: DateTime<Utc>, limit: u32) -> Result<Vec<PendingClassification>, StoreError> {
+        ai_pending::overdue(&self.db, before, limit).await
+    }
+
+    async fn resolve(&self, processing_id: &str) -> Result<(), StoreError> {
+        ai_pending::resolve(&self.db, processing_id).await
     }
 }
