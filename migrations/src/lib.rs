@@ -3,9 +3,10 @@
 //! [`Migrator`] creates every table of the design: the orchestrator's own
 //! (`processed_messages`, `dead_letter_queue`, `saga_steps`, `lead_activities`)
 //! and the built-in executors' effect tables (`orders`, `support_tickets`,
-//! `review_flags`, `sales_notifications`), and the per-key ordering tables
-//! (`key_blocks`, `parked_messages`), and the messages waiting for the AI
-//! service (`ai_pending`). Both SQLite and PostgreSQL are supported; the
+//! `review_flags`, `sales_notifications`), the per-key ordering tables
+//! (`key_blocks`, `parked_messages`), the messages waiting for the AI service
+//! (`ai_pending`) and the delivery statuses of sent messages
+//! (`delivery_statuses`). Both SQLite and PostgreSQL are supported; the
 //! orchestrator applies pending migrations at start-up.
 //!
 //! ```no_run
@@ -23,6 +24,7 @@ mod m20250101_000002_effect_tables;
 mod m20250101_000003_key_parking;
 mod m20250101_000004_reply_outbox;
 mod m20250101_000005_ai_pending;
+mod m20250101_000006_delivery_statuses;
 
 /// Every migration of the project, in order.
 pub struct Migrator;
@@ -36,6 +38,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20250101_000003_key_parking::Migration),
             Box::new(m20250101_000004_reply_outbox::Migration),
             Box::new(m20250101_000005_ai_pending::Migration),
+            Box::new(m20250101_000006_delivery_statuses::Migration),
         ]
     }
 }
@@ -53,4 +56,5 @@ pub const TABLES: &[&str] = &[
     "key_blocks",
     "parked_messages",
     "ai_pending",
+    "delivery_statuses",
 ];

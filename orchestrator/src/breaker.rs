@@ -222,6 +222,14 @@ impl BreakerRegistry {
         map.entry(name.to_owned()).or_insert_with(|| Arc::new(CircuitBreaker::new(name, self.config))).clone()
     }
 
+    /// Lists a breaker made elsewhere (the Cloud API sender's, say) with
+    /// these, so health checks and metrics show it; it replaces a breaker of
+    /// the same name.
+    pub fn adopt(&self, breaker: Arc<CircuitBreaker>) {
+        let mut map = self.breakers.write().unwrap_or_else(|poisoned| poisoned.into_inner());
+        map.insert(breaker.name().to_owned(), breaker);
+    }
+
     /// The state of the breaker named `name`, if it exists.
     pub fn state(&self, name: &str) -> Option<BreakerState> {
         self.breakers.read().ok()?.get(name).map(|b| b.state())

@@ -49,6 +49,17 @@ impl Inbound {
         }
     }
 
+    /// The business the message was sent to, from its metadata: `business_id`,
+    /// else the WhatsApp `phone_number_id` it arrived on (set by the webhook).
+    pub fn business_hint(&self) -> Option<&str> {
+        match self {
+            Inbound::Message(m) => {
+                m.metadata.get("business_id").or_else(|| m.metadata.get("phone_number_id")).map(String::as_str)
+            }
+            Inbound::Interaction(_) => None,
+        }
+    }
+
     /// The tenant the message names in its metadata, if any.
     pub fn tenant_hint(&self) -> Option<&str> {
         match self {

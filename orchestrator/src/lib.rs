@@ -28,10 +28,12 @@ pub mod executor;
 pub mod executor_registry;
 pub mod handler;
 pub mod handler_registry;
+pub mod http;
 pub mod intent;
 pub mod kafka;
 pub mod maintenance;
 mod mask;
+pub mod metrics;
 pub mod pipeline;
 pub mod retry;
 pub mod saga;
@@ -39,6 +41,7 @@ pub mod store;
 #[cfg(any(test, feature = "testing"))]
 pub mod testing;
 pub mod validate;
+pub mod webhook;
 
 pub use breaker::{BreakerConfig, BreakerError, BreakerRegistry, BreakerState, CircuitBreaker};
 pub use classifier::{Classifier, ClassifyError, KeywordClassifier};

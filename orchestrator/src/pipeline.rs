@@ -264,7 +264,7 @@ impl Orchestrator {
     }
 
     /// Circuit breakers by executor name (health, metrics).
-    pub fn breakers(&self) -> &BreakerRegistry {
+    pub fn breakers(&self) -> &Arc<BreakerRegistry> {
         &self.breakers
     }
 
@@ -298,7 +298,19 @@ impl Orchestrator {
             confidence = incoming.intent.confidence,
             attempt = tracing::field::Empty,
         );
-        self.process_inner(incoming).instrument(span).await
+        let started = std::time::Instant::now();
+        let intent = crate::metrics::label(&incoming.intent.name).to_owned();
+        let outcome = self.process_inner(incoming).instrument(span).await;
+        let metrics = crate::metrics::metrics();
+        metrics.processing_duration.with_label_values(&[intent.as_str()]).observe(started.elapsed().as_secs_f64());
+        match &outcome {
+            Ok(Outcome::Duplicate(_)) => metrics.duplicates.inc(),
+            Ok(Outcome::DeadLettered(dead)) => {
+                metrics.dead_lettered.with_label_values(&[dead.failure_type.as_str()]).inc();
+            }
+            _ => {}
+        }
+        outcome
     }
 
     async fn process_inner(&self, incoming: Incoming) -> Result<Outcome, PipelineError> {
@@ -387,6 +399,10 @@ impl Orchestrator {
             return self.dead_letter(Some(lease), incoming, None, attempt, FailureType::ValidationError, reason).await;
         }
 
+        let intent_label = crate::metrics::label(&ctx.intent.name);
+        let metrics = crate::metrics::metrics();
+        metrics.intent_detected.with_label_values(&[intent_label]).inc();
+        metrics.intent_confidence.with_label_values(&[intent_label]).observe(ctx.intent.confidence);
         let handler = self.handlers.route(&ctx);
         let handler_name = handler.intent().to_owned();
         let decided = handler.handle(&ctx).instrument(tracing::info_span!("intent", handler = %handler_name)).await;
@@ -475,6 +491,7 @@ impl Orchestrator {
             attempt_count: 1,
         };
         let dlq_id = self.store.dead_letter(None, &entry).await?;
+        crate::metrics::metrics().dead_lettered.with_label_values(&[failure_type.as_str()]).inc();
         tracing::warn!(dlq_id, %failure_type, error = %entry.error, "input rejected to the dead-letter queue");
         Ok(Outcome::DeadLettered(DeadLettered {
             dlq_id,

@@ -327,10 +327,18 @@ impl SagaRunner {
             }
         };
         let span = tracing::info_span!("action", action = %request.action, step = step_index);
-        breaker.call(StepFailure::is_retryable, call).instrument(span).await.map_err(|error| match error {
+        let result = breaker.call(StepFailure::is_retryable, call).instrument(span).await.map_err(|error| match error {
             BreakerError::Open { circuit, retry_after } => StepFailure::CircuitOpen { circuit, retry_after },
             BreakerError::Inner(failure) => failure,
-        })
+        });
+        let status = match &result {
+            Ok(_) => "succeeded",
+            Err(StepFailure::CircuitOpen { .. }) => "rejected",
+            Err(_) => "failed",
+        };
+        let action = crate::metrics::label(&request.action);
+        crate::metrics::metrics().action_executed.with_label_values(&[action, status]).inc();
+        result
     }
 
     /// Undoes one step: from its output, or by idempotency key when `output`
@@ -354,11 +362,14 @@ impl SagaRunner {
                 None => executor.compensate_unknown(&action_ctx).await,
             }
         };
-        match tokio::time::timeout(self.action_timeout, undo).instrument(span).await {
+        let result = match tokio::time::timeout(self.action_timeout, undo).instrument(span).await {
             Ok(Ok(())) => Ok(()),
             Ok(Err(error)) => Err(error.to_string()),
             Err(_) => Err(format!("compensation timed out after {:?}", self.action_timeout)),
-        }
+        };
+        let status = if result.is_ok() { "succeeded" } else { "failed" };
+        crate::metrics::metrics().compensations.with_label_values(&[crate::metrics::label(action), status]).inc();
+        result
     }
 
     async fn record(&self, lease: &Lease, ctx: &MessageContext, record: StepRecord) -> Result<(), StoreError> {

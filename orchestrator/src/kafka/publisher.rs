@@ -62,6 +62,15 @@ impl Publisher {
             .map_err(|(source, _)| PublishError { topic: topic.to_owned(), source })
     }
 
+    /// Asks the cluster for its metadata (the health check's Kafka probe).
+    pub async fn probe(&self, timeout: Duration) -> Result<(), KafkaError> {
+        let producer = self.producer.clone();
+        // A blocking librdkafka call: off the async workers.
+        tokio::task::spawn_blocking(move || producer.client().fetch_metadata(None, timeout).map(|_| ()))
+            .await
+            .unwrap_or(Err(KafkaError::Canceled))
+    }
+
     /// Waits for everything queued to be acknowledged.
     pub fn flush(&self, timeout: Duration) -> Result<(), KafkaError> {
         self.producer.flush(timeout)

@@ -99,7 +99,19 @@ struct RebalanceContext {
     offsets: Arc<OffsetTracker>,
 }
 
-impl rdkafka::ClientContext for RebalanceContext {}
+impl rdkafka::ClientContext for RebalanceContext {
+    /// librdkafka's statistics (every `statistics.interval.ms`): the lag of
+    /// each partition this consumer fetches, for `kafka_consumer_lag`.
+    fn stats(&self, statistics: rdkafka::Statistics) {
+        let lag = &crate::metrics::metrics().consumer_lag;
+        for (topic, stats) in &statistics.topics {
+            // Partition -1 is librdkafka's internal "unassigned" queue; a lag of -1 means unknown.
+            for (partition, p) in stats.partitions.iter().filter(|(id, p)| **id >= 0 && p.consumer_lag >= 0) {
+                lag.with_label_values(&[topic.as_str(), partition.to_string().as_str()]).set(p.consumer_lag);
+            }
+        }
+    }
+}
 
 impl rdkafka::consumer::ConsumerContext for RebalanceContext {
     fn pre_rebalance(&self, _: &rdkafka::consumer::BaseConsumer<Self>, rebalance: &rdkafka::consumer::Rebalance<'_>) {
@@ -152,7 +164,10 @@ impl ConsumerRuntime {
         let offsets = Arc::new(OffsetTracker::default());
         let context = RebalanceContext { offsets: offsets.clone() };
         let worker = Worker {
-            consumer: config.consumer_config(&config.consumer_group_id).create_with_context(context)?,
+            consumer: config
+                .consumer_config(&config.consumer_group_id)
+                .set("statistics.interval.ms", "5000")
+                .create_with_context(context)?,
             publisher: Publisher::new(config)?,
             orchestrator,
             classifier,
@@ -235,11 +250,13 @@ impl ConsumerRuntime {
             };
             let link = chains.append(&key);
             let worker = worker.clone();
+            crate::metrics::metrics().in_flight.inc();
             tasks.spawn(async move {
                 if let Some(previous) = link.previous {
                     let _ = previous.await;
                 }
                 worker.handle(message).await;
+                crate::metrics::metrics().in_flight.dec();
                 let _ = link.done.send(());
                 drop(permit);
             });
@@ -355,6 +372,17 @@ impl Delivered {
     }
 }
 
+/// The `outcome` label of `orchestrator_messages_total`.
+fn outcome_label(outcome: &Outcome) -> &'static str {
+    match outcome {
+        Outcome::Completed(_) => "completed",
+        Outcome::Duplicate(_) => "duplicate",
+        Outcome::RetryScheduled { .. } => "retried",
+        Outcome::Deferred { .. } => "deferred",
+        Outcome::DeadLettered(_) => "dead_lettered",
+    }
+}
+
 /// Whether the message is done with (no copy of it waits in retry).
 fn is_final(outcome: &Outcome) -> bool {
     matches!(outcome, Outcome::Completed(_) | Outcome::Duplicate(_) | Outcome::DeadLettered(_))
@@ -395,6 +423,12 @@ impl Worker {
     /// it; a holder that finished releases the messages parked behind it.
     async fn deliver(&self, delivered: Delivered) {
         let decoded = Decoded::from(&delivered);
+        if let Decoded::Inbound(incoming) = &decoded
+            && delivered.topic == delivered.base_topic()
+        {
+            let business = incoming.inbound.business_hint().map_or("unknown", crate::metrics::label);
+            crate::metrics::metrics().messages_received.with_label_values(&[business, "kafka"]).inc();
+        }
         let message_id = decoded.message_id();
         let mut holder = false;
         if let (Some(key), Some(message_id)) = (&delivered.key, &message_id) {
@@ -437,6 +471,7 @@ impl Worker {
             (Decoded::Inbound(_), Some(intent), _) => intent.clone(),
             (Decoded::Inbound(incoming), None, Some(ai)) => {
                 until_ok("requesting a classification", || self.request_classification(ai, delivered, incoming)).await;
+                crate::metrics::metrics().outcomes.with_label_values(&["awaiting_ai"]).inc();
                 return None;
             }
             (Decoded::Inbound(incoming), None, None) => self.classify(incoming).await,
@@ -446,6 +481,7 @@ impl Worker {
         let message_id = decoded.message_id();
         let outcome = until_ok("processing", || self.process(delivered, decoded, &intent)).await;
         until_ok("publishing the outcome", || self.act(delivered, message_id.as_deref(), &outcome, &intent)).await;
+        crate::metrics::metrics().outcomes.with_label_values(&[outcome_label(&outcome)]).inc();
         Some(outcome)
     }
 

@@ -9,7 +9,7 @@ use chrono::{DateTime, Utc};
 
 use super::{
     Claim, DeadLetter, DeadLetterQueue, DlqFilter, DlqStatus, KeyParking, Lease, MessageKey, NewActivity,
-    NewDeadLetter, Page, ParkCheck, ParkedMessage, PendingClassification, PendingClassifications, StepRecord, Store,
+    NewDeadLetter, Page, ParkCheck, DeliveryStatuses, ParkedMessage, PendingClassification, PendingClassifications, StepRecord, Store,
     StoreError, to_chrono,
 };
 
@@ -36,6 +36,7 @@ struct State {
     next_parked_id: i64,
     /// Waiting classifications and the time each is held until.
     pending_ai: Vec<(PendingClassification, Option<DateTime<Utc>>)>,
+    statuses: Vec<crate::webhook::DeliveryStatus>,
 }
 
 /// Keeps everything in process memory; lost on exit.
@@ -322,5 +323,22 @@ impl PendingClassifications for MemoryStore {
     async fn resolve(&self, processing_id: &str) -> Result<(), StoreError> {
         self.state().pending_ai.retain(|(p, _)| p.processing_id != processing_id);
         Ok(())
+    }
+}
+
+#[async_trait]
+impl DeliveryStatuses for MemoryStore {
+    async fn record_status(&self, status: &crate::webhook::DeliveryStatus) -> Result<(), StoreError> {
+        let mut state = self.state();
+        if !state.statuses.iter().any(|s| s.message_id == status.message_id && s.status == status.status) {
+            state.statuses.push(status.clone());
+        }
+        Ok(())
+    }
+
+    async fn statuses_of(&self, message_id: &str) -> Result<Vec<crate::webhook::DeliveryStatus>, StoreError> {
+        let mut found: Vec<_> = self.state().statuses.iter().filter(|s| s.message_id == message_id).cloned().collect();
+        found.sort_by_key(|s| s.timestamp);
+        Ok(found)
     }
 }

@@ -494,6 +494,16 @@ pub trait PendingClassifications: Send + Sync {
     async fn resolve(&self, processing_id: &str) -> Result<(), StoreError>;
 }
 
+/// Delivery statuses reported by the webhook for messages we sent.
+#[async_trait]
+pub trait DeliveryStatuses: Send + Sync {
+    /// Records a status; the same status of the same message again is a no-op (webhook retries).
+    async fn record_status(&self, status: &crate::webhook::DeliveryStatus) -> Result<(), StoreError>;
+
+    /// The statuses of one message, oldest first.
+    async fn statuses_of(&self, message_id: &str) -> Result<Vec<crate::webhook::DeliveryStatus>, StoreError>;
+}
+
 /// Operator access to the dead-letter queue (admin API, CLI).
 #[async_trait]
 pub trait DeadLetterQueue: Send + Sync {

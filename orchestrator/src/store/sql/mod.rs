@@ -15,11 +15,12 @@ use super::{
     Store, StoreError,
 };
 
-use super::{KeyParking, Lease, ParkCheck, ParkedMessage, PendingClassification, PendingClassifications};
+use super::{DeliveryStatuses, KeyParking, Lease, ParkCheck, ParkedMessage, PendingClassification, PendingClassifications};
 
 mod ai_pending;
 mod claims;
 mod dead_letters;
+mod delivery;
 mod parking;
 mod saga_log;
 mod statement;
@@ -149,5 +150,16 @@ impl PendingClassifications for SqlStore {
 
     async fn resolve(&self, processing_id: &str) -> Result<(), StoreError> {
         ai_pending::resolve(&self.db, processing_id).await
+    }
+}
+
+#[async_trait]
+impl DeliveryStatuses for SqlStore {
+    async fn record_status(&self, status: &crate::webhook::DeliveryStatus) -> Result<(), StoreError> {
+        delivery::record(&self.db, status).await
+    }
+
+    async fn statuses_of(&self, message_id: &str) -> Result<Vec<crate::webhook::DeliveryStatus>, StoreError> {
+        delivery::of_message(&self.db, message_id).await
     }
 }

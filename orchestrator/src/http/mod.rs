@@ -1,0 +1,45 @@
+//! The HTTP server (axum): the WhatsApp webhook, health checks, Prometheus
+//! metrics and the dead-letter admin API.
+//!
+//! Each part is a [`Router`] with its own state, merged by the caller, so a
+//! service embedding the library mounts only what it wants:
+//!
+//! ```no_run
+//! # async fn run(webhook: orchestrator::http::WebhookState, health: orchestrator::http::HealthState)
+//! # -> std::io::Result<()> {
+//! use orchestrator::http;
+//! let app = http::webhook::routes(webhook).merge(http::health::routes(health)).merge(http::metrics::routes(None));
+//! let listener = tokio::net::TcpListener::bind("127.0.0.1:8000").await?;
+//! http::serve(listener, app, std::future::pending()).await
+//! # }
+//! ```
+
+use std::net::SocketAddr;
+
+use axum::Router;
+
+use crate::config::{ConfigError, env_parse};
+
+pub mod admin;
+pub mod health;
+pub mod metrics;
+pub mod webhook;
+
+pub use admin::AdminState;
+pub use health::HealthState;
+pub use webhook::{WebhookSettings, WebhookState};
+
+/// `HTTP_ADDR`: where the server listens (default `127.0.0.1:8000`).
+pub fn addr_from_env() -> Result<SocketAddr, ConfigError> {
+    env_parse("HTTP_ADDR", SocketAddr::from(([127, 0, 0, 1], 8000)))
+}
+
+/// Serves `app` on `listener` until `shutdown` resolves, then finishes the
+/// requests in progress.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    app: Router,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    axum::serve(listener, app).with_graceful_shutdown(shutdown).await
+}

@@ -1,0 +1,172 @@
+//! `GET /webhook` (Meta's subscription check) and `POST /webhook` (Cloud API
+//! notifications): each message is published to Kafka keyed by phone, and
+//! the answer is 200 only once Kafka acknowledged all of them (503
+//! otherwise, so WhatsApp delivers the notification again; the pipeline
+//! deduplicates by message id).
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::{DefaultBodyLimit, Query, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::routing::get;
+use chrono::Utc;
+
+use crate::config::env_parse;
+use crate::event::{Envelope, EventData, topics};
+use crate::kafka::Publisher;
+use crate::store::DeliveryStatuses;
+use crate::webhook::{InboundEvent, Notification, PayloadError, parse, verify_signature};
+
+/// Largest body accepted (WhatsApp's notifications are far smaller).
+pub const MAX_BODY_BYTES: usize = 1024 * 1024;
+
+/// `processed_by` of the events the webhook publishes.
+pub const PROCESSED_BY: &str = "webhook_event_publisher";
+
+/// Secrets of the webhook.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct WebhookSettings {
+    /// `WHATSAPP_VERIFY_TOKEN`: answers Meta's subscription check; unset refuses it.
+    pub verify_token: Option<String>,
+    /// `WHATSAPP_APP_SECRET`: when set, every POST must carry a valid `X-Hub-Signature-256`.
+    pub app_secret: Option<String>,
+}
+
+impl WebhookSettings {
+    /// `WHATSAPP_VERIFY_TOKEN` and `WHATSAPP_APP_SECRET`.
+    pub fn from_env() -> Self {
+        let read = |name: &'static str| env_parse::<String>(name, String::new()).ok().filter(|v| !v.is_empty());
+        Self { verify_token: read("WHATSAPP_VERIFY_TOKEN"), app_secret: read("WHATSAPP_APP_SECRET") }
+    }
+}
+
+/// What the webhook routes need.
+#[derive(Clone)]
+pub struct WebhookState {
+    /// Its secrets.
+    pub settings: WebhookSettings,
+    /// Publishes the events.
+    pub publisher: Publisher,
+    /// Keeps delivery statuses.
+    pub statuses: Arc<dyn DeliveryStatuses>,
+}
+
+/// The routes `GET /webhook` and `POST /webhook` (bodies over 1 MiB get 413).
+pub fn routes(state: WebhookState) -> Router {
+    Router::new()
+        .route("/webhook", get(verify).post(receive))
+        .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .with_state(state)
+}
+
+/// Meta's subscription check: echo `hub.challenge` when the token matches.
+async fn verify(State(state): State<WebhookState>, Query(query): Query<HashMap<String, String>>) -> (StatusCode, String) {
+    let mode = query.get("hub.mode").map(String::as_str);
+    let token = query.get("hub.verify_token").map(String::as_bytes);
+    let expected = state.settings.verify_token.as_deref().map(str::as_bytes);
+    let matches = match (token, expected) {
+        (Some(token), Some(expected)) => {
+            // Constant-time equality: compare the tokens' HMACs with ring's constant-time verify.
+            let key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, b"webhook verify token");
+            ring::hmac::verify(&key, token, ring::hmac::sign(&key, expected).as_ref()).is_ok()
+        }
+        _ => false,
+    };
+    if mode == Some("subscribe") && matches {
+        tracing::info!("webhook subscription verified");
+        (StatusCode::OK, query.get("hub.challenge").cloned().unwrap_or_default())
+    } else {
+        tracing::warn!(mode = ?mode, "webhook subscription check refused");
+        (StatusCode::FORBIDDEN, "verification failed".to_owned())
+    }
+}
+
+async fn receive(State(state): State<WebhookState>, headers: HeaderMap, body: Bytes) -> (StatusCode, &'static str) {
+    let (status, text) = handle(&state, &headers, &body).await;
+    crate::metrics::metrics().webhook_requests.with_label_values(&[status.as_str()]).inc();
+    (status, text)
+}
+
+async fn handle(state: &WebhookState, headers: &HeaderMap, body: &[u8]) -> (StatusCode, &'static str) {
+    if let Some(secret) = &state.settings.app_secret {
+        let signature = headers.get("x-hub-signature-256").and_then(|v| v.to_str().ok());
+        if let Err(error) = verify_signature(secret.as_bytes(), body, signature) {
+            tracing::warn!(%error, "webhook refused");
+            return (StatusCode::UNAUTHORIZED, "invalid signature");
+        }
+    }
+    let notification = match parse(body) {
+        Ok(notification) => notification,
+        Err(PayloadError::WrongObject(object)) => {
+            // Not ours to handle, and never will be: a non-2xx would only make Meta retry it for days.
+            tracing::warn!(%object, "webhook notification for another object ignored");
+            return (StatusCode::OK, "ignored");
+        }
+        Err(error) => {
+            tracing::warn!(%error, "malformed webhook body");
+            return (StatusCode::BAD_REQUEST, "malformed body");
+        }
+    };
+    for reason in &notification.rejected {
+        tracing::warn!(%reason, "webhook message entry skipped");
+    }
+    match forward(state, &notification).await {
+        Ok(()) => (StatusCode::OK, "ok"),
+        Err(error) => {
+            tracing::error!(%error, "webhook notification not stored; WhatsApp will deliver it again");
+            (StatusCode::SERVICE_UNAVAILABLE, "try again later")
+        }
+    }
+}
+
+/// Publishes every message and records every status; all must succeed.
+async fn forward(state: &WebhookState, notification: &Notification) -> Result<(), String> {
+    let publishes = notification.events.iter().map(|event| publish(&state.publisher, event));
+    let results = futures_util::future::join_all(publishes).await;
+    if let Some(error) = results.into_iter().find_map(Result::err) {
+        return Err(error);
+    }
+    for status in &notification.statuses {
+        state.statuses.record_status(status).await.map_err(|e| e.to_string())?;
+        crate::metrics::metrics().delivery_statuses.with_label_values(&[crate::metrics::label(&status.status)]).inc();
+    }
+    Ok(())
+}
+
+async fn publish(publisher: &Publisher, event: &InboundEvent) -> Result<(), String> {
+    let business = match event {
+        InboundEvent::Message(m) => m.metadata.get("phone_number_id").map(String::as_str),
+        InboundEvent::Other(o) => o.metadata.get("phone_number_id").map(String::as_str),
+        InboundEvent::Interaction(_) => None,
+    };
+    crate::metrics::metrics()
+        .messages_received
+        .with_label_values(&[business.map_or("unknown", crate::metrics::label), "webhook"])
+        .inc();
+    let result = match event {
+        InboundEvent::Message(message) => {
+            publisher.publish(&Envelope::new(EventData::MessageReceived(message.clone()), PROCESSED_BY)).await
+        }
+        InboundEvent::Interaction(interaction) => {
+            publisher.publish(&Envelope::new(EventData::InteractionReceived(interaction.clone()), PROCESSED_BY)).await
+        }
+        InboundEvent::Other(other) => {
+            // No event type models it: kept as WhatsApp sent it, for whoever consumes the raw topic.
+            let raw = serde_json::json!({
+                "message_id": other.message_id,
+                "from_phone": other.from_phone,
+                "message_type": other.message_type,
+                "received_at": other.received_at,
+                "metadata": other.metadata,
+                "message": other.raw,
+                "published_at": Utc::now(),
+            });
+            let bytes = serde_json::to_vec(&raw).map_err(|e| e.to_string())?;
+            publisher.send(topics::WEBHOOK_INBOUND, Some(&other.from_phone), &bytes, &[]).await
+        }
+    };
+    result.map(|_| ()).map_err(|e| e.to_string())
+}
