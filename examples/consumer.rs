@@ -1,5 +1,6 @@
 //! The thin consumer binary: reads its configuration, builds the registries
-//! and runs the library's Kafka runtime and response sender.
+//! and runs the library's Kafka runtime, response sender and HTTP server;
+//! also operates the dead-letter queue from the command line.
 //!
 //! With no `KAFKA_BOOTSTRAP_SERVERS` it starts an in-process broker (keeps
 //! nothing on disk) and prints its address; with no `DATABASE_URL` it uses
@@ -8,26 +9,132 @@
 //!
 //! ```sh
 //! cargo run --example consumer -- --demo
+//! cargo run --example consumer -- dlq list --status failed
+//! cargo run --example consumer -- dlq replay --all --failure-type ExternalServiceError --dry-run
 //! ```
 
 use std::sync::Arc;
 
-use chrono::Utc;
-use orchestrator::event::{Envelope, EventData, MessageContent, MessageReceived, MessageType};
+use chrono::{DateTime, Utc};
+use clap::{Args, Parser, Subcommand};
+use orchestrator::dlq::{BulkReplay, DlqService};
+use orchestrator::event::{Envelope, EventData, FailureType, MessageContent, MessageReceived, MessageType};
+use orchestrator::http::{self, AdminState, HealthState, WebhookSettings, WebhookState};
 use orchestrator::kafka::{
     AiRouteSettings, CloudApiConfig, CloudApiSender, ConsumerRuntime, DryRunSender, EmbeddedKafka, KafkaConfig,
     Publisher, ResponseSender, RuntimeSettings, WhatsAppSender,
 };
+use orchestrator::store::{DlqFilter, DlqStatus, Page};
 use orchestrator::{KeywordClassifier, Orchestrator, RetryPolicy, SqlStore};
 use tokio::sync::watch;
 
 /// Partitions of each topic on the embedded broker.
 const EMBEDDED_PARTITIONS: i32 = 8;
 
+/// WhatsApp Orchestrator's Kafka consumer.
+#[derive(Debug, Parser)]
+#[command(version, about)]
+struct Cli {
+    /// Also produce a few sample messages (and one malformed one) at start-up.
+    #[arg(long)]
+    demo: bool,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Consume (the default).
+    Run,
+    /// Apply the database migrations and exit.
+    Migrate,
+    /// Operate the dead-letter queue.
+    #[command(subcommand)]
+    Dlq(DlqCommand),
+}
+
+#[derive(Debug, Subcommand)]
+enum DlqCommand {
+    /// List entries, newest first (or, with --groups, grouped by failure cause).
+    List {
+        #[command(flatten)]
+        filter: FilterArgs,
+        /// Group by failure fingerprint instead of listing entries.
+        #[arg(long)]
+        groups: bool,
+        /// Rows to skip.
+        #[arg(long, default_value_t = 0)]
+        offset: u64,
+    },
+    /// Show one entry with its payload.
+    Show { id: i64 },
+    /// Replay one entry, or every failed entry matching the filters.
+    Replay {
+        /// The entry (or --all).
+        #[arg(required_unless_present = "all", conflicts_with = "all")]
+        id: Option<i64>,
+        /// Every failed entry matching the filters.
+        #[arg(long)]
+        all: bool,
+        #[command(flatten)]
+        filter: FilterArgs,
+        /// Only print what would be replayed.
+        #[arg(long)]
+        dry_run: bool,
+        /// Replays per second at most.
+        #[arg(long, default_value_t = 50)]
+        per_second: u32,
+    },
+    /// Discard one entry.
+    Discard { id: i64 },
+}
+
+#[derive(Debug, Args)]
+struct FilterArgs {
+    /// failed, replayed, discarded or resolved.
+    #[arg(long)]
+    status: Option<String>,
+    /// Only this tenant.
+    #[arg(long)]
+    tenant: Option<String>,
+    /// SerializationError, ProcessingTimeout, ExternalServiceError, ValidationError or UnknownError.
+    #[arg(long)]
+    failure_type: Option<String>,
+    /// Only entries created at or after this time (RFC 3339).
+    #[arg(long)]
+    since: Option<DateTime<Utc>>,
+    /// Only this failure fingerprint (see `dlq list --groups`).
+    #[arg(long)]
+    fingerprint: Option<String>,
+    /// At most this many entries.
+    #[arg(long, default_value_t = 100)]
+    limit: u64,
+}
+
+impl FilterArgs {
+    fn filter(&self) -> Result<DlqFilter, String> {
+        let status = match &self.status {
+            Some(s) => Some(DlqStatus::parse(s).ok_or_else(|| format!("unknown status `{s}`"))?),
+            None => None,
+        };
+        let failure_type = match &self.failure_type {
+            Some(f) => Some(FailureType::parse(f).ok_or_else(|| format!("unknown failure type `{f}`"))?),
+            None => None,
+        };
+        Ok(DlqFilter {
+            status,
+            tenant_id: self.tenant.clone(),
+            failure_type,
+            since: self.since,
+            fingerprint: self.fingerprint.clone(),
+        })
+    }
+}
+
 fn init_logging() {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,rdkafka=warn,sqlx=warn"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter);
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
     if std::env::var("LOG_FORMAT").is_ok_and(|f| f.eq_ignore_ascii_case("json")) {
         builder.json().init();
     } else {
@@ -67,12 +174,93 @@ fn sample(phone: &str, body: &str) -> Envelope {
     )
 }
 
+async fn database() -> Result<sea_orm::DatabaseConnection, Box<dyn std::error::Error>> {
+    let url = orchestrator::config::database_url();
+    let db = orchestrator::db::connect(&url).await?;
+    tracing::info!(database = %url.split('@').next_back().unwrap_or(&url), "database ready, migrations applied");
+    Ok(db)
+}
+
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
     init_logging();
-    let demo = std::env::args().any(|a| a == "--demo");
+    let cli = Cli::parse();
+    match cli.command.unwrap_or(Command::Run) {
+        Command::Run => run(cli.demo).await,
+        Command::Migrate => database().await.map(|_| ()),
+        Command::Dlq(command) => dlq(command).await,
+    }
+}
+
+/// The `dlq` subcommands: print to stdout, fail with a readable message.
+async fn dlq(command: DlqCommand) -> Result<(), Box<dyn std::error::Error>> {
+    let store = Arc::new(SqlStore::new(database().await?));
+    let replays = matches!(command, DlqCommand::Replay { .. });
+    // Replaying needs a broker that outlives this command: a real cluster, or
+    // the embedded broker of a running consumer (its address is in its log).
+    let publisher = match (&KafkaConfig::from_env()?.bootstrap_servers, replays) {
+        (Some(_), true) => Some(Publisher::new(&KafkaConfig::from_env()?)?),
+        _ => None,
+    };
+    let service = DlqService::new(store, publisher);
+    match command {
+        DlqCommand::List { filter, groups: true, .. } => {
+            print!("{}", orchestrator::dlq::groups_table(&service.groups(&filter.filter()?, filter.limit).await?));
+        }
+        DlqCommand::List { filter, offset, .. } => {
+            let entries = service.list(&filter.filter()?, Page { limit: filter.limit, offset }).await?;
+            print!("{}", orchestrator::dlq::table(&entries));
+            println!("{} entr{}", entries.len(), if entries.len() == 1 { "y" } else { "ies" });
+        }
+        DlqCommand::Show { id } => {
+            let entry = service.get(id).await?;
+            println!("{}", serde_json::to_string_pretty(&http::admin::entry_json(&entry, true))?);
+        }
+        DlqCommand::Replay { id: Some(id), .. } => {
+            let entry = service.replay(id).await?;
+            println!(
+                "replayed {id} to {} (replay #{})",
+                entry.source.map(|s| s.topic).unwrap_or_default(),
+                entry.replay_count
+            );
+        }
+        DlqCommand::Replay { id: None, filter, dry_run, per_second, .. } => {
+            let options = BulkReplay { dry_run, limit: filter.limit, per_second };
+            let report = service.replay_matching(&filter.filter()?, options).await?;
+            if dry_run {
+                println!(
+                    "would replay {} entr{}: {:?}",
+                    report.matched.len(),
+                    plural(report.matched.len()),
+                    report.matched
+                );
+            } else {
+                println!(
+                    "replayed {} of {} entr{}",
+                    report.replayed.len(),
+                    report.matched.len(),
+                    plural(report.matched.len())
+                );
+                for (id, error) in &report.failed {
+                    println!("  {id}: {error}");
+                }
+            }
+        }
+        DlqCommand::Discard { id } => {
+            service.discard(id).await?;
+            println!("discarded {id}");
+        }
+    }
+    Ok(())
+}
+
+fn plural(n: usize) -> &'static str {
+    if n == 1 { "y" } else { "ies" }
+}
+
+async fn run(demo: bool) -> Result<(), Box<dyn std::error::Error>> {
     let mut kafka = KafkaConfig::from_env()?;
-    // Kept alive until the end of main: dropping it stops the broker.
+    // Kept alive until the end: dropping it stops the broker.
     let _embedded = match &kafka.bootstrap_servers {
         Some(servers) => {
             tracing::info!(%servers, "using the Kafka cluster from KAFKA_BOOTSTRAP_SERVERS");
@@ -90,21 +278,21 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         }
     };
 
-    let url = orchestrator::config::database_url();
-    let db = orchestrator::db::connect(&url).await?;
-    tracing::info!(database = %url.split('@').next_back().unwrap_or(&url), "database ready, migrations applied");
+    let db = database().await?;
     let store = Arc::new(SqlStore::new(db.clone()));
     let cleanup = orchestrator::maintenance::spawn_dedupe_cleanup(store.clone(), std::time::Duration::from_secs(3600));
-    let orchestrator = Orchestrator::builder()
-        .handlers(handlers::builtin())
-        .executors(executors::builtin(&db))
-        .store(store.clone())
-        .retry_policy(RetryPolicy::from_env()?)
-        .build()?;
+    let orchestrator = Arc::new(
+        Orchestrator::builder()
+            .handlers(handlers::builtin())
+            .executors(executors::builtin(&db))
+            .store(store.clone())
+            .retry_policy(RetryPolicy::from_env()?)
+            .build()?,
+    );
 
     let mut runtime = ConsumerRuntime::new(
         &kafka,
-        Arc::new(orchestrator),
+        orchestrator.clone(),
         Arc::new(KeywordClassifier),
         store.clone(),
         RuntimeSettings::default(),
@@ -116,14 +304,16 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
                 "INTENT_SOURCE=ai: intents come from the AI service (ai.process.request / ai.process.result); \
                  the keyword classifier answers when it is late"
             );
-            runtime = runtime.with_ai_route(store, ai);
+            runtime = runtime.with_ai_route(store.clone(), ai);
         }
         None => tracing::info!("intents from the built-in keyword classifier (INTENT_SOURCE=ai for the AI service)"),
     }
     let whatsapp: Arc<dyn WhatsAppSender> = match CloudApiConfig::from_env() {
         Some(cloud) => {
             tracing::info!(api_url = %cloud.api_url, "sending replies through the WhatsApp Cloud API");
-            Arc::new(CloudApiSender::new(cloud, orchestrator::BreakerConfig::default())?)
+            let sender = CloudApiSender::new(cloud, orchestrator::BreakerConfig::default())?;
+            orchestrator.breakers().adopt(sender.breaker().clone());
+            Arc::new(sender)
         }
         None => {
             tracing::info!("WHATSAPP_TOKEN / WHATSAPP_PHONE_NUMBER_ID not set: replies are logged, not sent (dry run)");
@@ -137,8 +327,33 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     };
     let sender_task = tokio::spawn(sender.run(wait(stopped.clone())));
 
+    let publisher = Publisher::new(&kafka)?;
+    let mut health = HealthState::new();
+    health.kafka = Some(publisher.clone());
+    health.database = Some(db.clone());
+    health.breakers = Some(orchestrator.breakers().clone());
+    health.stats = Some(runtime.stats());
+    let webhook =
+        WebhookState { settings: WebhookSettings::from_env(), publisher: publisher.clone(), statuses: store.clone() };
+    if webhook.settings.app_secret.is_none() {
+        tracing::warn!("WHATSAPP_APP_SECRET not set: webhook signatures are not checked");
+    }
+    let mut app = http::webhook::routes(webhook)
+        .merge(http::health::routes(health))
+        .merge(http::metrics::routes(Some(orchestrator.breakers().clone())));
+    match std::env::var("ADMIN_TOKEN").ok().filter(|t| !t.trim().is_empty()) {
+        Some(token) => {
+            let dlq = DlqService::new(store.clone(), Some(publisher.clone()));
+            app = app.merge(http::admin::routes(AdminState { dlq, token }));
+        }
+        None => tracing::info!("ADMIN_TOKEN not set: the /admin/dlq routes are off"),
+    }
+    let addr = http::addr_from_env()?;
+    let listener = tokio::net::TcpListener::bind(addr).await?;
+    tracing::info!(%addr, "HTTP server listening (webhook, /health, /metrics, /admin/dlq)");
+    let http_task = tokio::spawn(http::serve(listener, app, wait(stopped.clone())));
+
     if demo {
-        let publisher = Publisher::new(&kafka)?;
         for (phone, text) in [
             ("+15551234567", "Hi! I want to order 2 tacos and 1 soda"),
             ("+5215512345678", "¿Cuánto cuesta la pizza familiar?"),
@@ -158,6 +373,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     });
     runtime.run(wait(stopped)).await?;
     sender_task.await??;
+    http_task.await??;
     signal.abort();
     cleanup.abort();
     Ok(())

@@ -25,6 +25,7 @@ mod m20250101_000003_key_parking;
 mod m20250101_000004_reply_outbox;
 mod m20250101_000005_ai_pending;
 mod m20250101_000006_delivery_statuses;
+mod m20250101_000007_dlq_fingerprint;
 
 /// Every migration of the project, in order.
 pub struct Migrator;
@@ -39,6 +40,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20250101_000004_reply_outbox::Migration),
             Box::new(m20250101_000005_ai_pending::Migration),
             Box::new(m20250101_000006_delivery_statuses::Migration),
+            Box::new(m20250101_000007_dlq_fingerprint::Migration),
         ]
     }
 }

@@ -23,6 +23,7 @@ pub mod classifier;
 pub mod config;
 pub mod context;
 pub mod db;
+pub mod dlq;
 pub mod event;
 pub mod executor;
 pub mod executor_registry;

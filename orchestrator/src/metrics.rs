@@ -151,7 +151,9 @@ impl Metrics {
     pub fn observe_breakers(&self, breakers: &BreakerRegistry) {
         for (circuit, current) in breakers.snapshot() {
             for state in [BreakerState::Closed, BreakerState::Open, BreakerState::HalfOpen] {
-                self.breaker_state.with_label_values(&[circuit.as_str(), state.as_str()]).set(i64::from(state == current));
+                self.breaker_state
+                    .with_label_values(&[circuit.as_str(), state.as_str()])
+                    .set(i64::from(state == current));
             }
         }
     }

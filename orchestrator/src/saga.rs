@@ -327,10 +327,11 @@ impl SagaRunner {
             }
         };
         let span = tracing::info_span!("action", action = %request.action, step = step_index);
-        let result = breaker.call(StepFailure::is_retryable, call).instrument(span).await.map_err(|error| match error {
-            BreakerError::Open { circuit, retry_after } => StepFailure::CircuitOpen { circuit, retry_after },
-            BreakerError::Inner(failure) => failure,
-        });
+        let result =
+            breaker.call(StepFailure::is_retryable, call).instrument(span).await.map_err(|error| match error {
+                BreakerError::Open { circuit, retry_after } => StepFailure::CircuitOpen { circuit, retry_after },
+                BreakerError::Inner(failure) => failure,
+            });
         let status = match &result {
             Ok(_) => "succeeded",
             Err(StepFailure::CircuitOpen { .. }) => "rejected",

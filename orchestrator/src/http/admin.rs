@@ -1,7 +1,231 @@
-//! placeholder
-use axum::Router;
-/// placeholder
+//! `/admin/dlq...`: the dead-letter queue over HTTP, behind a bearer token.
+//!
+//! | route | does |
+//! | --- | --- |
+//! | `GET /admin/dlq` | list (`status`, `tenant`, `failure_type`, `since`, `fingerprint`, `limit`, `offset`) |
+//! | `GET /admin/dlq/groups` | the same filters, grouped by failure fingerprint |
+//! | `GET /admin/dlq/{id}` | one entry, with its payload |
+//! | `POST /admin/dlq/{id}/replay` | replay one |
+//! | `POST /admin/dlq/replay` | replay all matching (`dry_run`, `limit`, `per_second`) |
+//! | `POST /admin/dlq/{id}/discard` | discard one |
+
+use axum::extract::{Path, Query, Request, State};
+use axum::http::{StatusCode, header};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use base64::Engine as _;
+use chrono::{DateTime, Utc};
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use crate::dlq::{BulkReplay, DlqError, DlqService};
+use crate::event::FailureType;
+use crate::store::{DeadLetter, DlqFilter, DlqStatus, FailureGroup, Page};
+
+/// What the admin routes need.
 #[derive(Clone)]
-pub struct AdminState;
-/// placeholder
-pub fn routes(_: AdminState) -> Router { Router::new() }
+pub struct AdminState {
+    /// The operations.
+    pub dlq: DlqService,
+    /// The bearer token every request must carry (`ADMIN_TOKEN`).
+    pub token: String,
+}
+
+/// The admin routes, refusing requests without `Authorization: Bearer <token>` (401).
+pub fn routes(state: AdminState) -> Router {
+    let token = state.token.clone();
+    Router::new()
+        .route("/admin/dlq", get(list))
+        .route("/admin/dlq/groups", get(groups))
+        .route("/admin/dlq/replay", post(replay_matching))
+        .route("/admin/dlq/{id}", get(show))
+        .route("/admin/dlq/{id}/replay", post(replay))
+        .route("/admin/dlq/{id}/discard", post(discard))
+        .layer(middleware::from_fn(move |request: Request, next: Next| {
+            let token = token.clone();
+            async move { authorize(&token, request, next).await }
+        }))
+        .with_state(state)
+}
+
+async fn authorize(token: &str, request: Request, next: Next) -> Response {
+    let given = request
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .unwrap_or_default();
+    // Constant-time equality of the tokens, through their HMACs.
+    let key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, b"admin token");
+    let valid = !token.is_empty()
+        && ring::hmac::verify(&key, given.as_bytes(), ring::hmac::sign(&key, token.as_bytes()).as_ref()).is_ok();
+    if !valid {
+        return (
+            StatusCode::UNAUTHORIZED,
+            [(header::WWW_AUTHENTICATE, "Bearer")],
+            Json(json!({"error": "unauthorized"})),
+        )
+            .into_response();
+    }
+    next.run(request).await
+}
+
+/// Filters and paging, from the query string or a bulk-replay body.
+#[derive(Debug, Default, Deserialize)]
+struct FilterParams {
+    status: Option<String>,
+    tenant: Option<String>,
+    failure_type: Option<String>,
+    since: Option<DateTime<Utc>>,
+    fingerprint: Option<String>,
+    limit: Option<u64>,
+    offset: Option<u64>,
+}
+
+impl FilterParams {
+    fn filter(&self) -> Result<DlqFilter, ApiError> {
+        let status = match &self.status {
+            Some(s) => Some(DlqStatus::parse(s).ok_or_else(|| ApiError::bad(format!("unknown status `{s}`")))?),
+            None => None,
+        };
+        let failure_type = match &self.failure_type {
+            Some(f) => Some(FailureType::parse(f).ok_or_else(|| ApiError::bad(format!("unknown failure_type `{f}`")))?),
+            None => None,
+        };
+        Ok(DlqFilter {
+            status,
+            tenant_id: self.tenant.clone(),
+            failure_type,
+            since: self.since,
+            fingerprint: self.fingerprint.clone(),
+        })
+    }
+
+    fn page(&self) -> Page {
+        Page { limit: self.limit.unwrap_or(100).min(1000), offset: self.offset.unwrap_or(0) }
+    }
+}
+
+/// An error as JSON with its status code.
+struct ApiError(StatusCode, String);
+
+impl ApiError {
+    fn bad(message: String) -> Self {
+        Self(StatusCode::BAD_REQUEST, message)
+    }
+}
+
+impl From<DlqError> for ApiError {
+    fn from(error: DlqError) -> Self {
+        let code = match &error {
+            DlqError::NotFound(_) => StatusCode::NOT_FOUND,
+            DlqError::Refused { .. } | DlqError::NoDestination(_) => StatusCode::CONFLICT,
+            DlqError::NoPublisher | DlqError::Publish(_) | DlqError::Store(_) => StatusCode::SERVICE_UNAVAILABLE,
+        };
+        Self(code, error.to_string())
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        (self.0, Json(json!({ "error": self.1 }))).into_response()
+    }
+}
+
+/// An entry as JSON; with `payload`, the original bytes (text, or base64 when not UTF-8).
+pub fn entry_json(entry: &DeadLetter, payload: bool) -> Value {
+    let mut value = json!({
+        "id": entry.id,
+        "message_id": entry.message_id,
+        "topic": entry.source.as_ref().map(|s| &s.topic),
+        "partition": entry.source.as_ref().map(|s| s.partition),
+        "offset": entry.source.as_ref().map(|s| s.offset),
+        "key": entry.source.as_ref().and_then(|s| s.key.as_ref()),
+        "failure_type": entry.failure_type.as_str(),
+        "error": entry.error,
+        "fingerprint": entry.fingerprint,
+        "attempt_count": entry.attempt_count,
+        "status": entry.status.as_str(),
+        "replay_count": entry.replay_count,
+        "tenant_id": entry.tenant_id,
+        "created_at": entry.created_at,
+        "updated_at": entry.updated_at,
+    });
+    if payload {
+        let (text, encoding) = match std::str::from_utf8(&entry.payload) {
+            Ok(text) => (text.to_owned(), "utf8"),
+            Err(_) => (base64::engine::general_purpose::STANDARD.encode(&entry.payload), "base64"),
+        };
+        value["payload"] = Value::from(text);
+        value["payload_encoding"] = Value::from(encoding);
+    }
+    value
+}
+
+fn group_json(group: &FailureGroup) -> Value {
+    json!({
+        "fingerprint": group.fingerprint,
+        "failure_type": group.failure_type.as_str(),
+        "pattern": group.pattern,
+        "count": group.count,
+        "first_at": group.first_at,
+        "last_at": group.last_at,
+    })
+}
+
+async fn list(State(state): State<AdminState>, Query(params): Query<FilterParams>) -> Result<Json<Value>, ApiError> {
+    let page = params.page();
+    let entries = state.dlq.list(&params.filter()?, page).await?;
+    let items: Vec<Value> = entries.iter().map(|e| entry_json(e, false)).collect();
+    Ok(Json(json!({ "items": items, "limit": page.limit, "offset": page.offset })))
+}
+
+async fn groups(State(state): State<AdminState>, Query(params): Query<FilterParams>) -> Result<Json<Value>, ApiError> {
+    let groups = state.dlq.groups(&params.filter()?, params.page().limit).await?;
+    Ok(Json(json!({ "groups": groups.iter().map(group_json).collect::<Vec<_>>() })))
+}
+
+async fn show(State(state): State<AdminState>, Path(id): Path<i64>) -> Result<Json<Value>, ApiError> {
+    Ok(Json(entry_json(&state.dlq.get(id).await?, true)))
+}
+
+async fn replay(State(state): State<AdminState>, Path(id): Path<i64>) -> Result<Json<Value>, ApiError> {
+    Ok(Json(entry_json(&state.dlq.replay(id).await?, false)))
+}
+
+async fn discard(State(state): State<AdminState>, Path(id): Path<i64>) -> Result<Json<Value>, ApiError> {
+    Ok(Json(entry_json(&state.dlq.discard(id).await?, false)))
+}
+
+/// The body of `POST /admin/dlq/replay`: a filter and how to run.
+#[derive(Debug, Default, Deserialize)]
+struct BulkParams {
+    #[serde(flatten)]
+    filter: FilterParams,
+    #[serde(default)]
+    dry_run: bool,
+    per_second: Option<u32>,
+}
+
+async fn replay_matching(
+    State(state): State<AdminState>,
+    body: Option<Json<BulkParams>>,
+) -> Result<Json<Value>, ApiError> {
+    let params = body.map(|Json(b)| b).unwrap_or_default();
+    let defaults = BulkReplay::default();
+    let options = BulkReplay {
+        dry_run: params.dry_run,
+        limit: params.filter.limit.unwrap_or(defaults.limit).min(10_000),
+        per_second: params.per_second.unwrap_or(defaults.per_second).clamp(1, 1000),
+    };
+    let report = state.dlq.replay_matching(&params.filter.filter()?, options).await?;
+    let failed: Vec<Value> = report.failed.iter().map(|(id, error)| json!({ "id": id, "error": error })).collect();
+    Ok(Json(json!({
+        "dry_run": report.dry_run,
+        "matched": report.matched,
+        "replayed": report.replayed,
+        "failed": failed,
+    })))
+}

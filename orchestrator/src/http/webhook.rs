@@ -63,7 +63,10 @@ pub fn routes(state: WebhookState) -> Router {
 }
 
 /// Meta's subscription check: echo `hub.challenge` when the token matches.
-async fn verify(State(state): State<WebhookState>, Query(query): Query<HashMap<String, String>>) -> (StatusCode, String) {
+async fn verify(
+    State(state): State<WebhookState>,
+    Query(query): Query<HashMap<String, String>>,
+) -> (StatusCode, String) {
     let mode = query.get("hub.mode").map(String::as_str);
     let token = query.get("hub.verify_token").map(String::as_bytes);
     let expected = state.settings.verify_token.as_deref().map(str::as_bytes);

@@ -8,9 +8,9 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 
 use super::{
-    Claim, DeadLetter, DeadLetterQueue, DlqFilter, DlqStatus, KeyParking, Lease, MessageKey, NewActivity,
-    NewDeadLetter, Page, ParkCheck, DeliveryStatuses, ParkedMessage, PendingClassification, PendingClassifications, StepRecord, Store,
-    StoreError, to_chrono,
+    Claim, DeadLetter, DeadLetterQueue, DeliveryStatuses, DlqFilter, DlqStatus, KeyParking, Lease, MessageKey,
+    NewActivity, NewDeadLetter, Page, ParkCheck, ParkedMessage, PendingClassification, PendingClassifications,
+    StepRecord, Store, StoreError, to_chrono,
 };
 
 #[derive(Debug, Clone)]
@@ -180,6 +180,7 @@ impl Store for MemoryStore {
             status: DlqStatus::Failed,
             replay_count: 0,
             tenant_id: entry.tenant_id.clone(),
+            fingerprint: super::failure_fingerprint(entry.failure_type, &entry.error),
             created_at: now,
             updated_at: now,
         });
@@ -206,6 +207,7 @@ impl DeadLetterQueue for MemoryStore {
             .filter(|d| filter.tenant_id.as_ref().is_none_or(|t| d.tenant_id.as_ref() == Some(t)))
             .filter(|d| filter.failure_type.is_none_or(|f| d.failure_type == f))
             .filter(|d| filter.since.is_none_or(|since| d.created_at >= since))
+            .filter(|d| filter.fingerprint.as_ref().is_none_or(|f| d.fingerprint == *f))
             .skip(page.offset as usize)
             .take(page.limit as usize)
             .cloned()
@@ -238,6 +240,50 @@ impl DeadLetterQueue for MemoryStore {
             row.lease_expires_at = None;
         }
         Ok(entry)
+    }
+
+    async fn undo_replay(&self, id: i64) -> Result<(), StoreError> {
+        let mut state = self.state();
+        let Some(entry) = state.dead_letters.iter_mut().find(|d| d.id == id && d.status == DlqStatus::Replayed) else {
+            return Ok(());
+        };
+        entry.status = DlqStatus::Failed;
+        entry.replay_count = entry.replay_count.saturating_sub(1);
+        entry.updated_at = Utc::now();
+        let entry = entry.clone();
+        if let (Some(tenant), Some(message)) = (&entry.tenant_id, &entry.message_id)
+            && let Some(row) = state.claims.get_mut(&MessageKey::new(tenant, message))
+            && !row.completed
+            && row.lease_expires_at.is_none()
+        {
+            row.dead_lettered = true;
+        }
+        Ok(())
+    }
+
+    async fn groups(&self, filter: &DlqFilter, limit: u64) -> Result<Vec<super::FailureGroup>, StoreError> {
+        let matching = self.list(filter, Page { limit: u64::MAX, offset: 0 }).await?;
+        let mut groups: Vec<super::FailureGroup> = Vec::new();
+        for entry in matching {
+            match groups.iter_mut().find(|g| g.fingerprint == entry.fingerprint) {
+                Some(group) => {
+                    group.count += 1;
+                    group.first_at = group.first_at.min(entry.created_at);
+                    group.last_at = group.last_at.max(entry.created_at);
+                }
+                None => groups.push(super::FailureGroup {
+                    fingerprint: entry.fingerprint.clone(),
+                    failure_type: entry.failure_type,
+                    pattern: super::normalize_error(&entry.error),
+                    count: 1,
+                    first_at: entry.created_at,
+                    last_at: entry.created_at,
+                }),
+            }
+        }
+        groups.sort_by(|a, b| b.count.cmp(&a.count).then(b.last_at.cmp(&a.last_at)));
+        groups.truncate(limit as usize);
+        Ok(groups)
     }
 }
 

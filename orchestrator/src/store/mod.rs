@@ -280,6 +280,8 @@ pub struct DeadLetter {
     pub replay_count: u32,
     /// Tenant, when known.
     pub tenant_id: Option<String>,
+    /// Groups entries that failed for the same cause (see [`failure_fingerprint`]).
+    pub fingerprint: String,
     /// When it was parked.
     pub created_at: DateTime<Utc>,
     /// Last status change.
@@ -297,6 +299,100 @@ pub struct DlqFilter {
     pub failure_type: Option<FailureType>,
     /// Only entries created at or after this time.
     pub since: Option<DateTime<Utc>>,
+    /// Only entries with this failure fingerprint.
+    pub fingerprint: Option<String>,
+}
+
+/// Dead letters that failed for the same cause.
+#[derive(Debug, Clone, PartialEq)]
+pub struct FailureGroup {
+    /// The group's [`failure_fingerprint`].
+    pub fingerprint: String,
+    /// Their failure type.
+    pub failure_type: FailureType,
+    /// The error with ids and numbers taken out (see [`normalize_error`]).
+    pub pattern: String,
+    /// How many entries match.
+    pub count: u64,
+    /// The oldest entry's time.
+    pub first_at: DateTime<Utc>,
+    /// The newest entry's time.
+    pub last_at: DateTime<Utc>,
+}
+
+/// An error message with what varies between occurrences of one cause taken
+/// out: numbers become `#`, long hex/uuid-like tokens `*`, quoted text `'?'`.
+pub fn normalize_error(error: &str) -> String {
+    let mut out = String::with_capacity(error.len().min(256));
+    let mut chars = error.chars().peekable();
+    while let Some(c) = chars.next() {
+        if out.len() >= 240 {
+            break;
+        }
+        match c {
+            '\'' | '"' | '`' => {
+                // Quoted values (ids, names) vary; the quoting marks the spot.
+                let mut closed = false;
+                for next in chars.by_ref() {
+                    if next == c {
+                        closed = true;
+                        break;
+                    }
+                }
+                out.push_str(if closed { "'?'" } else { "'?" });
+            }
+            c if c.is_ascii_alphanumeric() => {
+                let mut token = String::from(c);
+                while let Some(&next) = chars.peek() {
+                    if next.is_ascii_alphanumeric() || next == '-' || next == '_' || next == '.' {
+                        token.push(next);
+                        chars.next();
+                    } else {
+                        break;
+                    }
+                }
+                out.push_str(&normalize_token(&token));
+            }
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+fn normalize_token(token: &str) -> String {
+    let digits = token.chars().filter(char::is_ascii_digit).count();
+    let hexish = token.chars().all(|c| c.is_ascii_hexdigit() || c == '-');
+    if digits > 0 && token.len() >= 8 && (hexish || digits * 3 >= token.len()) {
+        return "*".to_owned();
+    }
+    if digits == 0 {
+        return token.to_owned();
+    }
+    // Mixed words keep their letters, numbers collapse: `step 2` and `step 3` group.
+    let mut out = String::with_capacity(token.len());
+    let mut in_number = false;
+    for c in token.chars() {
+        if c.is_ascii_digit() {
+            if !in_number {
+                out.push('#');
+            }
+            in_number = true;
+        } else {
+            out.push(c);
+            in_number = false;
+        }
+    }
+    out
+}
+
+/// The fingerprint of a failure: 16 hex digits of SHA-256 over the failure
+/// type and the [`normalize_error`]ed message.
+pub fn failure_fingerprint(failure_type: FailureType, error: &str) -> String {
+    let digest = ring::digest::digest(
+        &ring::digest::SHA256,
+        format!("{}|{}", failure_type.as_str(), normalize_error(error)).as_bytes(),
+    );
+    hex::encode(&digest.as_ref()[..8])
 }
 
 /// A page of results, newest first.
@@ -517,4 +613,12 @@ pub trait DeadLetterQueue: Send + Sync {
     /// `Replayed` raises `replay_count` and reopens the message's claim, with
     /// a fresh attempt count, so the replayed message is processed again.
     async fn mark(&self, id: i64, status: DlqStatus) -> Result<DeadLetter, StoreError>;
+
+    /// Takes back a replay whose copy could not be sent: the entry is
+    /// `failed` again (replay count lowered) and its message's claim
+    /// dead-lettered again. Does nothing unless the entry is `replayed`.
+    async fn undo_replay(&self, id: i64) -> Result<(), StoreError>;
+
+    /// Entries matching `filter` grouped by fingerprint, largest group first.
+    async fn groups(&self, filter: &DlqFilter, limit: u64) -> Result<Vec<FailureGroup>, StoreError>;
 }

@@ -9,10 +9,13 @@ use super::statement::stmt;
 use super::{claims, corrupt};
 use crate::event::FailureType;
 use crate::store::Lease;
-use crate::store::{DeadLetter, DlqFilter, DlqStatus, MessageKey, NewDeadLetter, Page, SourceInfo, StoreError};
+use crate::store::{
+    DeadLetter, DlqFilter, DlqStatus, FailureGroup, MessageKey, NewDeadLetter, Page, SourceInfo, StoreError,
+    failure_fingerprint, normalize_error,
+};
 
 const COLUMNS: &str = r#"id, message_id, topic, "partition", "offset", "key", payload, payload_encoding,
-  failure_type, error, attempt_count, status, replay_count, tenant_id, created_at, updated_at"#;
+  failure_type, error, attempt_count, status, replay_count, tenant_id, fingerprint, created_at, updated_at"#;
 
 pub(super) async fn insert(
     db: &DatabaseConnection,
@@ -32,8 +35,8 @@ pub(super) async fn insert(
             txn.get_database_backend(),
             r#"INSERT INTO dead_letter_queue (message_id, topic, "partition", "offset", "key", payload,
                  payload_encoding, failure_type, error, attempt_count, status, replay_count, tenant_id,
-                 created_at, updated_at)
-               VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 'failed', 0, ?, ?, ?) RETURNING id"#,
+                 fingerprint, created_at, updated_at)
+               VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 'failed', 0, ?, ?, ?, ?) RETURNING id"#,
             vec![
                 entry.message_id.clone().into(),
                 source.map(|s| s.topic.clone()).into(),
@@ -46,6 +49,7 @@ pub(super) async fn insert(
                 entry.error.as_str().into(),
                 (entry.attempt_count as i32).into(),
                 entry.tenant_id.clone().into(),
+                failure_fingerprint(entry.failure_type, &entry.error).into(),
                 now.into(),
                 now.into(),
             ],
@@ -61,11 +65,8 @@ pub(super) async fn insert(
     Ok(id)
 }
 
-pub(super) async fn list(
-    db: &impl ConnectionTrait,
-    filter: &DlqFilter,
-    page: Page,
-) -> Result<Vec<DeadLetter>, StoreError> {
+/// The `WHERE` clause (empty or starting with a space) and its values for `filter`.
+fn conditions(filter: &DlqFilter) -> (String, Vec<Value>) {
     let mut conditions: Vec<&str> = Vec::new();
     let mut values: Vec<Value> = Vec::new();
     if let Some(status) = filter.status {
@@ -84,11 +85,23 @@ pub(super) async fn list(
         conditions.push("created_at >= ?");
         values.push(since.into());
     }
-    let mut sql = format!("SELECT {COLUMNS} FROM dead_letter_queue");
-    if !conditions.is_empty() {
-        sql.push_str(" WHERE ");
-        sql.push_str(&conditions.join(" AND "));
+    if let Some(fingerprint) = &filter.fingerprint {
+        conditions.push("fingerprint = ?");
+        values.push(fingerprint.as_str().into());
     }
+    if conditions.is_empty() {
+        return (String::new(), values);
+    }
+    (format!(" WHERE {}", conditions.join(" AND ")), values)
+}
+
+pub(super) async fn list(
+    db: &impl ConnectionTrait,
+    filter: &DlqFilter,
+    page: Page,
+) -> Result<Vec<DeadLetter>, StoreError> {
+    let (clause, mut values) = conditions(filter);
+    let mut sql = format!("SELECT {COLUMNS} FROM dead_letter_queue{clause}");
     sql.push_str(" ORDER BY created_at DESC, id DESC LIMIT ? OFFSET ?");
     values.push((page.limit.min(i64::MAX as u64) as i64).into());
     values.push((page.offset.min(i64::MAX as u64) as i64).into());
@@ -143,6 +156,68 @@ pub(super) async fn mark(db: &DatabaseConnection, id: i64, status: DlqStatus) ->
     Ok(entry)
 }
 
+pub(super) async fn undo_replay(db: &DatabaseConnection, id: i64) -> Result<(), StoreError> {
+    let txn = db.begin().await?;
+    let backend = txn.get_database_backend();
+    let now = Utc::now();
+    let undone = txn
+        .execute_raw(stmt(
+            backend,
+            "UPDATE dead_letter_queue SET status = 'failed', replay_count = replay_count - 1, updated_at = ?
+             WHERE id = ? AND status = 'replayed'",
+            vec![now.into(), id.into()],
+        ))
+        .await?;
+    if undone.rows_affected() == 1
+        && let Some(entry) = get(&txn, id).await?
+        && let (Some(tenant), Some(message)) = (&entry.tenant_id, &entry.message_id)
+    {
+        txn.execute_raw(stmt(
+            backend,
+            "UPDATE processed_messages SET dead_lettered_at = ?
+             WHERE tenant_id = ? AND message_id = ? AND status = 'in_progress' AND lease_expires_at IS NULL",
+            vec![now.into(), tenant.as_str().into(), message.as_str().into()],
+        ))
+        .await?;
+    }
+    txn.commit().await?;
+    Ok(())
+}
+
+pub(super) async fn groups(
+    db: &impl ConnectionTrait,
+    filter: &DlqFilter,
+    limit: u64,
+) -> Result<Vec<FailureGroup>, StoreError> {
+    let (clause, mut values) = conditions(filter);
+    values.push((limit.min(i64::MAX as u64) as i64).into());
+    let sql = format!(
+        "SELECT fingerprint, failure_type, MIN(error) AS sample, COUNT(*) AS n,
+                MIN(created_at) AS first_at, MAX(created_at) AS last_at
+         FROM dead_letter_queue{clause}
+         GROUP BY fingerprint, failure_type ORDER BY n DESC, last_at DESC LIMIT ?"
+    );
+    let rows = db.query_all_raw(stmt(db.get_database_backend(), &sql, values)).await?;
+    rows.iter()
+        .map(|row| {
+            let failure_type: String = row.try_get("", "failure_type")?;
+            let failure_type = FailureType::parse(&failure_type)
+                .ok_or_else(|| corrupt("dead_letter_queue", format!("unknown failure_type `{failure_type}`")))?;
+            let sample: String = row.try_get("", "sample")?;
+            let count: i64 = row.try_get("", "n")?;
+            let fingerprint: Option<String> = row.try_get("", "fingerprint")?;
+            Ok(FailureGroup {
+                fingerprint: fingerprint.unwrap_or_else(|| failure_fingerprint(failure_type, &sample)),
+                failure_type,
+                pattern: normalize_error(&sample),
+                count: count.max(0) as u64,
+                first_at: row.try_get("", "first_at")?,
+                last_at: row.try_get("", "last_at")?,
+            })
+        })
+        .collect()
+}
+
 fn read_row(row: &QueryResult) -> Result<DeadLetter, StoreError> {
     let encoding: String = row.try_get("", "payload_encoding")?;
     let payload_text: String = row.try_get("", "payload")?;
@@ -160,6 +235,11 @@ fn read_row(row: &QueryResult) -> Result<DeadLetter, StoreError> {
     let key: Option<String> = row.try_get("", "key")?;
     let attempt_count: i32 = row.try_get("", "attempt_count")?;
     let replay_count: i32 = row.try_get("", "replay_count")?;
+    let error: String = row.try_get("", "error")?;
+    let failure_type = FailureType::parse(&failure_type)
+        .ok_or_else(|| corrupt("dead_letter_queue", format!("unknown failure_type `{failure_type}`")))?;
+    // Rows parked before the fingerprint column existed get theirs computed.
+    let fingerprint: Option<String> = row.try_get("", "fingerprint")?;
     Ok(DeadLetter {
         id: row.try_get("", "id")?,
         message_id: row.try_get("", "message_id")?,
@@ -170,9 +250,9 @@ fn read_row(row: &QueryResult) -> Result<DeadLetter, StoreError> {
             key,
         }),
         payload,
-        failure_type: FailureType::parse(&failure_type)
-            .ok_or_else(|| corrupt("dead_letter_queue", format!("unknown failure_type `{failure_type}`")))?,
-        error: row.try_get("", "error")?,
+        fingerprint: fingerprint.unwrap_or_else(|| failure_fingerprint(failure_type, &error)),
+        failure_type,
+        error,
         attempt_count: attempt_count.max(0) as u32,
         status: DlqStatus::parse(&status)
             .ok_or_else(|| corrupt("dead_letter_queue", format!("unknown status `{status}`")))?,

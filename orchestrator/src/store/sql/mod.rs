@@ -15,7 +15,9 @@ use super::{
     Store, StoreError,
 };
 
-use super::{DeliveryStatuses, KeyParking, Lease, ParkCheck, ParkedMessage, PendingClassification, PendingClassifications};
+use super::{
+    DeliveryStatuses, KeyParking, Lease, ParkCheck, ParkedMessage, PendingClassification, PendingClassifications,
+};
 
 mod ai_pending;
 mod claims;
@@ -108,6 +110,14 @@ impl DeadLetterQueue for SqlStore {
 
     async fn mark(&self, id: i64, status: DlqStatus) -> Result<DeadLetter, StoreError> {
         dead_letters::mark(&self.db, id, status).await
+    }
+
+    async fn undo_replay(&self, id: i64) -> Result<(), StoreError> {
+        dead_letters::undo_replay(&self.db, id).await
+    }
+
+    async fn groups(&self, filter: &DlqFilter, limit: u64) -> Result<Vec<super::FailureGroup>, StoreError> {
+        dead_letters::groups(&self.db, filter, limit).await
     }
 }
 
