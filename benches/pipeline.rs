@@ -31,6 +31,7 @@ impl IntentHandler for TwoSteps {
             actions: vec![ActionRequest::new("reserve", json!({})), ActionRequest::new("confirm", json!({}))],
             response: Some(Reply::text("done")),
             escalate: false,
+            lead_stage: None,
         })
     }
 }

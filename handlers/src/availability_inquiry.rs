@@ -44,6 +44,7 @@ impl IntentHandler for AvailabilityInquiryHandler {
             date.map(|d| format!(" on {d}")).unwrap_or_default()
         );
         Ok(IntentOutcome::reply(Reply::text(reply))
-            .with_action("notify_sales", json!({ "reason": "availability_inquiry", "summary": summary })))
+            .with_action("notify_sales", json!({ "reason": "availability_inquiry", "summary": summary }))
+            .with_lead_stage(crate::stages::INTERESTED))
     }
 }

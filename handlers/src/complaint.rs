@@ -44,7 +44,7 @@ impl IntentHandler for ComplaintHandler {
                 "Lamentamos lo sucedido. Abrimos un ticket de soporte y nuestro equipo te responderá en breve."
             }
         };
-        let mut outcome = IntentOutcome::reply(Reply::text(reply)).with_action(
+        let mut outcome = IntentOutcome::reply(Reply::text(reply)).with_lead_stage(crate::stages::AT_RISK).with_action(
             "create_support_ticket",
             json!({ "subject": subject, "priority": if severe { "urgent" } else { "normal" } }),
         );

@@ -23,6 +23,7 @@ mod entities;
 pub mod order_request;
 pub mod pricing_inquiry;
 pub mod schedule_call;
+pub mod stages;
 pub mod unknown;
 
 pub use availability_inquiry::AvailabilityInquiryHandler;

@@ -42,6 +42,7 @@ impl IntentHandler for OrderRequestHandler {
             format!("Thanks! We have registered your order: {summary}. A sales representative will confirm it shortly.")
         }))
         .with_action("create_order", json!({ "items": items }))
-        .with_action("notify_sales", json!({ "reason": "new_order", "summary": format!("New order: {summary}") })))
+        .with_action("notify_sales", json!({ "reason": "new_order", "summary": format!("New order: {summary}") }))
+        .with_lead_stage(crate::stages::CUSTOMER))
     }
 }

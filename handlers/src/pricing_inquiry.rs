@@ -50,6 +50,7 @@ impl IntentHandler for PricingInquiryHandler {
             ),
         };
         Ok(IntentOutcome::reply(Reply::text(reply))
-            .with_action("notify_sales", json!({ "reason": "pricing_inquiry", "summary": summary })))
+            .with_action("notify_sales", json!({ "reason": "pricing_inquiry", "summary": summary }))
+            .with_lead_stage(crate::stages::INTERESTED))
     }
 }

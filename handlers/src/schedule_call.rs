@@ -44,7 +44,8 @@ impl IntentHandler for ScheduleCallHandler {
                 "notify_sales",
                 json!({ "reason": "schedule_call", "summary": format!("Call requested for {time}"),
                         "details": { "preferred_time": time } }),
-            )),
+            )
+            .with_lead_stage(crate::stages::CALL_SCHEDULED)),
             None => {
                 let (body_text, slots) = if es {
                     ("¡Claro! ¿Cuándo quieres que te llamemos?", &SLOTS_ES)

@@ -6,7 +6,7 @@
 //! `review_flags`, `sales_notifications`), the per-key ordering tables
 //! (`key_blocks`, `parked_messages`), the messages waiting for the AI service
 //! (`ai_pending`) and the delivery statuses of sent messages
-//! (`delivery_statuses`). Both SQLite and PostgreSQL are supported; the
+//! (`delivery_statuses`), and each lead's stage (`leads`). Both SQLite and PostgreSQL are supported; the
 //! orchestrator applies pending migrations at start-up.
 //!
 //! ```no_run
@@ -26,6 +26,7 @@ mod m20250101_000004_reply_outbox;
 mod m20250101_000005_ai_pending;
 mod m20250101_000006_delivery_statuses;
 mod m20250101_000007_dlq_fingerprint;
+mod m20250101_000008_leads;
 
 /// Every migration of the project, in order.
 pub struct Migrator;
@@ -41,6 +42,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20250101_000005_ai_pending::Migration),
             Box::new(m20250101_000006_delivery_statuses::Migration),
             Box::new(m20250101_000007_dlq_fingerprint::Migration),
+            Box::new(m20250101_000008_leads::Migration),
         ]
     }
 }
@@ -59,4 +61,5 @@ pub const TABLES: &[&str] = &[
     "parked_messages",
     "ai_pending",
     "delivery_statuses",
+    "leads",
 ];

@@ -53,17 +53,26 @@ pub struct IntentOutcome {
     /// Hand the conversation to a human: the reply goes out `Urgent` and the
     /// escalation is recorded in `lead_activities`.
     pub escalate: bool,
+    /// The stage the lead moves to when the message completes (`customer`,
+    /// `interested`, ...); `None` leaves it where it is.
+    pub lead_stage: Option<String>,
 }
 
 impl IntentOutcome {
     /// An outcome that only replies.
     pub fn reply(reply: Reply) -> Self {
-        Self { actions: Vec::new(), response: Some(reply), escalate: false }
+        Self { actions: Vec::new(), response: Some(reply), escalate: false, lead_stage: None }
     }
 
     /// Adds an action.
     pub fn with_action(mut self, action: impl Into<String>, params: Value) -> Self {
         self.actions.push(ActionRequest::new(action, params));
+        self
+    }
+
+    /// Moves the lead to `stage` once the message completes.
+    pub fn with_lead_stage(mut self, stage: impl Into<String>) -> Self {
+        self.lead_stage = Some(stage.into());
         self
     }
 

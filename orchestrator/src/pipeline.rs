@@ -430,6 +430,9 @@ impl Orchestrator {
                 // The reply goes into the outbox with the completion, in one transaction.
                 let outbox = response.as_ref().and_then(|r| serde_json::to_value(r).ok());
                 self.store.complete(lease, &activities, self.config.dedupe_ttl, outbox.as_ref()).await?;
+                if let Some(stage) = &outcome.lead_stage {
+                    self.move_lead(&ctx, stage).await;
+                }
                 Ok(Outcome::Completed(Completed {
                     key: key.clone(),
                     handler: handler_name,
@@ -458,6 +461,20 @@ impl Orchestrator {
                 }
                 self.failed(lease, incoming, &ctx, failure.is_retryable(), failure.failure_type(), reason).await
             }
+        }
+    }
+
+    /// Records the lead's new stage and counts the change. After completion,
+    /// so a failure here costs the stage, never the message.
+    async fn move_lead(&self, ctx: &MessageContext, stage: &str) {
+        match self.store.set_lead_stage(&ctx.tenant_id, ctx.lead_id(), stage).await {
+            Ok(previous) if previous.as_deref() != Some(stage) => {
+                let from = previous.as_deref().map_or("new", crate::metrics::label);
+                let to = crate::metrics::label(stage);
+                crate::metrics::metrics().lead_state_changed.with_label_values(&[from, to]).inc();
+            }
+            Ok(_) => {}
+            Err(error) => tracing::warn!(%error, stage, "lead stage not recorded"),
         }
     }
 

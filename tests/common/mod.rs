@@ -187,7 +187,12 @@ impl IntentHandler for Plan {
     }
 
     async fn handle(&self, _ctx: &MessageContext) -> Result<IntentOutcome, HandlerError> {
-        Ok(IntentOutcome { actions: self.0.clone(), response: Some(Reply::text("done")), escalate: false })
+        Ok(IntentOutcome {
+            actions: self.0.clone(),
+            response: Some(Reply::text("done")),
+            escalate: false,
+            lead_stage: None,
+        })
     }
 }
 

@@ -26,20 +26,29 @@ pub const MAX_BODY_BYTES: usize = 1024 * 1024;
 /// `processed_by` of the events the webhook publishes.
 pub const PROCESSED_BY: &str = "webhook_event_publisher";
 
-/// Secrets of the webhook.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+/// Secrets and limits of the webhook.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct WebhookSettings {
     /// `WHATSAPP_VERIFY_TOKEN`: answers Meta's subscription check; unset refuses it.
     pub verify_token: Option<String>,
     /// `WHATSAPP_APP_SECRET`: when set, every POST must carry a valid `X-Hub-Signature-256`.
     pub app_secret: Option<String>,
+    /// How long a POST waits for Kafka's acknowledgements before answering
+    /// 503 (WhatsApp gives up on a webhook after about 20 s).
+    pub publish_timeout: std::time::Duration,
+}
+
+impl Default for WebhookSettings {
+    fn default() -> Self {
+        Self { verify_token: None, app_secret: None, publish_timeout: std::time::Duration::from_secs(10) }
+    }
 }
 
 impl WebhookSettings {
     /// `WHATSAPP_VERIFY_TOKEN` and `WHATSAPP_APP_SECRET`.
     pub fn from_env() -> Self {
         let read = |name: &'static str| env_parse::<String>(name, String::new()).ok().filter(|v| !v.is_empty());
-        Self { verify_token: read("WHATSAPP_VERIFY_TOKEN"), app_secret: read("WHATSAPP_APP_SECRET") }
+        Self { verify_token: read("WHATSAPP_VERIFY_TOKEN"), app_secret: read("WHATSAPP_APP_SECRET"), ..Self::default() }
     }
 }
 
@@ -116,7 +125,10 @@ async fn handle(state: &WebhookState, headers: &HeaderMap, body: &[u8]) -> (Stat
     for reason in &notification.rejected {
         tracing::warn!(%reason, "webhook message entry skipped");
     }
-    match forward(state, &notification).await {
+    let forwarded = tokio::time::timeout(state.settings.publish_timeout, forward(state, &notification))
+        .await
+        .unwrap_or_else(|_| Err(format!("Kafka did not acknowledge within {:?}", state.settings.publish_timeout)));
+    match forwarded {
         Ok(()) => (StatusCode::OK, "ok"),
         Err(error) => {
             tracing::error!(%error, "webhook notification not stored; WhatsApp will deliver it again");

@@ -37,6 +37,7 @@ struct State {
     /// Waiting classifications and the time each is held until.
     pending_ai: Vec<(PendingClassification, Option<DateTime<Utc>>)>,
     statuses: Vec<crate::webhook::DeliveryStatus>,
+    lead_stages: HashMap<(String, String), String>,
 }
 
 /// Keeps everything in process memory; lost on exit.
@@ -185,6 +186,11 @@ impl Store for MemoryStore {
             updated_at: now,
         });
         Ok(id)
+    }
+
+    async fn set_lead_stage(&self, tenant_id: &str, lead_id: &str, stage: &str) -> Result<Option<String>, StoreError> {
+        let key = (tenant_id.to_owned(), lead_id.to_owned());
+        Ok(self.state().lead_stages.insert(key, stage.to_owned()))
     }
 
     async fn purge_expired(&self, now: DateTime<Utc>) -> Result<u64, StoreError> {

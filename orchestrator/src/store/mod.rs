@@ -492,6 +492,9 @@ pub trait Store: Send + Sync {
 
     /// Deletes completed dedupe records whose TTL ran out; returns how many.
     async fn purge_expired(&self, now: DateTime<Utc>) -> Result<u64, StoreError>;
+
+    /// Moves a lead to `stage`; returns the stage it was in (`None` for a lead not seen before).
+    async fn set_lead_stage(&self, tenant_id: &str, lead_id: &str, stage: &str) -> Result<Option<String>, StoreError>;
 }
 
 /// A message parked behind its key's message in retry.

@@ -214,3 +214,32 @@ pub(super) async fn purge_expired(db: &impl ConnectionTrait, now: DateTime<Utc>)
         .await?;
     Ok(result.rows_affected())
 }
+
+pub(super) async fn set_lead_stage(
+    db: &impl ConnectionTrait,
+    tenant_id: &str,
+    lead_id: &str,
+    stage: &str,
+) -> Result<Option<String>, StoreError> {
+    let backend = db.get_database_backend();
+    // A lead's messages are processed one at a time (same phone, same key), so read-then-write is safe.
+    let previous = db
+        .query_one_raw(stmt(
+            backend,
+            "SELECT stage FROM leads WHERE tenant_id = ? AND lead_id = ?",
+            vec![tenant_id.into(), lead_id.into()],
+        ))
+        .await?
+        .map(|row| row.try_get::<String>("", "stage"))
+        .transpose()?;
+    if previous.as_deref() != Some(stage) {
+        db.execute_raw(stmt(
+            backend,
+            "INSERT INTO leads (tenant_id, lead_id, stage, updated_at) VALUES (?, ?, ?, ?)
+             ON CONFLICT (tenant_id, lead_id) DO UPDATE SET stage = excluded.stage, updated_at = excluded.updated_at",
+            vec![tenant_id.into(), lead_id.into(), stage.into(), Utc::now().into()],
+        ))
+        .await?;
+    }
+    Ok(previous)
+}

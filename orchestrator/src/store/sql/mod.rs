@@ -96,6 +96,10 @@ impl Store for SqlStore {
     async fn purge_expired(&self, now: DateTime<Utc>) -> Result<u64, StoreError> {
         claims::purge_expired(&self.db, now).await
     }
+
+    async fn set_lead_stage(&self, tenant_id: &str, lead_id: &str, stage: &str) -> Result<Option<String>, StoreError> {
+        claims::set_lead_stage(&self.db, tenant_id, lead_id, stage).await
+    }
 }
 
 #[async_trait]
