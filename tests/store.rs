@@ -347,7 +347,7 @@ async fn pending_classifications_behave(store: &dyn orchestrator::store::Pending
 #[tokio::test]
 async fn pending_classifications_are_registered_once_taken_exclusively_and_resolved() {
     for t in testing::databases().await {
-        pending_classifications_behave(&SqlStore::new(t.db.clone()), &t.label).await;
+        pending_classifications_behave(&SqlStore::new(t.db.clone()), t.label).await;
     }
     pending_classifications_behave(&orchestrator::MemoryStore::new(), "memory").await;
 }

@@ -290,3 +290,13 @@ pub async fn count(db: &DatabaseConnection, table: &str, filter: &str) -> i64 {
         .expect("a count row");
     row.try_get::<i64>("", "n").expect("count")
 }
+
+/// A plain-HTTP client for the tests' local servers. reqwest is built
+/// without a default TLS provider; ring's is installed once for the process.
+pub fn http_client() -> reqwest::Client {
+    static PROVIDER: std::sync::Once = std::sync::Once::new();
+    PROVIDER.call_once(|| {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+    });
+    reqwest::Client::new()
+}

@@ -80,11 +80,17 @@ pub struct RuntimeSettings {
     /// How long shutdown waits for in-flight messages before abandoning them
     /// (abandoned offsets are not committed: the messages are redelivered).
     pub shutdown_grace: Duration,
+    /// How often librdkafka reports statistics (consumer lag for `/metrics`).
+    pub statistics_interval: Duration,
 }
 
 impl Default for RuntimeSettings {
     fn default() -> Self {
-        Self { max_in_flight: 256, shutdown_grace: Duration::from_secs(25) }
+        Self {
+            max_in_flight: 256,
+            shutdown_grace: Duration::from_secs(25),
+            statistics_interval: Duration::from_secs(5),
+        }
     }
 }
 
@@ -105,9 +111,20 @@ impl rdkafka::ClientContext for RebalanceContext {
     fn stats(&self, statistics: rdkafka::Statistics) {
         let lag = &crate::metrics::metrics().consumer_lag;
         for (topic, stats) in &statistics.topics {
-            // Partition -1 is librdkafka's internal "unassigned" queue; a lag of -1 means unknown.
-            for (partition, p) in stats.partitions.iter().filter(|(id, p)| **id >= 0 && p.consumer_lag >= 0) {
-                lag.with_label_values(&[topic.as_str(), partition.to_string().as_str()]).set(p.consumer_lag);
+            // Partition -1 is librdkafka's internal queue.
+            for (id, p) in stats.partitions.iter().filter(|(id, _)| **id >= 0) {
+                let labels = [topic.as_str(), &id.to_string()];
+                if p.fetch_state != "active" {
+                    // Not (or no longer) fetched here: another member reports it.
+                    let _ = lag.remove_label_values(&labels);
+                    continue;
+                }
+                // librdkafka's own `consumer_lag` is -1 until this member has a position;
+                // with none, everything from the log start is still to read.
+                let position = [p.app_offset, p.committed_offset].into_iter().find(|o| *o >= 0).unwrap_or(p.lo_offset);
+                if p.hi_offset >= 0 && position >= 0 {
+                    lag.with_label_values(&labels).set((p.hi_offset - position).max(0));
+                }
             }
         }
     }
@@ -166,7 +183,7 @@ impl ConsumerRuntime {
         let worker = Worker {
             consumer: config
                 .consumer_config(&config.consumer_group_id)
-                .set("statistics.interval.ms", "5000")
+                .set("statistics.interval.ms", settings.statistics_interval.as_millis().max(1).to_string())
                 .create_with_context(context)?,
             publisher: Publisher::new(config)?,
             orchestrator,
