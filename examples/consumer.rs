@@ -131,17 +131,6 @@ impl FilterArgs {
     }
 }
 
-fn init_logging() {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,rdkafka=warn,sqlx=warn"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
-    if std::env::var("LOG_FORMAT").is_ok_and(|f| f.eq_ignore_ascii_case("json")) {
-        builder.json().init();
-    } else {
-        builder.init();
-    }
-}
-
 /// Resolves on Ctrl-C or SIGTERM.
 async fn termination() {
     let ctrl_c = tokio::signal::ctrl_c();
@@ -183,13 +172,17 @@ async fn database() -> Result<sea_orm::DatabaseConnection, Box<dyn std::error::E
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
-    init_logging();
+    // Logs (human, or JSON with LOG_FORMAT=json) and traces (OTLP with OTEL_EXPORTER_OTLP_ENDPOINT).
+    let telemetry =
+        orchestrator::telemetry::init(&orchestrator::telemetry::TelemetryConfig::from_env("whatsapp-orchestrator"))?;
     let cli = Cli::parse();
-    match cli.command.unwrap_or(Command::Run) {
+    let result = match cli.command.unwrap_or(Command::Run) {
         Command::Run => run(cli.demo).await,
         Command::Migrate => database().await.map(|_| ()),
         Command::Dlq(command) => dlq(command).await,
-    }
+    };
+    telemetry.flush();
+    result
 }
 
 /// The `dlq` subcommands: print to stdout, fail with a readable message.

@@ -140,6 +140,7 @@ fn dead_letter(message_id: &str, tenant: &str, failure_type: FailureType) -> New
         failure_type,
         error: format!("{failure_type} for {message_id}"),
         attempt_count: 3,
+        trace_context: None,
     }
 }
 

@@ -27,6 +27,7 @@ mod m20250101_000005_ai_pending;
 mod m20250101_000006_delivery_statuses;
 mod m20250101_000007_dlq_fingerprint;
 mod m20250101_000008_leads;
+mod m20250101_000009_dlq_trace_context;
 
 /// Every migration of the project, in order.
 pub struct Migrator;
@@ -43,6 +44,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20250101_000006_delivery_statuses::Migration),
             Box::new(m20250101_000007_dlq_fingerprint::Migration),
             Box::new(m20250101_000008_leads::Migration),
+            Box::new(m20250101_000009_dlq_trace_context::Migration),
         ]
     }
 }

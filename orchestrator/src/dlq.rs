@@ -126,7 +126,12 @@ impl DlqService {
         let (topic, key, payload) = destination(&entry).ok_or(DlqError::NoDestination(id))?;
         let marked = self.store.mark(id, DlqStatus::Replayed).await?;
         let id_header = id.to_string();
-        let sent = publisher.send(&topic, key.as_deref(), &payload, &[(REPLAY_OF_HEADER, id_header.as_bytes())]).await;
+        let mut headers = vec![(REPLAY_OF_HEADER, id_header.as_bytes())];
+        // The replayed attempt continues the message's original trace.
+        if let Some(traceparent) = &entry.trace_context {
+            headers.push((crate::telemetry::TRACEPARENT, traceparent.as_bytes()));
+        }
+        let sent = publisher.send(&topic, key.as_deref(), &payload, &headers).await;
         if let Err(error) = sent {
             self.store.undo_replay(id).await?;
             return Err(error.into());

@@ -39,6 +39,7 @@ pub mod pipeline;
 pub mod retry;
 pub mod saga;
 pub mod store;
+pub mod telemetry;
 #[cfg(any(test, feature = "testing"))]
 pub mod testing;
 pub mod validate;

@@ -296,6 +296,8 @@ impl Orchestrator {
             phone = %crate::mask_phone(incoming.inbound.phone()),
             intent = %incoming.intent.name,
             confidence = incoming.intent.confidence,
+            // A lead without its own id is its phone: masked like every phone in logs.
+            lead_id = %incoming.intent.lead_id.clone().unwrap_or_else(|| crate::mask_phone(incoming.inbound.phone())),
             attempt = tracing::field::Empty,
         );
         let started = std::time::Instant::now();
@@ -506,6 +508,7 @@ impl Orchestrator {
             failure_type,
             error: reason,
             attempt_count: 1,
+            trace_context: crate::telemetry::current_traceparent(),
         };
         let dlq_id = self.store.dead_letter(None, &entry).await?;
         crate::metrics::metrics().dead_lettered.with_label_values(&[failure_type.as_str()]).inc();
@@ -571,6 +574,7 @@ impl Orchestrator {
             failure_type,
             error: reason.clone(),
             attempt_count: attempt,
+            trace_context: crate::telemetry::current_traceparent(),
         };
         let dlq_id = self.store.dead_letter(lease, &entry).await?;
         tracing::warn!(dlq_id, %failure_type, %reason, "message dead-lettered");

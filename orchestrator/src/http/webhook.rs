@@ -13,6 +13,7 @@ use axum::extract::{DefaultBodyLimit, Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::routing::get;
 use chrono::Utc;
+use tracing::Instrument as _;
 
 use crate::config::env_parse;
 use crate::event::{Envelope, EventData, topics};
@@ -97,7 +98,12 @@ async fn verify(
 }
 
 async fn receive(State(state): State<WebhookState>, headers: HeaderMap, body: Bytes) -> (StatusCode, &'static str) {
-    let (status, text) = handle(&state, &headers, &body).await;
+    let span = tracing::info_span!("webhook", trace_id = tracing::field::Empty, status = tracing::field::Empty);
+    let traceparent = headers.get(crate::telemetry::TRACEPARENT).and_then(|v| v.to_str().ok());
+    crate::telemetry::continue_trace(&span, traceparent);
+    span.record("trace_id", crate::telemetry::trace_id_of(&span));
+    let (status, text) = handle(&state, &headers, &body).instrument(span.clone()).await;
+    span.record("status", status.as_u16());
     crate::metrics::metrics().webhook_requests.with_label_values(&[status.as_str()]).inc();
     (status, text)
 }

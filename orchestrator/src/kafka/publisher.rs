@@ -39,7 +39,8 @@ impl Publisher {
         self.send(topic, envelope.data.phone(), &envelope.encode(), &[]).await
     }
 
-    /// Sends bytes with headers; resolves once Kafka acknowledged them.
+    /// Sends bytes with headers (plus the current span's `traceparent`);
+    /// resolves once Kafka acknowledged them.
     pub async fn send(
         &self,
         topic: &str,
@@ -47,9 +48,16 @@ impl Publisher {
         payload: &[u8],
         headers: &[(&str, &[u8])],
     ) -> Result<(i32, i64), PublishError> {
-        let mut owned = OwnedHeaders::new_with_capacity(headers.len());
+        let mut owned = OwnedHeaders::new_with_capacity(headers.len() + 1);
         for (key, value) in headers {
             owned = owned.insert(Header { key, value: Some(*value) });
+        }
+        // The trace continues in whoever consumes this (unless the caller set one).
+        let traceparent = crate::telemetry::current_traceparent();
+        if let Some(traceparent) = &traceparent
+            && !headers.iter().any(|(key, _)| *key == crate::telemetry::TRACEPARENT)
+        {
+            owned = owned.insert(Header { key: crate::telemetry::TRACEPARENT, value: Some(traceparent.as_bytes()) });
         }
         let mut record = FutureRecord::<str, [u8]>::to(topic).payload(payload).headers(owned);
         if let Some(key) = key {

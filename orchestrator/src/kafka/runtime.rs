@@ -18,6 +18,7 @@ use rdkafka::error::KafkaError;
 use rdkafka::message::{Headers, Message, OwnedMessage};
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
+use tracing::Instrument as _;
 
 use super::ai_route::{AiRoute, AiRouteSettings};
 use super::embedded::CONSUMED_TOPICS;
@@ -407,6 +408,23 @@ fn is_final(outcome: &Outcome) -> bool {
 
 impl Worker {
     async fn handle(&self, message: OwnedMessage) {
+        let span = tracing::info_span!(
+            "kafka.message",
+            topic = message.topic(),
+            partition = message.partition(),
+            offset = message.offset(),
+            trace_id = tracing::field::Empty,
+            replay_of = tracing::field::Empty,
+        );
+        crate::telemetry::continue_trace(&span, header(&message, crate::telemetry::TRACEPARENT).as_deref());
+        span.record("trace_id", crate::telemetry::trace_id_of(&span));
+        if let Some(dlq_id) = header(&message, crate::dlq::REPLAY_OF_HEADER) {
+            span.record("replay_of", dlq_id);
+        }
+        self.handle_in_span(message).instrument(span).await;
+    }
+
+    async fn handle_in_span(&self, message: OwnedMessage) {
         if message.topic() == topics::AI_RESULT {
             self.on_ai_result(&message).await;
         } else {

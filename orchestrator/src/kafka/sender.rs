@@ -8,7 +8,8 @@ use async_trait::async_trait;
 use backon::Retryable as _;
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::error::KafkaError;
-use rdkafka::message::Message;
+use rdkafka::message::{Headers as _, Message};
+use tracing::Instrument as _;
 
 use super::KafkaConfig;
 use crate::event::{Envelope, EventData, ResponseContent, ResponseReady, topics};
@@ -94,11 +95,20 @@ impl ResponseSender {
                     continue;
                 }
             };
+            let span = tracing::info_span!("reply.send", trace_id = tracing::field::Empty);
+            let traceparent = message
+                .headers()
+                .and_then(|h| h.iter().find(|h| h.key == crate::telemetry::TRACEPARENT))
+                .and_then(|h| h.value)
+                .and_then(|v| std::str::from_utf8(v).ok());
+            crate::telemetry::continue_trace(&span, traceparent);
+            span.record("trace_id", crate::telemetry::trace_id_of(&span));
             match Envelope::decode(message.payload().unwrap_or_default()) {
                 Ok(Envelope { data: EventData::ResponseReady(response), .. }) => {
                     let sent = (|| self.sender.send(&response))
                         .retry(&self.retry)
                         .when(|e| matches!(e, SendError::Retryable(_)))
+                        .instrument(span)
                         .await;
                     if let Err(error) = sent {
                         tracing::error!(%error, in_reply_to = %response.original_message_id, "reply not delivered");

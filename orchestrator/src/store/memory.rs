@@ -182,6 +182,7 @@ impl Store for MemoryStore {
             replay_count: 0,
             tenant_id: entry.tenant_id.clone(),
             fingerprint: super::failure_fingerprint(entry.failure_type, &entry.error),
+            trace_context: entry.trace_context.clone(),
             created_at: now,
             updated_at: now,
         });

@@ -211,6 +211,8 @@ pub struct NewDeadLetter {
     pub error: String,
     /// Attempts made.
     pub attempt_count: u32,
+    /// The W3C `traceparent` of the attempt that gave up, to continue its trace on replay.
+    pub trace_context: Option<String>,
 }
 
 /// Status of a dead-letter entry (`status` column).
@@ -282,6 +284,8 @@ pub struct DeadLetter {
     pub tenant_id: Option<String>,
     /// Groups entries that failed for the same cause (see [`failure_fingerprint`]).
     pub fingerprint: String,
+    /// The W3C `traceparent` of the attempt that gave up.
+    pub trace_context: Option<String>,
     /// When it was parked.
     pub created_at: DateTime<Utc>,
     /// Last status change.

@@ -15,7 +15,8 @@ use crate::store::{
 };
 
 const COLUMNS: &str = r#"id, message_id, topic, "partition", "offset", "key", payload, payload_encoding,
-  failure_type, error, attempt_count, status, replay_count, tenant_id, fingerprint, created_at, updated_at"#;
+  failure_type, error, attempt_count, status, replay_count, tenant_id, fingerprint, trace_context, created_at,
+  updated_at"#;
 
 pub(super) async fn insert(
     db: &DatabaseConnection,
@@ -35,8 +36,8 @@ pub(super) async fn insert(
             txn.get_database_backend(),
             r#"INSERT INTO dead_letter_queue (message_id, topic, "partition", "offset", "key", payload,
                  payload_encoding, failure_type, error, attempt_count, status, replay_count, tenant_id,
-                 fingerprint, created_at, updated_at)
-               VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 'failed', 0, ?, ?, ?, ?) RETURNING id"#,
+                 fingerprint, trace_context, created_at, updated_at)
+               VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 'failed', 0, ?, ?, ?, ?, ?) RETURNING id"#,
             vec![
                 entry.message_id.clone().into(),
                 source.map(|s| s.topic.clone()).into(),
@@ -50,6 +51,7 @@ pub(super) async fn insert(
                 (entry.attempt_count as i32).into(),
                 entry.tenant_id.clone().into(),
                 failure_fingerprint(entry.failure_type, &entry.error).into(),
+                entry.trace_context.clone().into(),
                 now.into(),
                 now.into(),
             ],
@@ -251,6 +253,7 @@ fn read_row(row: &QueryResult) -> Result<DeadLetter, StoreError> {
         }),
         payload,
         fingerprint: fingerprint.unwrap_or_else(|| failure_fingerprint(failure_type, &error)),
+        trace_context: row.try_get("", "trace_context")?,
         failure_type,
         error,
         attempt_count: attempt_count.max(0) as u32,
