@@ -85,8 +85,17 @@ enum DlqCommand {
         #[arg(long, default_value_t = 50)]
         per_second: u32,
     },
-    /// Discard one entry.
-    Discard { id: i64 },
+    /// Discard one entry, or every failed entry matching the filters.
+    Discard {
+        /// The entry (or --all).
+        #[arg(required_unless_present = "all", conflicts_with = "all")]
+        id: Option<i64>,
+        /// Every failed entry matching the filters (like `queue:flush`).
+        #[arg(long)]
+        all: bool,
+        #[command(flatten)]
+        filter: FilterArgs,
+    },
 }
 
 #[derive(Debug, Args)]
@@ -239,9 +248,13 @@ async fn dlq(command: DlqCommand) -> Result<(), Box<dyn std::error::Error>> {
                 }
             }
         }
-        DlqCommand::Discard { id } => {
+        DlqCommand::Discard { id: Some(id), .. } => {
             service.discard(id).await?;
             println!("discarded {id}");
+        }
+        DlqCommand::Discard { id: None, filter, .. } => {
+            let discarded = service.discard_matching(&filter.filter()?, filter.limit).await?;
+            println!("discarded {} entr{}: {discarded:?}", discarded.len(), plural(discarded.len()));
         }
     }
     Ok(())

@@ -115,6 +115,21 @@ impl DlqService {
         Ok(self.store.mark(id, DlqStatus::Discarded).await?)
     }
 
+    /// Discards every failed entry matching `filter` (up to `limit`); returns their ids.
+    pub async fn discard_matching(&self, filter: &DlqFilter, limit: u64) -> Result<Vec<i64>, DlqError> {
+        let filter = DlqFilter { status: Some(DlqStatus::Failed), ..filter.clone() };
+        let mut discarded = Vec::new();
+        for entry in self.store.list(&filter, Page { limit, offset: 0 }).await? {
+            match self.store.mark(entry.id, DlqStatus::Discarded).await {
+                Ok(_) => discarded.push(entry.id),
+                // Replayed or discarded by someone else meanwhile.
+                Err(StoreError::InvalidTransition { .. }) => {}
+                Err(other) => return Err(other.into()),
+            }
+        }
+        Ok(discarded)
+    }
+
     /// Sends a failed entry's original payload back to its original topic
     /// with its attempt count reset, and marks it `replayed`. The mark comes
     /// first (it reopens the message's claim, so the copy is processed, not
