@@ -63,7 +63,7 @@ enum DlqCommand {
         #[arg(long)]
         groups: bool,
         /// Rows to skip.
-        #[arg(long, default_value_t = 0)]
+        #[arg(long, default_value_t = 0, conflicts_with = "groups")]
         offset: u64,
     },
     /// Show one entry with its payload.
@@ -180,10 +180,16 @@ async fn database() -> Result<sea_orm::DatabaseConnection, Box<dyn std::error::E
 }
 
 #[tokio::main]
-async fn main() -> Result<(), Box<dyn std::error::Error>> {
+async fn main() -> std::process::ExitCode {
     // Logs (human, or JSON with LOG_FORMAT=json) and traces (OTLP with OTEL_EXPORTER_OTLP_ENDPOINT).
-    let telemetry =
-        orchestrator::telemetry::init(&orchestrator::telemetry::TelemetryConfig::from_env("whatsapp-orchestrator"))?;
+    let config = orchestrator::telemetry::TelemetryConfig::from_env("whatsapp-orchestrator");
+    let telemetry = match orchestrator::telemetry::init(&config) {
+        Ok(telemetry) => telemetry,
+        Err(error) => {
+            eprintln!("error: {error}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
     let cli = Cli::parse();
     let result = match cli.command.unwrap_or(Command::Run) {
         Command::Run => run(cli.demo).await,
@@ -191,7 +197,14 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         Command::Dlq(command) => dlq(command).await,
     };
     telemetry.flush();
-    result
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(error) => {
+            // Readable, not Debug: an operator reads this.
+            eprintln!("error: {error}");
+            std::process::ExitCode::FAILURE
+        }
+    }
 }
 
 /// The `dlq` subcommands: print to stdout, fail with a readable message.
@@ -220,11 +233,9 @@ async fn dlq(command: DlqCommand) -> Result<(), Box<dyn std::error::Error>> {
         }
         DlqCommand::Replay { id: Some(id), .. } => {
             let entry = service.replay(id).await?;
-            println!(
-                "replayed {id} to {} (replay #{})",
-                entry.source.map(|s| s.topic).unwrap_or_default(),
-                entry.replay_count
-            );
+            // Where the copy went: the original topic, never its `.retry` twin.
+            let topic = entry.source.map(|s| s.topic.trim_end_matches(".retry").to_owned()).unwrap_or_default();
+            println!("replayed {id} to {topic} (replay #{})", entry.replay_count);
         }
         DlqCommand::Replay { id: None, filter, dry_run, per_second, .. } => {
             let options = BulkReplay { dry_run, limit: filter.limit, per_second };

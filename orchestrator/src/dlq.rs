@@ -151,7 +151,7 @@ impl DlqService {
             self.store.undo_replay(id).await?;
             return Err(error.into());
         }
-        tracing::info!(dlq_id = id, %topic, replay_count = marked.replay_count + 1, "dead letter replayed");
+        tracing::info!(dlq_id = id, %topic, replay_count = marked.replay_count, "dead letter replayed");
         self.get(id).await
     }
 

@@ -55,8 +55,9 @@ async fn authorize(token: &str, request: Request, next: Next) -> Response {
         .headers()
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .unwrap_or_default();
+        // The scheme is case-insensitive (RFC 9110).
+        .and_then(|v| v.split_once(' ').filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer")))
+        .map_or("", |(_, token)| token.trim());
     // Constant-time equality of the tokens, through their HMACs.
     let key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, b"admin token");
     let valid = !token.is_empty()
@@ -207,13 +208,40 @@ struct BulkParams {
     #[serde(default)]
     dry_run: bool,
     per_second: Option<u32>,
+    /// Confirms a replay with no filter at all.
+    #[serde(default)]
+    all: bool,
 }
 
-async fn replay_matching(
-    State(state): State<AdminState>,
-    body: Option<Json<BulkParams>>,
-) -> Result<Json<Value>, ApiError> {
-    let params = body.map(|Json(b)| b).unwrap_or_default();
+/// Keys the bulk body may have: a typo (`dryrun`) must not turn a dry run into a real one.
+const BULK_KEYS: [&str; 10] =
+    ["status", "tenant", "failure_type", "since", "fingerprint", "limit", "offset", "dry_run", "per_second", "all"];
+
+/// Reads the bulk body as JSON whatever its `Content-Type` (clients often send none).
+fn bulk_params(body: &[u8]) -> Result<BulkParams, ApiError> {
+    let value: Value = if body.iter().all(u8::is_ascii_whitespace) {
+        json!({})
+    } else {
+        serde_json::from_slice(body).map_err(|e| ApiError::bad(format!("body is not JSON: {e}")))?
+    };
+    let Some(object) = value.as_object() else { return Err(ApiError::bad("body must be a JSON object".to_owned())) };
+    if let Some(unknown) = object.keys().find(|k| !BULK_KEYS.contains(&k.as_str())) {
+        return Err(ApiError::bad(format!("unknown field `{unknown}`; expected one of {BULK_KEYS:?}")));
+    }
+    let params: BulkParams = serde_json::from_value(value).map_err(|e| ApiError::bad(e.to_string()))?;
+    let filtered = params.filter.status.is_some()
+        || params.filter.tenant.is_some()
+        || params.filter.failure_type.is_some()
+        || params.filter.since.is_some()
+        || params.filter.fingerprint.is_some();
+    if !filtered && !params.all && !params.dry_run {
+        return Err(ApiError::bad("give a filter, or \"all\": true to replay every failed entry".to_owned()));
+    }
+    Ok(params)
+}
+
+async fn replay_matching(State(state): State<AdminState>, body: axum::body::Bytes) -> Result<Json<Value>, ApiError> {
+    let params = bulk_params(&body)?;
     let defaults = BulkReplay::default();
     let options = BulkReplay {
         dry_run: params.dry_run,
