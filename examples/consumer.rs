@@ -358,7 +358,7 @@ async fn run(demo: bool) -> Result<(), Box<dyn std::error::Error>> {
     let mut app = http::webhook::routes(webhook)
         .merge(http::health::routes(health))
         .merge(http::metrics::routes(Some(orchestrator.breakers().clone())));
-    match std::env::var("ADMIN_TOKEN").ok().filter(|t| !t.trim().is_empty()) {
+    match std::env::var("ADMIN_TOKEN").ok().map(|t| t.trim().to_owned()).filter(|t| !t.is_empty()) {
         Some(token) => {
             let dlq = DlqService::new(store.clone(), Some(publisher.clone()));
             app = app.merge(http::admin::routes(AdminState { dlq, token }));

@@ -246,3 +246,47 @@ async fn a_silent_ai_service_falls_back_to_the_keyword_classifier_and_late_resul
         assert_eq!(replies.len(), 2, "{}: no third reply", t.label);
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_phone_stranded_behind_a_vanished_holder_is_freed_by_the_sweeper() {
+    use orchestrator::store::KeyParking;
+    for t in testing::databases().await {
+        let kafka = EmbeddedKafka::start(2).unwrap();
+        let store = Arc::new(SqlStore::new(t.db.clone()));
+        let phone = "+15550000009";
+        // A holder that finished without releasing its phone (a crash at the wrong moment).
+        store.block(phone, "wamid.vanished").await.unwrap();
+        let orch = Orchestrator::builder()
+            .handlers(handlers::builtin())
+            .executors(executors::builtin(&t.db))
+            .store(store.clone())
+            .config(fast_config())
+            .build()
+            .unwrap();
+        let settings = RuntimeSettings { shutdown_grace: Duration::from_secs(10), ..Default::default() };
+        let ai = AiRouteSettings {
+            timeout: Duration::from_millis(300),
+            hold: Duration::from_millis(300),
+            stale_block_margin: Duration::from_secs(1),
+        };
+        let runtime = ConsumerRuntime::new(
+            &kafka_config(&kafka, "orchestrator"),
+            Arc::new(orch),
+            Arc::new(KeywordClassifier),
+            store.clone(),
+            settings,
+        )
+        .unwrap()
+        .with_ai_route(store.clone(), ai);
+        let running = Running::start(runtime);
+        let publisher = Publisher::new(&kafka_config(&kafka, "producer")).unwrap();
+        publisher.publish(&message_received("wamid.stranded", phone, "I want to order 2 tacos")).await.unwrap();
+
+        // Parked behind the vanished holder, then freed, asked about, and finished by the fallback.
+        let replies = read(&kafka, topics::RESPONSES, 1).await;
+        running.stop().await;
+        assert_eq!(replies.len(), 1, "{}: the stranded phone's message was answered", t.label);
+        assert_eq!(count(&t.db, "orders", "message_id = 'wamid.stranded'").await, 1, "{}", t.label);
+        assert_eq!(store.holder(phone).await.unwrap(), None, "{}: the phone is free", t.label);
+    }
+}

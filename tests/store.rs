@@ -285,7 +285,14 @@ async fn a_blocked_key_parks_later_messages_in_order_until_unblocked() {
             payload: format!("{{\"id\":\"{id}\"}}"),
         };
         assert_eq!(store.park_if_blocked(&message("m1", 1)).await.unwrap(), ParkCheck::Open { holder: false });
+        assert_eq!(store.holder("+15551234567").await.unwrap(), None, "{}", t.label);
         store.block("+15551234567", "m1").await.unwrap();
+        assert_eq!(store.holder("+15551234567").await.unwrap().as_deref(), Some("m1"), "{}", t.label);
+        let future = Utc::now() + chrono::Duration::seconds(5);
+        let stale = store.stale_blocks(future, 10).await.unwrap();
+        assert_eq!(stale, [("+15551234567".to_owned(), "m1".to_owned())], "{}", t.label);
+        let past = Utc::now() - chrono::Duration::seconds(60);
+        assert!(store.stale_blocks(past, 10).await.unwrap().is_empty(), "{}: a fresh block is not stale", t.label);
         assert_eq!(store.park_if_blocked(&message("m1", 1)).await.unwrap(), ParkCheck::Open { holder: true });
         for (id, offset) in [("m2", 2), ("m3", 3)] {
             assert_eq!(store.park_if_blocked(&message(id, offset)).await.unwrap(), ParkCheck::Parked, "{}", t.label);
@@ -338,7 +345,9 @@ async fn pending_classifications_behave(store: &dyn orchestrator::store::Pending
     tokio::time::sleep(Duration::from_millis(20)).await;
     assert!(store.take("p-new", Duration::from_secs(60)).await.unwrap().is_some(), "{label}: hold expired");
 
+    assert!(store.waiting("+15551234567", "m1").await.unwrap(), "{label}");
     store.resolve("p-old").await.unwrap();
+    assert!(!store.waiting("+15551234567", "m1").await.unwrap(), "{label}: resolved");
     assert!(store.take("p-old", Duration::from_secs(60)).await.unwrap().is_none(), "{label}: finished");
     assert!(store.take("p-unknown", Duration::from_secs(60)).await.unwrap().is_none(), "{label}");
     let (after, fresh) = store.register(&pending("p-later", "m1", 0)).await.unwrap();

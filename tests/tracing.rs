@@ -18,7 +18,7 @@ use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 use orchestrator::http::{self, WebhookSettings, WebhookState};
 use orchestrator::kafka::{ConsumerRuntime, DryRunSender, EmbeddedKafka, Publisher, ResponseSender, RuntimeSettings};
 use orchestrator::telemetry::{self, TelemetryConfig};
-use orchestrator::{ActionError, DeadLetterQueue, KeywordClassifier, Orchestrator, SqlStore};
+use orchestrator::{ActionError, KeywordClassifier, Orchestrator, SqlStore};
 use prost::Message as _;
 
 /// A span as the collector received it.
@@ -28,6 +28,8 @@ struct Received {
     trace_id: String,
     span_id: String,
     parent_span_id: String,
+    /// Span ids this span links to.
+    links: Vec<String>,
 }
 
 type Spans = Arc<Mutex<Vec<Received>>>;
@@ -41,6 +43,7 @@ async fn collect(State(spans): State<Spans>, body: Bytes) -> &'static str {
             trace_id: hex::encode(&span.trace_id),
             span_id: hex::encode(&span.span_id),
             parent_span_id: hex::encode(&span.parent_span_id),
+            links: span.links.iter().map(|l| hex::encode(&l.span_id)).collect(),
         });
     }
     "{}"
@@ -106,7 +109,7 @@ async fn one_trace_runs_from_the_webhook_through_kafka_and_the_saga_to_the_reply
     let publisher = Publisher::new(&kafka_settings).unwrap();
     let webhook = http::webhook::routes(WebhookState {
         settings: WebhookSettings::default(),
-        publisher,
+        publisher: publisher.clone(),
         statuses: store.clone(),
     });
     let url = serve(webhook).await;
@@ -132,6 +135,17 @@ async fn one_trace_runs_from_the_webhook_through_kafka_and_the_saga_to_the_reply
         || count(&t.db, "dead_letter_queue", "message_id = 'wamid.trace-fail'").await == 0
     {
         assert!(Instant::now() < deadline, "messages not finished: {:?}", log.entries());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // Replayed (notify_sales works again), the failed message continues its own trace.
+    let dlq = orchestrator::dlq::DlqService::new(store.clone(), Some(publisher));
+    let filter = orchestrator::store::DlqFilter::default();
+    let entries = dlq.list(&filter, orchestrator::store::Page::default()).await.unwrap();
+    let entry = entries.iter().find(|e| e.message_id.as_deref() == Some("wamid.trace-fail")).unwrap();
+    assert!(entry.trace_context.as_deref().unwrap().contains(failing_trace), "{entry:?}");
+    dlq.replay(entry.id).await.unwrap();
+    while count(&t.db, "processed_messages", "message_id = 'wamid.trace-fail' AND status = 'completed'").await == 0 {
+        assert!(Instant::now() < deadline, "the replay never completed: {:?}", log.entries());
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     // Give the reply sender its message, then stop everything so every span ends.
@@ -182,13 +196,15 @@ async fn one_trace_runs_from_the_webhook_through_kafka_and_the_saga_to_the_reply
     assert_eq!(reply.parent_span_id, consumed.span_id, "the reply continues the trace across conversation.responses");
 
     let failed = &by_trace[failing_trace];
-    let failed_message = failed.iter().find(|s| s.name == "message").expect("the failed message's span");
     let compensation = failed.iter().find(|s| s.name == "compensation").unwrap();
-    assert_eq!(compensation.parent_span_id, failed_message.span_id, "compensation is a child of its message");
-
-    // The dead letter remembers its trace, so a replay continues it.
-    let filter = orchestrator::store::DlqFilter::default();
-    let entries = store.list(&filter, orchestrator::store::Page::default()).await.unwrap();
-    let entry = entries.iter().find(|e| e.message_id.as_deref() == Some("wamid.trace-fail")).unwrap();
-    assert!(entry.trace_context.as_deref().unwrap().contains(failing_trace), "{entry:?}");
+    let failed_message = failed.iter().find(|s| s.span_id == compensation.parent_span_id);
+    assert_eq!(failed_message.map(|s| s.name.as_str()), Some("message"), "compensation is a child of its message");
+    let failed_message = failed_message.unwrap();
+    // The replayed attempt is in the same trace, a child of (and linked to) the attempt that gave up.
+    let hops: Vec<&Received> = failed.iter().filter(|s| s.name == "kafka.message").collect();
+    assert_eq!(hops.len(), 2, "the first delivery and the replay: {failed:?}");
+    let replay = hops.iter().find(|s| s.parent_span_id == failed_message.span_id).expect("the replay's span");
+    assert_eq!(replay.links, std::slice::from_ref(&failed_message.span_id), "the replay links to the failed attempt");
+    let replayed_message = failed.iter().find(|s| s.name == "message" && s.parent_span_id == replay.span_id);
+    assert!(replayed_message.is_some(), "the replayed attempt's pipeline spans are in the original trace");
 }

@@ -173,7 +173,7 @@ impl DlqService {
         if !matching.is_empty() && self.publisher.is_none() {
             return Err(DlqError::NoPublisher);
         }
-        let mut pace = tokio::time::interval(Duration::from_secs(1) / options.per_second.max(1));
+        let mut pace = tokio::time::interval(Duration::from_secs(1) / options.per_second.clamp(1, 10_000));
         for entry in matching {
             pace.tick().await;
             match self.replay(entry.id).await {

@@ -5,6 +5,7 @@
 //! what happened and what to publish.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
@@ -353,18 +354,28 @@ impl Orchestrator {
         tracing::Span::current().record("attempt", attempt);
         // Hold the lease while working; if it is lost (a stall longer than the
         // lease let another worker take over), stop as if this worker had died.
+        let finishing = AtomicBool::new(false);
         tokio::select! {
-            outcome = self.process_claimed(&lease, &incoming, attempt, run) => outcome,
-            lost = self.keep_lease(&lease) => Err(lost),
+            outcome = self.process_claimed(&lease, &incoming, attempt, run, &finishing) => outcome,
+            lost = self.keep_lease(&lease, &finishing) => Err(lost),
         }
     }
 
     /// Renews `lease` every third of its length; returns once it cannot.
-    async fn keep_lease(&self, lease: &Lease) -> PipelineError {
+    /// Once `finishing` is set the final write (completion, dead letter,
+    /// release) is under way and ends the lease itself: a renewal refused
+    /// then means that write committed, not that the lease was lost.
+    async fn keep_lease(&self, lease: &Lease, finishing: &AtomicBool) -> PipelineError {
         let every = (self.config.claim_lease / 3).max(std::time::Duration::from_millis(10));
         loop {
             tokio::time::sleep(every).await;
+            if finishing.load(Ordering::Acquire) {
+                return std::future::pending().await;
+            }
             if let Err(error) = self.store.renew(lease, self.config.claim_lease).await {
+                if finishing.load(Ordering::Acquire) {
+                    return std::future::pending().await;
+                }
                 tracing::warn!(%error, "lease renewal failed, abandoning the message");
                 return error.into();
             }
@@ -377,10 +388,12 @@ impl Orchestrator {
         incoming: &Incoming,
         attempt: u32,
         run: u32,
+        finishing: &AtomicBool,
     ) -> Result<Outcome, PipelineError> {
         let key = &lease.key;
         let max_attempts = incoming.max_attempts.unwrap_or_else(|| self.retry.max_attempts()).max(1);
         if attempt > max_attempts {
+            finishing.store(true, Ordering::Release);
             // Only a takeover can get here: earlier attempts died without finishing.
             let reason =
                 format!("gave up after {max_attempts} attempts; the last did not finish (its worker died or stalled)");
@@ -398,6 +411,7 @@ impl Orchestrator {
         };
 
         if let Err(reason) = tracing::info_span!("validation").in_scope(|| validate(&ctx)) {
+            finishing.store(true, Ordering::Release);
             return self.dead_letter(Some(lease), incoming, None, attempt, FailureType::ValidationError, reason).await;
         }
 
@@ -411,6 +425,7 @@ impl Orchestrator {
         let outcome = match decided {
             Ok(outcome) => outcome,
             Err(error) => {
+                finishing.store(true, Ordering::Release);
                 let retryable = matches!(error, HandlerError::Retryable(_));
                 return self
                     .failed(lease, incoming, &ctx, retryable, FailureType::UnknownError, error.to_string())
@@ -418,7 +433,9 @@ impl Orchestrator {
             }
         };
 
-        match self.saga.run(lease, &ctx, &outcome.actions).await? {
+        let report = self.saga.run(lease, &ctx, &outcome.actions).await?;
+        finishing.store(true, Ordering::Release);
+        match report {
             SagaReport::Succeeded { steps } => {
                 let activities = activities(&ctx, &handler_name, &outcome, &steps);
                 let response = outcome.response.map(|reply| ResponseReady {

@@ -43,11 +43,20 @@ pub struct AiRouteSettings {
     /// How long a worker holds a pending message while finishing it; if it
     /// dies meanwhile, another takes the message over after this.
     pub hold: Duration,
+    /// How much longer than `timeout + hold` a phone block may sit untouched,
+    /// its holder no longer waiting, before the sweeper lifts it (a worker
+    /// died between finishing a message and releasing its phone). Retry and
+    /// deferral delays are seconds to a minute; the default leaves ample room.
+    pub stale_block_margin: Duration,
 }
 
 impl Default for AiRouteSettings {
     fn default() -> Self {
-        Self { timeout: Duration::from_secs(10), hold: Duration::from_secs(60) }
+        Self {
+            timeout: Duration::from_secs(10),
+            hold: Duration::from_secs(60),
+            stale_block_margin: Duration::from_secs(600),
+        }
     }
 }
 

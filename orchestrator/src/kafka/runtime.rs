@@ -416,10 +416,15 @@ impl Worker {
             trace_id = tracing::field::Empty,
             replay_of = tracing::field::Empty,
         );
-        crate::telemetry::continue_trace(&span, header(&message, crate::telemetry::TRACEPARENT).as_deref());
+        let traceparent = header(&message, crate::telemetry::TRACEPARENT);
+        crate::telemetry::continue_trace(&span, traceparent.as_deref());
         span.record("trace_id", crate::telemetry::trace_id_of(&span));
         if let Some(dlq_id) = header(&message, crate::dlq::REPLAY_OF_HEADER) {
             span.record("replay_of", dlq_id);
+            // A replay continues the original trace and also links to the attempt that gave up.
+            if let Some(original) = &traceparent {
+                crate::telemetry::link_trace(&span, original);
+            }
         }
         self.handle_in_span(message).instrument(span).await;
     }
@@ -604,10 +609,43 @@ impl Worker {
         let delivered = Delivered::from_pending(&pending, intent);
         let decoded = Decoded::from(&delivered);
         let outcome = self.settle(&delivered, &decoded).await;
-        until_ok("forgetting the pending message", || ai.pending.resolve(&pending.processing_id)).await;
-        // A retry copy now holds the phone; it drains when it finishes.
+        // Drain before forgetting the row: a crash in between leaves the row,
+        // and finishing it again (a duplicate by then) drains the phone.
+        // (In retry instead, the retry copy holds the phone and drains it.)
         if outcome.as_ref().is_some_and(is_final) {
-            self.drain(&pending.key).await;
+            let holder = until_ok("reading the phone's holder", || self.parking.holder(&pending.key)).await;
+            // Only the holder releases the phone: a repeated finish must not drain behind a newer holder.
+            if holder.as_deref() == Some(pending.message_id.as_str()) {
+                self.drain(&pending.key).await;
+            }
+        }
+        until_ok("forgetting the pending message", || ai.pending.resolve(&pending.processing_id)).await;
+    }
+
+    /// Lifts blocks whose holder is gone: not waiting for the AI service and
+    /// untouched far longer than any retry or classification takes. Their
+    /// parked messages are processed in order; nothing is lost, a phone
+    /// stranded by a crash at the wrong moment is freed.
+    async fn lift_stale_blocks(&self, ai: &AiRoute) {
+        let horizon = ai.settings.timeout + ai.settings.hold + ai.settings.stale_block_margin;
+        let before = Utc::now() - crate::store::to_chrono(horizon);
+        let stale = match self.parking.stale_blocks(before, 100).await {
+            Ok(stale) => stale,
+            Err(error) => {
+                tracing::warn!(%error, "reading stale phone blocks failed");
+                return;
+            }
+        };
+        for (key, holder) in stale {
+            if until_ok("checking a stale block", || ai.pending.waiting(&key, &holder)).await {
+                continue;
+            }
+            tracing::warn!(
+                phone = %crate::mask_phone(&key),
+                holder = %holder,
+                "lifting a stale phone block (its holder finished without releasing it)"
+            );
+            self.drain(&key).await;
         }
     }
 
@@ -621,6 +659,7 @@ impl Worker {
                 _ = stop.wait_for(|stop| *stop) => return,
                 _ = ticks.tick() => {}
             }
+            self.lift_stale_blocks(&ai).await;
             let before = Utc::now() - crate::store::to_chrono(ai.settings.timeout);
             let overdue = match ai.pending.overdue(before, 100).await {
                 Ok(overdue) => overdue,

@@ -332,6 +332,15 @@ impl KeyParking for MemoryStore {
         state.blocks.remove(key);
         Ok(true)
     }
+
+    async fn holder(&self, key: &str) -> Result<Option<String>, StoreError> {
+        Ok(self.state().blocks.get(key).cloned())
+    }
+
+    async fn stale_blocks(&self, _before: DateTime<Utc>, _limit: u32) -> Result<Vec<(String, String)>, StoreError> {
+        // Memory blocks die with the process, and with them any worker that could strand one.
+        Ok(Vec::new())
+    }
 }
 
 #[async_trait]
@@ -376,6 +385,10 @@ impl PendingClassifications for MemoryStore {
     async fn resolve(&self, processing_id: &str) -> Result<(), StoreError> {
         self.state().pending_ai.retain(|(p, _)| p.processing_id != processing_id);
         Ok(())
+    }
+
+    async fn waiting(&self, key: &str, message_id: &str) -> Result<bool, StoreError> {
+        Ok(self.state().pending_ai.iter().any(|(p, _)| p.key == key && p.message_id == message_id))
     }
 }
 

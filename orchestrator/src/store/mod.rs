@@ -553,6 +553,14 @@ pub trait KeyParking: Send + Sync {
     /// Removes the block when nothing is parked under `key`; `false` when
     /// something is (it was parked meanwhile: keep draining).
     async fn unblock_if_empty(&self, key: &str) -> Result<bool, StoreError>;
+
+    /// The message holding `key`'s block, if it is blocked.
+    async fn holder(&self, key: &str) -> Result<Option<String>, StoreError>;
+
+    /// Blocks not touched since `before` (oldest first): `(key, holder)`.
+    /// A block whose holder is gone for good (its worker died at the wrong
+    /// moment) would hold its phone forever; sweepers lift such blocks.
+    async fn stale_blocks(&self, before: DateTime<Utc>, limit: u32) -> Result<Vec<(String, String)>, StoreError>;
 }
 
 /// A message waiting for the external AI service's classification.
@@ -595,6 +603,9 @@ pub trait PendingClassifications: Send + Sync {
 
     /// Forgets a row once its message was finished.
     async fn resolve(&self, processing_id: &str) -> Result<(), StoreError>;
+
+    /// Whether the message (`key`, `message_id`) still waits for its classification.
+    async fn waiting(&self, key: &str, message_id: &str) -> Result<bool, StoreError>;
 }
 
 /// Delivery statuses reported by the webhook for messages we sent.

@@ -104,6 +104,17 @@ pub(super) async fn overdue(
     rows.iter().map(from_row).collect()
 }
 
+pub(super) async fn waiting(db: &impl ConnectionTrait, key: &str, message_id: &str) -> Result<bool, StoreError> {
+    let row = db
+        .query_one_raw(stmt(
+            db.get_database_backend(),
+            "SELECT 1 AS found FROM ai_pending WHERE key = ? AND message_id = ?",
+            vec![key.into(), message_id.into()],
+        ))
+        .await?;
+    Ok(row.is_some())
+}
+
 pub(super) async fn resolve(db: &impl ConnectionTrait, processing_id: &str) -> Result<(), StoreError> {
     db.execute_raw(stmt(
         db.get_database_backend(),

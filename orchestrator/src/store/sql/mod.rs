@@ -146,6 +146,14 @@ impl KeyParking for SqlStore {
     async fn unblock_if_empty(&self, key: &str) -> Result<bool, StoreError> {
         parking::unblock_if_empty(&self.db, key).await
     }
+
+    async fn holder(&self, key: &str) -> Result<Option<String>, StoreError> {
+        parking::holder(&self.db, key).await
+    }
+
+    async fn stale_blocks(&self, before: DateTime<Utc>, limit: u32) -> Result<Vec<(String, String)>, StoreError> {
+        parking::stale_blocks(&self.db, before, limit).await
+    }
 }
 
 #[async_trait]
@@ -164,6 +172,10 @@ impl PendingClassifications for SqlStore {
 
     async fn resolve(&self, processing_id: &str) -> Result<(), StoreError> {
         ai_pending::resolve(&self.db, processing_id).await
+    }
+
+    async fn waiting(&self, key: &str, message_id: &str) -> Result<bool, StoreError> {
+        ai_pending::waiting(&self.db, key, message_id).await
     }
 }
 

@@ -89,6 +89,32 @@ pub(super) async fn unpark(db: &impl ConnectionTrait, id: i64) -> Result<(), Sto
     Ok(())
 }
 
+pub(super) async fn holder(db: &impl ConnectionTrait, key: &str) -> Result<Option<String>, StoreError> {
+    let row = db
+        .query_one_raw(stmt(
+            db.get_database_backend(),
+            "SELECT holder_message_id FROM key_blocks WHERE key = ?",
+            vec![key.into()],
+        ))
+        .await?;
+    Ok(row.map(|row| row.try_get("", "holder_message_id")).transpose()?)
+}
+
+pub(super) async fn stale_blocks(
+    db: &impl ConnectionTrait,
+    before: chrono::DateTime<Utc>,
+    limit: u32,
+) -> Result<Vec<(String, String)>, StoreError> {
+    let rows = db
+        .query_all_raw(stmt(
+            db.get_database_backend(),
+            "SELECT key, holder_message_id FROM key_blocks WHERE touched_at < ? ORDER BY touched_at LIMIT ?",
+            vec![before.into(), i64::from(limit).into()],
+        ))
+        .await?;
+    rows.iter().map(|row| Ok((row.try_get("", "key")?, row.try_get("", "holder_message_id")?))).collect()
+}
+
 pub(super) async fn unblock_if_empty(db: &DatabaseConnection, key: &str) -> Result<bool, StoreError> {
     let txn = db.begin().await?;
     let backend = txn.get_database_backend();
