@@ -18,13 +18,13 @@ use std::sync::Arc;
 use chrono::{DateTime, Utc};
 use clap::{Args, Parser, Subcommand};
 use orchestrator::dlq::{BulkReplay, DlqService};
-use orchestrator::event::{Envelope, EventData, FailureType, MessageContent, MessageReceived, MessageType};
+use orchestrator::event::{Envelope, EventData, MessageContent, MessageReceived, MessageType};
 use orchestrator::http::{self, AdminState, HealthState, WebhookSettings, WebhookState};
 use orchestrator::kafka::{
     AiRouteSettings, CloudApiConfig, CloudApiSender, ConsumerRuntime, DryRunSender, EmbeddedKafka, KafkaConfig,
     Publisher, ResponseSender, RuntimeSettings, WhatsAppSender,
 };
-use orchestrator::store::{DlqFilter, DlqStatus, Page};
+use orchestrator::store::{DlqFilter, Page};
 use orchestrator::{KeywordClassifier, Orchestrator, RetryPolicy, SqlStore};
 use tokio::sync::watch;
 
@@ -122,21 +122,13 @@ struct FilterArgs {
 
 impl FilterArgs {
     fn filter(&self) -> Result<DlqFilter, String> {
-        let status = match &self.status {
-            Some(s) => Some(DlqStatus::parse(s).ok_or_else(|| format!("unknown status `{s}`"))?),
-            None => None,
-        };
-        let failure_type = match &self.failure_type {
-            Some(f) => Some(FailureType::parse(f).ok_or_else(|| format!("unknown failure type `{f}`"))?),
-            None => None,
-        };
-        Ok(DlqFilter {
-            status,
-            tenant_id: self.tenant.clone(),
-            failure_type,
-            since: self.since,
-            fingerprint: self.fingerprint.clone(),
-        })
+        DlqFilter::parse(
+            self.status.as_deref(),
+            self.tenant.as_deref(),
+            self.failure_type.as_deref(),
+            self.since,
+            self.fingerprint.as_deref(),
+        )
     }
 }
 

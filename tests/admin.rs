@@ -5,16 +5,15 @@
 
 mod common;
 
-use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use axum::Router;
 use chrono::{DateTime, SecondsFormat, Utc};
-use common::{CallLog, Running, Scripted, count, fast_config, kafka_config};
+use common::{CallLog, Running, Scripted, count, fast_config, kafka_config, message_received};
 use orchestrator::dlq::{DlqService, REPLAY_OF_HEADER};
-use orchestrator::event::{Envelope, EventData, FailureType, MessageContent, MessageReceived, MessageType, topics};
+use orchestrator::event::{Envelope, EventData, FailureType, topics};
 use orchestrator::http::{self, AdminState};
 use orchestrator::kafka::{ConsumerRuntime, EmbeddedKafka, Publisher, RuntimeSettings};
 use orchestrator::store::{DeadLetterQueue, DlqStatus, NewDeadLetter, SourceInfo, Store, failure_fingerprint};
@@ -30,20 +29,6 @@ const TOKEN: &str = "admin-s3cret";
 /// Non-UTF-8 bytes and their base64.
 const BINARY: &[u8] = &[0xff, 0xfe, 0x00, 0x01];
 const BINARY_BASE64: &str = "//4AAQ==";
-
-fn message_received(id: &str, phone: &str, body: &str) -> Envelope {
-    Envelope::new(
-        EventData::MessageReceived(MessageReceived {
-            message_id: id.to_owned(),
-            from_phone: phone.to_owned(),
-            message_type: MessageType::Text,
-            content: MessageContent::Text { body: body.to_owned() },
-            received_at: Utc::now(),
-            metadata: HashMap::new(),
-        }),
-        "test",
-    )
-}
 
 /// Serves `app` on a free loopback port; returns its base URL.
 async fn serve(app: Router) -> String {

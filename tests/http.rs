@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use axum::Router;
-use common::{Running, count, fast_config, kafka_config};
+use common::{Running, count, fast_config, kafka_config, read_within};
 use orchestrator::event::{Envelope, EventData, MessageContent, MessageType, topics};
 use orchestrator::http::{self, HealthState, WebhookSettings, WebhookState};
 use orchestrator::kafka::{ConsumerRuntime, EmbeddedKafka, KafkaConfig, Publisher, RuntimeSettings};
@@ -17,8 +17,7 @@ use orchestrator::store::DeliveryStatuses;
 use orchestrator::testing;
 use orchestrator::webhook::{InboundEvent, parse, signature::sign};
 use orchestrator::{KeywordClassifier, MemoryStore, Orchestrator, SqlStore};
-use rdkafka::consumer::{Consumer, StreamConsumer};
-use rdkafka::message::{Message, OwnedMessage};
+use rdkafka::message::Message;
 
 const SECRET: &str = "app-secret";
 
@@ -69,21 +68,6 @@ async fn post(client: &reqwest::Client, url: &str, body: &[u8], signature: Optio
     request.send().await.unwrap().status()
 }
 
-/// Reads `topic` from the start until `want` messages arrived (or `wait` passed).
-async fn read(kafka: &EmbeddedKafka, topic: &str, want: usize, wait: Duration) -> Vec<OwnedMessage> {
-    let group = format!("reader-{}", uuid::Uuid::new_v4());
-    let reader: StreamConsumer = kafka_config(kafka, &group).consumer_config(&group).create().unwrap();
-    reader.subscribe(&[topic]).unwrap();
-    let deadline = Instant::now() + wait;
-    let mut got = Vec::new();
-    while got.len() < want && Instant::now() < deadline {
-        if let Ok(Ok(message)) = tokio::time::timeout(Duration::from_millis(500), reader.recv()).await {
-            got.push(message.detach());
-        }
-    }
-    got
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_webhook_message_type_lands_on_its_topic_keyed_by_phone() {
     let kafka = EmbeddedKafka::start(2).unwrap();
@@ -112,7 +96,7 @@ async fn every_webhook_message_type_lands_on_its_topic_keyed_by_phone() {
 
     let mut types_seen = HashSet::new();
     for (topic, ids) in &expected {
-        let got = read(&kafka, topic, ids.len(), Duration::from_secs(30)).await;
+        let got = read_within(&kafka, topic, ids.len(), Duration::from_secs(30)).await;
         let mut arrived = HashMap::new();
         for message in &got {
             let key = String::from_utf8(message.key().unwrap().to_vec()).unwrap();
@@ -190,7 +174,7 @@ async fn signatures_handshake_and_bad_bodies_get_the_right_answers() {
     assert_eq!(client.get(challenge("guess")).send().await.unwrap().status(), 403);
 
     // Only the valid quickstart and the kept sibling were published.
-    let published = read(&kafka, topics::MESSAGES, 3, Duration::from_secs(8)).await;
+    let published = read_within(&kafka, topics::MESSAGES, 3, Duration::from_secs(8)).await;
     let ids: Vec<String> = published
         .iter()
         .map(|m| match Envelope::decode(m.payload().unwrap()).unwrap().data {
@@ -274,7 +258,7 @@ async fn a_webhook_delivered_twice_is_processed_once_and_health_and_metrics_repo
         assert_eq!(post(&client, &url, body, None).await, 200);
         assert_eq!(post(&client, &url, body, None).await, 200);
 
-        let replies = read(&kafka, topics::RESPONSES, 2, Duration::from_secs(20)).await;
+        let replies = read_within(&kafka, topics::RESPONSES, 2, Duration::from_secs(20)).await;
         assert_eq!(replies.len(), 1, "{}: one reply for the message delivered twice", t.label);
         let deadline = Instant::now() + Duration::from_secs(20);
         while stats.snapshot()[4] < 1 {

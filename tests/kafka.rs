@@ -5,50 +5,17 @@
 
 mod common;
 
-use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use chrono::Utc;
-use common::{CallLog, Running, Scripted, count, fast_config, kafka_config};
-use orchestrator::event::{EventData, MessageContent, MessageReceived, MessageType, ResponseContent, topics};
+use common::{CallLog, Running, Scripted, count, fast_config, kafka_config, message_received, read};
+use orchestrator::event::{EventData, ResponseContent, topics};
 use orchestrator::kafka::runtime::RuntimeSettings;
 use orchestrator::kafka::{ConsumerRuntime, EmbeddedKafka, Publisher, headers};
 use orchestrator::testing;
 use orchestrator::{ActionError, KeywordClassifier, Orchestrator, RetryPolicy, SqlStore};
-use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::message::{Headers, Message, OwnedMessage};
-
-fn message_received(id: &str, phone: &str, body: &str) -> orchestrator::event::Envelope {
-    orchestrator::event::Envelope::new(
-        EventData::MessageReceived(MessageReceived {
-            message_id: id.to_owned(),
-            from_phone: phone.to_owned(),
-            message_type: MessageType::Text,
-            content: MessageContent::Text { body: body.to_owned() },
-            received_at: Utc::now(),
-            metadata: HashMap::new(),
-        }),
-        "test",
-    )
-}
-
-/// Reads `topic` from the start until `want` messages arrived (or 60 s passed).
-async fn read(kafka: &EmbeddedKafka, topic: &str, want: usize) -> Vec<OwnedMessage> {
-    let reader: StreamConsumer = kafka_config(kafka, &format!("reader-{}", uuid::Uuid::new_v4()))
-        .consumer_config(&format!("reader-{}", uuid::Uuid::new_v4()))
-        .create()
-        .unwrap();
-    reader.subscribe(&[topic]).unwrap();
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let mut got = Vec::new();
-    while got.len() < want && Instant::now() < deadline {
-        if let Ok(Ok(message)) = tokio::time::timeout(Duration::from_secs(1), reader.recv()).await {
-            got.push(message.detach());
-        }
-    }
-    got
-}
 
 fn header(message: &OwnedMessage, name: &str) -> Option<String> {
     message.headers()?.iter().find(|h| h.key == name)?.value.map(|v| String::from_utf8_lossy(v).into_owned())

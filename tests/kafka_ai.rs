@@ -6,34 +6,16 @@
 
 mod common;
 
-use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use chrono::Utc;
-use common::{Running, count, fast_config, kafka_config};
-use orchestrator::event::{
-    AiProcessRequest, AiProcessResult, Envelope, EventData, MessageContent, MessageReceived, MessageType, topics,
-};
+use common::{Running, count, fast_config, kafka_config, message_received, read, read_within};
+use orchestrator::event::{AiProcessRequest, AiProcessResult, Envelope, EventData, topics};
 use orchestrator::kafka::{AiRouteSettings, ConsumerRuntime, EmbeddedKafka, Publisher, RuntimeSettings};
 use orchestrator::testing;
 use orchestrator::{KeywordClassifier, Orchestrator, SqlStore};
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::message::{Message, OwnedMessage};
-
-fn message_received(id: &str, phone: &str, body: &str) -> Envelope {
-    Envelope::new(
-        EventData::MessageReceived(MessageReceived {
-            message_id: id.to_owned(),
-            from_phone: phone.to_owned(),
-            message_type: MessageType::Text,
-            content: MessageContent::Text { body: body.to_owned() },
-            received_at: Utc::now(),
-            metadata: HashMap::new(),
-        }),
-        "test",
-    )
-}
 
 fn runtime(kafka: &EmbeddedKafka, db: &sea_orm::DatabaseConnection, timeout: Duration) -> ConsumerRuntime {
     let store = Arc::new(SqlStore::new(db.clone()));
@@ -61,23 +43,6 @@ fn consumer(kafka: &EmbeddedKafka, topic: &str) -> StreamConsumer {
     let reader: StreamConsumer = kafka_config(kafka, &group).consumer_config(&group).create().unwrap();
     reader.subscribe(&[topic]).unwrap();
     reader
-}
-
-/// Reads `topic` from the start until `want` messages arrived (or 60 s passed).
-async fn read(kafka: &EmbeddedKafka, topic: &str, want: usize) -> Vec<OwnedMessage> {
-    read_within(kafka, topic, want, Duration::from_secs(60)).await
-}
-
-async fn read_within(kafka: &EmbeddedKafka, topic: &str, want: usize, wait: Duration) -> Vec<OwnedMessage> {
-    let reader = consumer(kafka, topic);
-    let deadline = Instant::now() + wait;
-    let mut got = Vec::new();
-    while got.len() < want && Instant::now() < deadline {
-        if let Ok(Ok(message)) = tokio::time::timeout(Duration::from_secs(1), reader.recv()).await {
-            got.push(message.detach());
-        }
-    }
-    got
 }
 
 fn decode<T>(message: &OwnedMessage, pick: impl Fn(EventData) -> Option<T>) -> T {

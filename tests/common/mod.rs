@@ -300,3 +300,50 @@ pub fn http_client() -> reqwest::Client {
     });
     reqwest::Client::new()
 }
+
+/// A `MessageReceived` envelope with a text body.
+pub fn message_received(id: &str, phone: &str, body: &str) -> orchestrator::event::Envelope {
+    orchestrator::event::Envelope::new(
+        orchestrator::event::EventData::MessageReceived(MessageReceived {
+            message_id: id.to_owned(),
+            from_phone: phone.to_owned(),
+            message_type: MessageType::Text,
+            content: MessageContent::Text { body: body.to_owned() },
+            received_at: Utc::now(),
+            metadata: HashMap::new(),
+        }),
+        "test",
+    )
+}
+
+/// Reads `topic` from the start, in a fresh consumer group, until `want`
+/// messages arrived or `wait` passed.
+pub async fn read_within(
+    kafka: &orchestrator::kafka::EmbeddedKafka,
+    topic: &str,
+    want: usize,
+    wait: Duration,
+) -> Vec<rdkafka::message::OwnedMessage> {
+    use rdkafka::consumer::Consumer as _;
+    let group = format!("reader-{}", uuid::Uuid::new_v4());
+    let reader: rdkafka::consumer::StreamConsumer =
+        kafka_config(kafka, &group).consumer_config(&group).create().unwrap();
+    reader.subscribe(&[topic]).unwrap();
+    let deadline = std::time::Instant::now() + wait;
+    let mut got = Vec::new();
+    while got.len() < want && std::time::Instant::now() < deadline {
+        if let Ok(Ok(message)) = tokio::time::timeout(Duration::from_millis(500), reader.recv()).await {
+            got.push(message.detach());
+        }
+    }
+    got
+}
+
+/// [`read_within`] 60 s.
+pub async fn read(
+    kafka: &orchestrator::kafka::EmbeddedKafka,
+    topic: &str,
+    want: usize,
+) -> Vec<rdkafka::message::OwnedMessage> {
+    read_within(kafka, topic, want, Duration::from_secs(60)).await
+}

@@ -21,8 +21,7 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 use crate::dlq::{BulkReplay, DlqError, DlqService};
-use crate::event::FailureType;
-use crate::store::{DeadLetter, DlqFilter, DlqStatus, FailureGroup, Page};
+use crate::store::{DeadLetter, DlqFilter, FailureGroup, Page};
 
 /// What the admin routes need.
 #[derive(Clone)]
@@ -87,21 +86,14 @@ struct FilterParams {
 
 impl FilterParams {
     fn filter(&self) -> Result<DlqFilter, ApiError> {
-        let status = match &self.status {
-            Some(s) => Some(DlqStatus::parse(s).ok_or_else(|| ApiError::bad(format!("unknown status `{s}`")))?),
-            None => None,
-        };
-        let failure_type = match &self.failure_type {
-            Some(f) => Some(FailureType::parse(f).ok_or_else(|| ApiError::bad(format!("unknown failure_type `{f}`")))?),
-            None => None,
-        };
-        Ok(DlqFilter {
-            status,
-            tenant_id: self.tenant.clone(),
-            failure_type,
-            since: self.since,
-            fingerprint: self.fingerprint.clone(),
-        })
+        DlqFilter::parse(
+            self.status.as_deref(),
+            self.tenant.as_deref(),
+            self.failure_type.as_deref(),
+            self.since,
+            self.fingerprint.as_deref(),
+        )
+        .map_err(ApiError::bad)
     }
 
     fn page(&self) -> Page {

@@ -307,6 +307,30 @@ pub struct DlqFilter {
     pub fingerprint: Option<String>,
 }
 
+impl DlqFilter {
+    /// A filter from text (query strings, command lines); an unknown status
+    /// or failure type is refused with a readable reason.
+    pub fn parse(
+        status: Option<&str>,
+        tenant_id: Option<&str>,
+        failure_type: Option<&str>,
+        since: Option<DateTime<Utc>>,
+        fingerprint: Option<&str>,
+    ) -> Result<Self, String> {
+        let status = status.map(|s| DlqStatus::parse(s).ok_or_else(|| format!("unknown status `{s}`"))).transpose()?;
+        let failure_type = failure_type
+            .map(|f| FailureType::parse(f).ok_or_else(|| format!("unknown failure_type `{f}`")))
+            .transpose()?;
+        Ok(Self {
+            status,
+            tenant_id: tenant_id.map(str::to_owned),
+            failure_type,
+            since,
+            fingerprint: fingerprint.map(str::to_owned),
+        })
+    }
+}
+
 /// Dead letters that failed for the same cause.
 #[derive(Debug, Clone, PartialEq)]
 pub struct FailureGroup {
