@@ -20,7 +20,7 @@ use orchestrator::store::{DeadLetterQueue, DlqStatus, NewDeadLetter, SourceInfo,
 use orchestrator::testing;
 use orchestrator::{ActionError, KeywordClassifier, Orchestrator, SqlStore};
 use rdkafka::consumer::{Consumer, StreamConsumer};
-use rdkafka::message::{Headers, Message, OwnedMessage};
+use rdkafka::message::{Message, OwnedMessage};
 use rdkafka::{Offset, TopicPartitionList};
 use serde_json::{Value, json};
 
@@ -159,7 +159,7 @@ async fn read_until(
 }
 
 fn header(message: &OwnedMessage, name: &str) -> Option<String> {
-    message.headers()?.iter().find(|h| h.key == name)?.value.map(|v| String::from_utf8_lossy(v).into_owned())
+    orchestrator::kafka::headers::value(message, name)
 }
 
 /// The message id of a MessageReceived on the wire, if it is one.

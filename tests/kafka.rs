@@ -15,10 +15,10 @@ use orchestrator::kafka::runtime::RuntimeSettings;
 use orchestrator::kafka::{ConsumerRuntime, EmbeddedKafka, Publisher, headers};
 use orchestrator::testing;
 use orchestrator::{ActionError, KeywordClassifier, Orchestrator, RetryPolicy, SqlStore};
-use rdkafka::message::{Headers, Message, OwnedMessage};
+use rdkafka::message::{Message, OwnedMessage};
 
 fn header(message: &OwnedMessage, name: &str) -> Option<String> {
-    message.headers()?.iter().find(|h| h.key == name)?.value.map(|v| String::from_utf8_lossy(v).into_owned())
+    orchestrator::kafka::headers::value(message, name)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -140,8 +140,7 @@ pub fn traceparent_of(span: &tracing::Span) -> Option<String> {
 /// Makes `span` a child of the trace in `traceparent` (an invalid value is ignored).
 pub fn continue_trace(span: &tracing::Span, traceparent: Option<&str>) {
     let Some(traceparent) = traceparent else { return };
-    let carrier = HashMap::from([(TRACEPARENT.to_owned(), traceparent.to_owned())]);
-    let parent = TraceContextPropagator::new().extract(&carrier);
+    let parent = extract(traceparent);
     if parent.span().span_context().is_valid() {
         let _ = span.set_parent(parent);
     }
@@ -149,9 +148,13 @@ pub fn continue_trace(span: &tracing::Span, traceparent: Option<&str>) {
 
 /// Links `span` to the trace in `traceparent` without making it its parent.
 pub fn link_trace(span: &tracing::Span, traceparent: &str) {
+    span.add_link(extract(traceparent).span().span_context().clone());
+}
+
+/// The remote context a `traceparent` value names (invalid when it is malformed).
+fn extract(traceparent: &str) -> opentelemetry::Context {
     let carrier = HashMap::from([(TRACEPARENT.to_owned(), traceparent.to_owned())]);
-    let linked = TraceContextPropagator::new().extract(&carrier);
-    span.add_link(linked.span().span_context().clone());
+    TraceContextPropagator::new().extract(&carrier)
 }
 
 /// The trace id of `span` as 32 hex digits (all zeros outside a trace).

@@ -1,4 +1,13 @@
-//! Kafka header names the runtime writes on retry and dead-letter copies.
+//! Kafka header names the runtime writes on retry and dead-letter copies,
+//! and reading a header back.
+
+use rdkafka::message::{Headers as _, Message};
+
+/// The first header named `name`, as text (lossy for non-UTF-8 bytes).
+pub fn value<M: Message>(message: &M, name: &str) -> Option<String> {
+    let headers = message.headers()?;
+    headers.iter().find(|h| h.key == name).and_then(|h| h.value).map(|v| String::from_utf8_lossy(v).into_owned())
+}
 
 /// When a retry copy is due (RFC 3339, UTC).
 pub const DUE_AT: &str = "x-due-at";

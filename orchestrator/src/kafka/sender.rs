@@ -8,7 +8,7 @@ use async_trait::async_trait;
 use backon::Retryable as _;
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::error::KafkaError;
-use rdkafka::message::{Headers as _, Message};
+use rdkafka::message::Message;
 use tracing::Instrument as _;
 
 use super::KafkaConfig;
@@ -96,12 +96,8 @@ impl ResponseSender {
                 }
             };
             let span = tracing::info_span!("reply.send", trace_id = tracing::field::Empty);
-            let traceparent = message
-                .headers()
-                .and_then(|h| h.iter().find(|h| h.key == crate::telemetry::TRACEPARENT))
-                .and_then(|h| h.value)
-                .and_then(|v| std::str::from_utf8(v).ok());
-            crate::telemetry::continue_trace(&span, traceparent);
+            let traceparent = super::headers::value(&message, crate::telemetry::TRACEPARENT);
+            crate::telemetry::continue_trace(&span, traceparent.as_deref());
             span.record("trace_id", crate::telemetry::trace_id_of(&span));
             match Envelope::decode(message.payload().unwrap_or_default()) {
                 Ok(Envelope { data: EventData::ResponseReady(response), .. }) => {

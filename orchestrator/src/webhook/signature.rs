@@ -37,6 +37,14 @@ pub fn verify_signature(app_secret: &[u8], body: &[u8], header: Option<&str>) ->
     hmac::verify(&key, body, &expected).map_err(|_| SignatureError::Mismatch)
 }
 
+/// Whether `given` equals `expected`, in time independent of where they
+/// differ (tokens, verify tokens): their HMACs under one key are compared
+/// with ring's constant-time verify. An empty `expected` matches nothing.
+pub fn secrets_match(given: &[u8], expected: &[u8]) -> bool {
+    let key = hmac::Key::new(hmac::HMAC_SHA256, b"whatsapp-orchestrator secret comparison");
+    !expected.is_empty() && hmac::verify(&key, given, hmac::sign(&key, expected).as_ref()).is_ok()
+}
+
 /// The `X-Hub-Signature-256` value for `body` (for tests and clients that sign).
 pub fn sign(app_secret: &[u8], body: &[u8]) -> String {
     let key = hmac::Key::new(hmac::HMAC_SHA256, app_secret);
@@ -60,6 +68,14 @@ mod tests {
         assert_eq!(verify_signature(b"app-secret", body, Some("sha256=zz")), Err(SignatureError::Malformed));
         let short = &signed[..signed.len() - 2];
         assert_eq!(verify_signature(b"app-secret", body, Some(short)), Err(SignatureError::Malformed));
+    }
+
+    #[test]
+    fn secrets_match_only_when_equal_and_never_empty() {
+        assert!(secrets_match(b"token", b"token"));
+        assert!(!secrets_match(b"token", b"tokens"));
+        assert!(!secrets_match(b"toke", b"token"));
+        assert!(!secrets_match(b"", b""));
     }
 
     #[test]

@@ -15,7 +15,7 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::error::KafkaError;
-use rdkafka::message::{Headers, Message, OwnedMessage};
+use rdkafka::message::{Message, OwnedMessage};
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 use tracing::Instrument as _;
@@ -339,11 +339,11 @@ struct Delivered {
 
 impl Delivered {
     fn from_message(message: &OwnedMessage) -> Self {
-        let origin = match header(message, headers::SOURCE_TOPIC) {
+        let origin = match headers::value(message, headers::SOURCE_TOPIC) {
             Some(topic) => (
                 topic,
-                header(message, headers::SOURCE_PARTITION).unwrap_or_default(),
-                header(message, headers::SOURCE_OFFSET).unwrap_or_default(),
+                headers::value(message, headers::SOURCE_PARTITION).unwrap_or_default(),
+                headers::value(message, headers::SOURCE_OFFSET).unwrap_or_default(),
             ),
             None => (message.topic().to_owned(), message.partition().to_string(), message.offset().to_string()),
         };
@@ -354,7 +354,7 @@ impl Delivered {
             key: message.key().map(|k| String::from_utf8_lossy(k).into_owned()),
             payload: message.payload().unwrap_or_default().to_vec(),
             origin,
-            intent: header(message, headers::INTENT).and_then(|json| serde_json::from_str(&json).ok()),
+            intent: headers::value(message, headers::INTENT).and_then(|json| serde_json::from_str(&json).ok()),
         }
     }
 
@@ -418,10 +418,10 @@ impl Worker {
             trace_id = tracing::field::Empty,
             replay_of = tracing::field::Empty,
         );
-        let traceparent = header(&message, crate::telemetry::TRACEPARENT);
+        let traceparent = headers::value(&message, crate::telemetry::TRACEPARENT);
         crate::telemetry::continue_trace(&span, traceparent.as_deref());
         span.record("trace_id", crate::telemetry::trace_id_of(&span));
-        if let Some(dlq_id) = header(&message, crate::dlq::REPLAY_OF_HEADER) {
+        if let Some(dlq_id) = headers::value(&message, crate::dlq::REPLAY_OF_HEADER) {
             span.record("replay_of", dlq_id);
             // A replay continues the original trace and also links to the attempt that gave up.
             if let Some(original) = &traceparent {
@@ -435,7 +435,9 @@ impl Worker {
         if message.topic() == topics::AI_RESULT {
             self.on_ai_result(&message).await;
         } else {
-            if let Some(due) = header(&message, headers::DUE_AT).and_then(|v| DateTime::parse_from_rfc3339(&v).ok()) {
+            if let Some(due) =
+                headers::value(&message, headers::DUE_AT).and_then(|v| DateTime::parse_from_rfc3339(&v).ok())
+            {
                 // A retry copy waits for its due time; only its key waits with it.
                 let wait = (due.with_timezone(&Utc) - Utc::now()).to_std().unwrap_or_default();
                 tokio::time::sleep(wait).await;
@@ -731,9 +733,4 @@ fn retry_copy(payload: &[u8], attempt: Option<u32>) -> Vec<u8> {
         }
         _ => payload.to_vec(),
     }
-}
-
-fn header(message: &OwnedMessage, name: &str) -> Option<String> {
-    let headers = message.headers()?;
-    headers.iter().find(|h| h.key == name).and_then(|h| h.value).map(|v| String::from_utf8_lossy(v).into_owned())
 }
