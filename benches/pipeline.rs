@@ -1,5 +1,7 @@
-//! One message through the whole pipeline with a two-step saga: on the
-//! in-memory store (no database), and on SQLite (a temporary file, WAL).
+//! Messages through the whole pipeline with a two-step saga: one at a time
+//! on the in-memory store (no database) and on SQLite (a temporary file,
+//! WAL), and 64 at once on SQLite, where the store coalesces the saga-log
+//! rows, completions and reply marks of concurrent messages into batches.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -7,7 +9,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use async_trait::async_trait;
 use chrono::Utc;
-use criterion::{Criterion, criterion_group, criterion_main};
+use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use orchestrator::event::{MessageContent, MessageReceived, MessageType};
 use orchestrator::{
     ActionContext, ActionError, ActionExecutor, ActionOutput, ActionRequest, ExecutorRegistry, HandlerError,
@@ -85,6 +87,28 @@ fn bench(c: &mut Criterion, name: &str, orch: Orchestrator, runtime: &tokio::run
     });
 }
 
+/// `CONCURRENT` messages processed at once per iteration (throughput in messages).
+fn bench_concurrent(c: &mut Criterion, name: &str, orch: Orchestrator, runtime: &tokio::runtime::Runtime) {
+    const CONCURRENT: u64 = 64;
+    let orch = Arc::new(orch);
+    let counter = AtomicU64::new(1 << 40);
+    let mut group = c.benchmark_group(name);
+    group.throughput(Throughput::Elements(CONCURRENT));
+    group.bench_function("64_concurrent", |b| {
+        b.to_async(runtime).iter(|| async {
+            let first = counter.fetch_add(CONCURRENT, Ordering::Relaxed);
+            let runs = (first..first + CONCURRENT).map(|n| {
+                let orch = orch.clone();
+                tokio::spawn(async move { orch.process(message(n)).await })
+            });
+            for run in futures_util::future::join_all(runs).await {
+                assert!(matches!(run.expect("task").expect("store works"), Outcome::Completed(_)));
+            }
+        })
+    });
+    group.finish();
+}
+
 fn pipeline(c: &mut Criterion) {
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("runtime");
     bench(c, "pipeline_two_step_saga/memory", orchestrator(Arc::new(MemoryStore::new())), &runtime);
@@ -92,7 +116,8 @@ fn pipeline(c: &mut Criterion) {
     let file = std::env::temp_dir().join(format!("orchestrator-bench-{}.db", std::process::id()));
     let db =
         runtime.block_on(orchestrator::db::connect(&format!("sqlite://{}?mode=rwc", file.display()))).expect("sqlite");
-    bench(c, "pipeline_two_step_saga/sqlite", orchestrator(Arc::new(SqlStore::new(db))), &runtime);
+    bench(c, "pipeline_two_step_saga/sqlite", orchestrator(Arc::new(SqlStore::new(db.clone()))), &runtime);
+    bench_concurrent(c, "pipeline_two_step_saga/sqlite", orchestrator(Arc::new(SqlStore::new(db))), &runtime);
     for suffix in ["", "-wal", "-shm"] {
         let _ = std::fs::remove_file(format!("{}{suffix}", file.display()));
     }

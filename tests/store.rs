@@ -106,6 +106,158 @@ async fn a_lease_taken_over_fences_out_its_old_holder() {
 }
 
 #[tokio::test]
+async fn saga_log_rows_of_concurrent_messages_are_batched_and_each_fenced_by_its_own_lease() {
+    for t in testing::databases().await {
+        let store = Arc::new(SqlStore::new(t.db.clone()));
+        let mut leases = Vec::new();
+        for i in 0..60 {
+            leases.push(lease_of(store.claim(&MessageKey::new("acme", format!("batch-{i}")), LEASE).await.unwrap()));
+        }
+        // One of them loses its lease (released): only its rows may be refused.
+        store.release(&leases[17], false).await.unwrap();
+        let writes: Vec<_> = leases
+            .iter()
+            .cloned()
+            .map(|lease| {
+                let store = store.clone();
+                tokio::spawn(async move {
+                    let mut results = Vec::new();
+                    for (index, status) in
+                        [(0, StepStatus::Started), (0, StepStatus::Succeeded), (1, StepStatus::Started)]
+                    {
+                        results
+                            .push(store.record_step(&lease, 1, &StepRecord::new(index, "create_order", status)).await);
+                    }
+                    (lease.key.message_id.clone(), results)
+                })
+            })
+            .collect();
+        for write in writes {
+            let (id, results) = write.await.unwrap();
+            for result in results {
+                match id.as_str() {
+                    "batch-17" => assert!(matches!(result, Err(StoreError::LeaseLost(_))), "{}: {result:?}", t.label),
+                    _ => assert!(result.is_ok(), "{}: {id}: {result:?}", t.label),
+                }
+            }
+        }
+        assert_eq!(count(&t.db, "saga_steps", "message_id = 'batch-17'").await, 0, "{}", t.label);
+        assert_eq!(count(&t.db, "saga_steps", "message_id LIKE 'batch-%'").await, 59 * 3, "{}", t.label);
+        // Each message's rows read back in the order it wrote them.
+        let steps = store.load_steps(&MessageKey::new("acme", "batch-3"), 1).await.unwrap();
+        let order: Vec<_> = steps.iter().map(|s| (s.step_index, s.status)).collect();
+        assert_eq!(
+            order,
+            [(0, StepStatus::Started), (0, StepStatus::Succeeded), (1, StepStatus::Started)],
+            "{}",
+            t.label
+        );
+    }
+}
+
+#[tokio::test]
+async fn concurrent_completions_commit_together_except_the_one_fenced_out() {
+    for t in testing::databases().await {
+        let store = Arc::new(SqlStore::new(t.db.clone()));
+        let mut leases = Vec::new();
+        for i in 0..40 {
+            leases.push(lease_of(store.claim(&MessageKey::new("acme", format!("done-{i}")), LEASE).await.unwrap()));
+        }
+        store.release(&leases[5], false).await.unwrap();
+        let completions: Vec<_> = leases
+            .iter()
+            .cloned()
+            .map(|lease| {
+                let store = store.clone();
+                tokio::spawn(async move {
+                    let activity = NewActivity {
+                        lead_id: format!("lead-{}", lease.key.message_id),
+                        activity_type: "message_handled".into(),
+                        details: json!({}),
+                    };
+                    let reply = json!({ "to": lease.key.message_id });
+                    let result = store.complete(&lease, &[activity], Duration::from_secs(60), Some(&reply)).await;
+                    (lease.key.clone(), result)
+                })
+            })
+            .collect();
+        for completion in completions {
+            let (key, result) = completion.await.unwrap();
+            if key.message_id == "done-5" {
+                assert!(matches!(result, Err(StoreError::LeaseLost(_))), "{}: {result:?}", t.label);
+                assert!(matches!(store.claim(&key, LEASE).await.unwrap(), Claim::Acquired { .. }), "{}", t.label);
+            } else {
+                result.unwrap_or_else(|e| panic!("{}: {}: {e}", t.label, key.message_id));
+                assert_eq!(store.claim(&key, LEASE).await.unwrap(), Claim::Completed, "{}", t.label);
+                // Each message keeps its own reply until it is marked published.
+                assert_eq!(
+                    store.pending_reply(&key).await.unwrap(),
+                    Some(json!({ "to": key.message_id })),
+                    "{}",
+                    t.label
+                );
+            }
+        }
+        assert_eq!(count(&t.db, "lead_activities", "message_id LIKE 'done-%'").await, 39, "{}", t.label);
+        assert_eq!(count(&t.db, "lead_activities", "message_id = 'done-5'").await, 0, "{}", t.label);
+        let marks: Vec<_> = (0..40)
+            .filter(|i| *i != 5)
+            .map(|i| {
+                let store = store.clone();
+                tokio::spawn(
+                    async move { store.mark_reply_published(&MessageKey::new("acme", format!("done-{i}"))).await },
+                )
+            })
+            .collect();
+        for mark in marks {
+            mark.await.unwrap().unwrap();
+        }
+        assert_eq!(store.pending_reply(&MessageKey::new("acme", "done-7")).await.unwrap(), None, "{}", t.label);
+        assert_eq!(count(&t.db, "processed_messages", "reply_published_at IS NOT NULL").await, 39, "{}", t.label);
+    }
+}
+
+#[tokio::test]
+async fn a_burst_of_claims_is_answered_per_message() {
+    for t in testing::databases().await {
+        let store = Arc::new(SqlStore::new(t.db.clone()));
+        let done = lease_of(store.claim(&MessageKey::new("acme", "burst-done"), LEASE).await.unwrap());
+        store.complete(&done, &[], Duration::from_secs(60), None).await.unwrap();
+        let _held = lease_of(store.claim(&MessageKey::new("acme", "burst-held"), LEASE).await.unwrap());
+        let mut ids: Vec<String> = (0..40).map(|i| format!("burst-{i}")).collect();
+        ids.extend(["burst-done", "burst-held", "burst-dup", "burst-dup", "burst-dup"].map(String::from));
+        let claims: Vec<_> = ids
+            .iter()
+            .map(|id| {
+                let (store, key) = (store.clone(), MessageKey::new("acme", id.as_str()));
+                tokio::spawn(async move { (key.message_id.clone(), store.claim(&key, LEASE).await.unwrap()) })
+            })
+            .collect();
+        let mut tokens = std::collections::HashSet::new();
+        let mut dup_acquired = 0;
+        for claim in claims {
+            let (id, claim) = claim.await.unwrap();
+            match (id.as_str(), claim) {
+                ("burst-done", claim) => assert_eq!(claim, Claim::Completed, "{}", t.label),
+                ("burst-held", claim) => assert!(matches!(claim, Claim::Busy { .. }), "{}: {claim:?}", t.label),
+                ("burst-dup", Claim::Acquired { .. }) => dup_acquired += 1,
+                ("burst-dup", claim) => assert!(matches!(claim, Claim::Busy { .. }), "{}: {claim:?}", t.label),
+                (id, Claim::Acquired { lease, attempt, run }) => {
+                    assert_eq!((attempt, run), (1, 1), "{}: {id}", t.label);
+                    assert_eq!(lease.key.message_id, id, "{}", t.label);
+                    assert!(tokens.insert(lease.token), "{}: {id} shares a lease token", t.label);
+                    // The lease returned is the one stored: a fenced write with it succeeds.
+                    store.renew(&lease, LEASE).await.unwrap_or_else(|e| panic!("{}: {id}: {e}", t.label));
+                }
+                (id, claim) => panic!("{}: {id}: {claim:?}", t.label),
+            }
+        }
+        assert_eq!(dup_acquired, 1, "{}: one of three claims of one message acquires it", t.label);
+        assert_eq!(count(&t.db, "processed_messages", "message_id = 'burst-dup'").await, 1, "{}", t.label);
+    }
+}
+
+#[tokio::test]
 async fn concurrent_claims_on_one_message_admit_exactly_one_worker() {
     for t in testing::databases().await {
         let store = Arc::new(SqlStore::new(t.db.clone()));

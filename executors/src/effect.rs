@@ -4,7 +4,10 @@
 use chrono::Utc;
 use orchestrator::ActionError;
 use sea_orm::sea_query::Expr;
-use sea_orm::{ActiveModelTrait, ColumnTrait, DatabaseConnection, DbErr, EntityTrait, QueryFilter};
+use sea_orm::{
+    ActiveModelTrait, ColumnTrait, DatabaseConnection, DbErr, EntityTrait, IntoActiveModel, QueryFilter,
+    TryInsertResult,
+};
 
 /// Inserts `row` unless a row with the same idempotency key exists; returns the stored row.
 pub(crate) async fn insert_once<A>(
@@ -15,9 +18,19 @@ pub(crate) async fn insert_once<A>(
 where
     A: ActiveModelTrait + Send,
     A::Entity: EffectTable,
+    <A::Entity as EntityTrait>::Model: IntoActiveModel<A>,
 {
     let key_column = <A::Entity as EffectTable>::IDEMPOTENCY_KEY;
-    <A::Entity as EntityTrait>::insert(row).on_conflict_do_nothing_on([key_column]).exec(db).await.map_err(db_error)?;
+    // One round trip when the row is new (the usual case); a conflict (a
+    // resumed step) reads the row written the first time.
+    let inserted =
+        <A::Entity as EntityTrait>::insert(row).on_conflict_do_nothing_on([key_column]).exec_with_returning(db).await;
+    match inserted {
+        Ok(TryInsertResult::Inserted(model)) => return Ok(model),
+        // sea-orm reports a conflict on SQLite as "inserted item not found".
+        Ok(_) | Err(DbErr::RecordNotFound(_)) => {}
+        Err(error) => return Err(db_error(error)),
+    }
     <A::Entity as EntityTrait>::find()
         .filter(key_column.eq(key))
         .one(db)

@@ -167,7 +167,13 @@ impl SagaRunner {
     ) -> Result<SagaReport, StoreError> {
         let mut states = vec![StepState::default(); actions.len()];
         let mut plan_changed = None;
-        for record in self.store.load_steps(&lease.key, ctx.run).await? {
+        // Attempt 1 of run 1 is a claim row just inserted: every reuse of a
+        // row raises one of them (a taken-over lease the attempt, a released
+        // or reopened claim the run), so there is no log to read: one round
+        // trip saved per new message.
+        let fresh = ctx.attempt == 1 && ctx.run == 1;
+        let records = if fresh { Vec::new() } else { self.store.load_steps(&lease.key, ctx.run).await? };
+        for record in records {
             let index = record.step_index as usize;
             if index >= states.len() {
                 states.resize(index + 1, StepState::default());

@@ -110,36 +110,82 @@ pub(super) async fn release(db: &impl ConnectionTrait, lease: &Lease, refund_att
     .await
 }
 
-pub(super) async fn complete(
+/// One completion to write while `lease` is held.
+pub(super) struct Completion {
+    pub(super) lease: Lease,
+    pub(super) activities: Vec<NewActivity>,
+    pub(super) expires_at: DateTime<Utc>,
+    pub(super) reply: Option<serde_json::Value>,
+}
+
+/// Completes many messages in one transaction: one fenced `UPDATE ... FROM
+/// (VALUES ...)` for the claims, one `INSERT` for the lead activities of
+/// those whose lease was still held. A message fenced out gets `LeaseLost`
+/// and leaves nothing behind; the others commit together.
+pub(super) async fn complete_many(db: &DatabaseConnection, batch: Vec<Completion>) -> Vec<Result<(), StoreError>> {
+    match complete_batch(db, &batch).await {
+        Ok(held) => batch
+            .iter()
+            .map(|c| {
+                if held.contains(&(c.lease.key.tenant_id.clone(), c.lease.key.message_id.clone())) {
+                    Ok(())
+                } else {
+                    Err(StoreError::LeaseLost(c.lease.key.message_id.clone()))
+                }
+            })
+            .collect(),
+        Err(error) => super::batch::fail_all(&error, batch.len()),
+    }
+}
+
+/// The keys whose completion was written.
+async fn complete_batch(
     db: &DatabaseConnection,
-    lease: &Lease,
-    activities: &[NewActivity],
-    ttl: Duration,
-    reply: Option<&serde_json::Value>,
-) -> Result<(), StoreError> {
+    batch: &[Completion],
+) -> Result<std::collections::HashSet<(String, String)>, StoreError> {
     let now = Utc::now();
-    let key = &lease.key;
     let txn = db.begin().await?;
     let backend = txn.get_database_backend();
-    // On LeaseLost the transaction is dropped, which rolls it back.
-    fenced(
-        &txn,
-        &format!(
-            "UPDATE processed_messages
-               SET status = 'completed', completed_at = ?, lease_expires_at = NULL, expires_at = ?, reply = ?
-             WHERE {HELD}"
-        ),
-        vec![now.into(), (now + to_chrono(ttl)).into(), reply.cloned().into()],
-        lease,
-    )
-    .await?;
-    if !activities.is_empty() {
-        let mut sql = String::from(
-            "INSERT INTO lead_activities (tenant_id, lead_id, message_id, activity_type, details, created_at) VALUES ",
-        );
-        let mut values = Vec::with_capacity(activities.len() * 6);
-        for (i, activity) in activities.iter().enumerate() {
-            sql.push_str(if i == 0 { "(?, ?, ?, ?, ?, ?)" } else { ", (?, ?, ?, ?, ?, ?)" });
+    let mut sql = String::from(
+        "UPDATE processed_messages AS p
+           SET status = 'completed', completed_at = v.column3, lease_expires_at = NULL, expires_at = v.column4,
+               reply = v.column5
+          FROM (VALUES ",
+    );
+    let mut values = Vec::with_capacity(batch.len() * 6);
+    for (i, completion) in batch.iter().enumerate() {
+        sql.push_str(if i == 0 { "(?, ?, ?, ?, ?, ?)" } else { ", (?, ?, ?, ?, ?, ?)" });
+        let key = &completion.lease.key;
+        values.extend([
+            key.tenant_id.as_str().into(),
+            key.message_id.as_str().into(),
+            now.into(),
+            completion.expires_at.into(),
+            completion.reply.clone().into(),
+            completion.lease.token.into(),
+        ]);
+    }
+    sql.push_str(
+        ") AS v
+         WHERE p.tenant_id = v.column1 AND p.message_id = v.column2 AND p.lease_token = v.column6
+           AND p.lease_expires_at IS NOT NULL AND p.status = 'in_progress'
+         RETURNING tenant_id, message_id",
+    );
+    let mut held = std::collections::HashSet::new();
+    for row in txn.query_all_raw(stmt(backend, &sql, values)).await? {
+        held.insert((row.try_get::<String>("", "tenant_id")?, row.try_get::<String>("", "message_id")?));
+    }
+    let mut sql = String::from(
+        "INSERT INTO lead_activities (tenant_id, lead_id, message_id, activity_type, details, created_at) VALUES ",
+    );
+    let mut values = Vec::new();
+    for completion in batch {
+        let key = &completion.lease.key;
+        if !held.contains(&(key.tenant_id.clone(), key.message_id.clone())) {
+            continue;
+        }
+        for activity in &completion.activities {
+            sql.push_str(if values.is_empty() { "(?, ?, ?, ?, ?, ?)" } else { ", (?, ?, ?, ?, ?, ?)" });
             values.extend([
                 key.tenant_id.as_str().into(),
                 activity.lead_id.as_str().into(),
@@ -149,10 +195,33 @@ pub(super) async fn complete(
                 now.into(),
             ]);
         }
+    }
+    if !values.is_empty() {
         txn.execute_raw(stmt(backend, &sql, values)).await?;
     }
     txn.commit().await?;
-    Ok(())
+    Ok(held)
+}
+
+/// Marks many messages' replies published, in one statement.
+pub(super) async fn mark_replies_published(
+    db: &impl ConnectionTrait,
+    keys: Vec<MessageKey>,
+) -> Vec<Result<(), StoreError>> {
+    let mut sql = String::from("UPDATE processed_messages SET reply_published_at = ? WHERE ");
+    let mut values: Vec<Value> = vec![Utc::now().into()];
+    for (i, key) in keys.iter().enumerate() {
+        sql.push_str(if i == 0 {
+            "(tenant_id = ? AND message_id = ?)"
+        } else {
+            " OR (tenant_id = ? AND message_id = ?)"
+        });
+        values.extend([key.tenant_id.as_str().into(), key.message_id.as_str().into()]);
+    }
+    match db.execute_raw(stmt(db.get_database_backend(), &sql, values)).await {
+        Ok(_) => keys.iter().map(|_| Ok(())).collect(),
+        Err(error) => super::batch::fail_all(&StoreError::from(error), keys.len()),
+    }
 }
 
 pub(super) async fn pending_reply(
@@ -169,16 +238,6 @@ pub(super) async fn pending_reply(
         ))
         .await?;
     Ok(row.map(|row| row.try_get::<Option<serde_json::Value>>("", "reply")).transpose()?.flatten())
-}
-
-pub(super) async fn mark_reply_published(db: &impl ConnectionTrait, key: &MessageKey) -> Result<(), StoreError> {
-    db.execute_raw(stmt(
-        db.get_database_backend(),
-        "UPDATE processed_messages SET reply_published_at = ? WHERE tenant_id = ? AND message_id = ?",
-        vec![Utc::now().into(), key.tenant_id.as_str().into(), key.message_id.as_str().into()],
-    ))
-    .await?;
-    Ok(())
 }
 
 /// Marks a held claim dead-lettered inside the caller's transaction.

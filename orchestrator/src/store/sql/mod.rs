@@ -4,6 +4,7 @@
 //! backend; the conditional upserts that make claims atomic are plain SQL
 //! both databases share.
 
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -20,6 +21,7 @@ use super::{
 };
 
 mod ai_pending;
+mod batch;
 mod claims;
 mod dead_letters;
 mod delivery;
@@ -28,15 +30,58 @@ mod saga_log;
 mod statement;
 
 /// The store on a sea-orm connection whose schema [`migrations`] created.
-#[derive(Debug, Clone)]
+///
+/// Saga-log appends, completions and reply marks of concurrent messages are
+/// coalesced into one statement (or transaction) per batch (see `batch`);
+/// the writer tasks start on first use in the caller's tokio runtime, so a
+/// store belongs to one runtime.
+#[derive(Clone)]
 pub struct SqlStore {
     db: DatabaseConnection,
+    batches: Arc<Batches>,
+}
+
+/// The coalesced writers, started on first use.
+#[derive(Default)]
+struct Batches {
+    steps: OnceLock<batch::Coalescer<saga_log::StepWrite, ()>>,
+    completions: OnceLock<batch::Coalescer<claims::Completion, ()>>,
+    replies: OnceLock<batch::Coalescer<MessageKey, ()>>,
+}
+
+/// Writer tasks per coalesced write: a few batches in flight at once, within the connection pool.
+const BATCH_WRITERS: usize = 4;
+
+/// Rows per batched statement (11 parameters each, far below SQLite's and PostgreSQL's limits).
+const MAX_BATCH: usize = 256;
+
+impl std::fmt::Debug for SqlStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SqlStore").field("db", &self.db).finish_non_exhaustive()
+    }
 }
 
 impl SqlStore {
     /// A store on a migrated connection (see [`crate::db::connect`]).
     pub fn new(db: DatabaseConnection) -> Self {
-        Self { db }
+        Self { db, batches: Arc::default() }
+    }
+
+    /// The coalescer in `cell`, started on first use with `write` as its batch writer.
+    fn coalesced<'a, Req, W, Fut>(
+        &self,
+        cell: &'a OnceLock<batch::Coalescer<Req, ()>>,
+        write: W,
+    ) -> &'a batch::Coalescer<Req, ()>
+    where
+        Req: Send + 'static,
+        W: Fn(DatabaseConnection, Vec<Req>) -> Fut + Send + Sync + 'static,
+        Fut: std::future::Future<Output = Vec<Result<(), StoreError>>> + Send + 'static,
+    {
+        cell.get_or_init(|| {
+            let db = self.db.clone();
+            batch::Coalescer::spawn(BATCH_WRITERS, MAX_BATCH, move |batch| write(db.clone(), batch))
+        })
     }
 
     /// The connection, for executors and probes that share it.
@@ -68,7 +113,10 @@ impl Store for SqlStore {
     }
 
     async fn record_step(&self, lease: &Lease, run: u32, step: &StepRecord) -> Result<(), StoreError> {
-        saga_log::record_step(&self.db, lease, run, step).await
+        let write = saga_log::StepWrite { key: lease.key.clone(), token: lease.token, run, step: step.clone() };
+        let steps =
+            self.coalesced(&self.batches.steps, |db, writes| async move { saga_log::record_steps(&db, writes).await });
+        steps.call(write).await
     }
 
     async fn complete(
@@ -78,7 +126,15 @@ impl Store for SqlStore {
         ttl: Duration,
         reply: Option<&serde_json::Value>,
     ) -> Result<(), StoreError> {
-        claims::complete(&self.db, lease, activities, ttl, reply).await
+        let completion = claims::Completion {
+            lease: lease.clone(),
+            activities: activities.to_vec(),
+            expires_at: Utc::now() + super::to_chrono(ttl),
+            reply: reply.cloned(),
+        };
+        let completions = self
+            .coalesced(&self.batches.completions, |db, batch| async move { claims::complete_many(&db, batch).await });
+        completions.call(completion).await
     }
 
     async fn pending_reply(&self, key: &MessageKey) -> Result<Option<serde_json::Value>, StoreError> {
@@ -86,7 +142,12 @@ impl Store for SqlStore {
     }
 
     async fn mark_reply_published(&self, key: &MessageKey) -> Result<(), StoreError> {
-        claims::mark_reply_published(&self.db, key).await
+        let replies =
+            self.coalesced(
+                &self.batches.replies,
+                |db, keys| async move { claims::mark_replies_published(&db, keys).await },
+            );
+        replies.call(key.clone()).await
     }
 
     async fn dead_letter(&self, lease: Option<&Lease>, entry: &NewDeadLetter) -> Result<i64, StoreError> {

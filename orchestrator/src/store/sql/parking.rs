@@ -13,6 +13,23 @@ use crate::store::{ParkCheck, ParkedMessage, StoreError};
 const TOUCH: &str = "UPDATE key_blocks SET touched_at = ? WHERE key = ?";
 
 pub(super) async fn park_if_blocked(db: &DatabaseConnection, message: &ParkedMessage) -> Result<ParkCheck, StoreError> {
+    // The usual case, a key with no block (or blocked by this very message),
+    // needs nothing but the touch itself: one statement, no transaction.
+    // Only parking must hold the block row's lock from the touch to the insert.
+    let touched = db
+        .query_one_raw(stmt(
+            db.get_database_backend(),
+            &format!("{TOUCH} RETURNING holder_message_id"),
+            vec![Utc::now().into(), message.key.as_str().into()],
+        ))
+        .await?;
+    match touched {
+        None => return Ok(ParkCheck::Open { holder: false }),
+        Some(row) if row.try_get::<String>("", "holder_message_id")? == message.message_id => {
+            return Ok(ParkCheck::Open { holder: true });
+        }
+        Some(_) => {}
+    }
     let txn = db.begin().await?;
     let backend = txn.get_database_backend();
     let touched = txn

@@ -5,7 +5,7 @@ use sea_orm::ConnectionTrait;
 
 use super::corrupt;
 use super::statement::stmt;
-use crate::store::{Lease, MessageKey, StepRecord, StepStatus, StoreError};
+use crate::store::{MessageKey, StepRecord, StepStatus, StoreError};
 
 pub(super) async fn load_steps(
     db: &impl ConnectionTrait,
@@ -38,39 +38,86 @@ pub(super) async fn load_steps(
         .collect()
 }
 
-pub(super) async fn record_step(
-    db: &impl ConnectionTrait,
-    lease: &Lease,
-    run: u32,
-    step: &StepRecord,
-) -> Result<(), StoreError> {
-    let key = &lease.key;
+/// One saga-log row to append while `token` holds the message's lease.
+pub(super) struct StepWrite {
+    pub(super) key: MessageKey,
+    pub(super) token: i64,
+    pub(super) run: u32,
+    pub(super) step: StepRecord,
+}
+
+/// Appends many messages' saga-log rows in one statement. Each row is
+/// inserted only while its own lease is held (the token matches and the
+/// claim is in progress); a row left out comes back as `LeaseLost` for its caller alone.
+pub(super) async fn record_steps(db: &impl ConnectionTrait, writes: Vec<StepWrite>) -> Vec<Result<(), StoreError>> {
+    let mut sql = String::from(
+        "INSERT INTO saga_steps (tenant_id, message_id, run, step_index, action, status, output, error, retryable, created_at)
+         SELECT column1, column2, column3, column4, column5, column6, column7, column8, column9, column10 FROM (VALUES ",
+    );
+    let mut values = Vec::with_capacity(writes.len() * 11);
+    for (i, write) in writes.iter().enumerate() {
+        sql.push_str(if i == 0 { "(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)" } else { ", (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)" });
+        let step = &write.step;
+        values.extend([
+            write.key.tenant_id.as_str().into(),
+            write.key.message_id.as_str().into(),
+            (write.run as i32).into(),
+            (step.step_index as i32).into(),
+            step.action.as_str().into(),
+            step.status.as_str().into(),
+            step.output.clone().into(),
+            step.error.clone().into(),
+            step.retryable.into(),
+            step.at.into(),
+            write.token.into(),
+        ]);
+    }
     // Inserted only while the lease is held: a worker that lost its lease
     // stops at its next step instead of interleaving with the new holder.
-    let sql = format!(
-        "INSERT INTO saga_steps (tenant_id, message_id, run, step_index, action, status, output, error, retryable, created_at)
-         SELECT ?, ?, ?, ?, ?, ?, ?, ?, ?, ?
-         WHERE EXISTS (SELECT 1 FROM processed_messages WHERE {})",
-        super::claims::HELD
+    sql.push_str(
+        ") AS v WHERE EXISTS (SELECT 1 FROM processed_messages p
+           WHERE p.tenant_id = v.column1 AND p.message_id = v.column2 AND p.lease_token = v.column11
+             AND p.lease_expires_at IS NOT NULL AND p.status = 'in_progress')
+         RETURNING tenant_id, message_id, run, step_index, status",
     );
-    let values = vec![
-        key.tenant_id.as_str().into(),
-        key.message_id.as_str().into(),
-        (run as i32).into(),
-        (step.step_index as i32).into(),
-        step.action.as_str().into(),
-        step.status.as_str().into(),
-        step.output.clone().into(),
-        step.error.clone().into(),
-        step.retryable.into(),
-        step.at.into(),
-        key.tenant_id.as_str().into(),
-        key.message_id.as_str().into(),
-        lease.token.into(),
-    ];
-    let result = db.execute_raw(stmt(db.get_database_backend(), &sql, values)).await?;
-    if result.rows_affected() == 0 {
-        return Err(StoreError::LeaseLost(key.message_id.clone()));
+    let rows = match db.query_all_raw(stmt(db.get_database_backend(), &sql, values)).await {
+        Ok(rows) => rows,
+        Err(error) => return super::batch::fail_all(&StoreError::from(error), writes.len()),
+    };
+    // Which rows went in, as (tenant, message, run, step, status) -> how many.
+    let mut inserted: std::collections::HashMap<(String, String, i32, i32, String), usize> = Default::default();
+    for row in rows {
+        let read = || -> Result<_, sea_orm::DbErr> {
+            Ok((
+                row.try_get::<String>("", "tenant_id")?,
+                row.try_get::<String>("", "message_id")?,
+                row.try_get::<i32>("", "run")?,
+                row.try_get::<i32>("", "step_index")?,
+                row.try_get::<String>("", "status")?,
+            ))
+        };
+        match read() {
+            Ok(id) => *inserted.entry(id).or_default() += 1,
+            Err(error) => return super::batch::fail_all(&StoreError::from(error), writes.len()),
+        }
     }
-    Ok(())
+    writes
+        .iter()
+        .map(|write| {
+            let id = (
+                write.key.tenant_id.clone(),
+                write.key.message_id.clone(),
+                write.run as i32,
+                write.step.step_index as i32,
+                write.step.status.as_str().to_owned(),
+            );
+            match inserted.get_mut(&id) {
+                Some(n) if *n > 0 => {
+                    *n -= 1;
+                    Ok(())
+                }
+                _ => Err(StoreError::LeaseLost(write.key.message_id.clone())),
+            }
+        })
+        .collect()
 }
