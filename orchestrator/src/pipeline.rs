@@ -13,7 +13,7 @@ use serde_json::json;
 use tracing::Instrument as _;
 use uuid::Uuid;
 
-use crate::breaker::{BreakerConfig, BreakerRegistry};
+use crate::breaker::{BreakerConfig, BreakerRegistry, CircuitBreaker};
 use crate::config::PipelineConfig;
 use crate::context::{Inbound, MessageContext};
 use crate::event::{DecodeError, Envelope, EventData, FailureType, MessageFailed, Priority, ResponseReady};
@@ -23,7 +23,10 @@ use crate::handler_registry::HandlerRegistry;
 use crate::intent::Intent;
 use crate::retry::{RetryDecision, RetryPolicy};
 use crate::saga::{SagaReport, SagaRunner, StepOutcome};
-use crate::store::{Claim, Lease, MessageKey, NewActivity, NewDeadLetter, SourceInfo, Store, StoreError, to_chrono};
+use crate::store::{
+    Claim, DATABASE_BREAKER, DATABASE_BREAKER_CONFIG, GuardedStore, Lease, MessageKey, NewActivity, NewDeadLetter,
+    SourceInfo, Store, StoreError, to_chrono,
+};
 use crate::validate::validate;
 
 /// `processed_by` stamped on events the orchestrator produces.
@@ -196,6 +199,7 @@ pub struct OrchestratorBuilder {
     store: Option<Arc<dyn Store>>,
     retry: RetryPolicy,
     breaker_config: BreakerConfig,
+    database_breaker: Option<BreakerConfig>,
     config: PipelineConfig,
 }
 
@@ -230,6 +234,13 @@ impl OrchestratorBuilder {
         self
     }
 
+    /// Settings of the database's circuit breaker (the store's calls go
+    /// through it); [`DATABASE_BREAKER_CONFIG`] unless set.
+    pub fn database_breaker_config(mut self, config: BreakerConfig) -> Self {
+        self.database_breaker = Some(config);
+        self
+    }
+
     /// Leases, timeouts, default tenant.
     pub fn config(mut self, config: PipelineConfig) -> Self {
         self.config = config;
@@ -241,6 +252,10 @@ impl OrchestratorBuilder {
         let store = self.store.ok_or(BuildError("a store"))?;
         let handlers = self.handlers.ok_or(BuildError("a handler registry"))?;
         let breakers = Arc::new(BreakerRegistry::new(self.breaker_config));
+        let database =
+            Arc::new(CircuitBreaker::new(DATABASE_BREAKER, self.database_breaker.unwrap_or(DATABASE_BREAKER_CONFIG)));
+        breakers.adopt(database.clone());
+        let store: Arc<dyn Store> = Arc::new(GuardedStore::new(store, database));
         let executors = Arc::new(self.executors);
         let saga = SagaRunner::new(executors.clone(), breakers.clone(), store.clone(), self.config.action_timeout);
         Ok(Orchestrator { handlers, executors, saga, store, breakers, retry: self.retry, config: self.config })
@@ -264,7 +279,7 @@ impl Orchestrator {
         OrchestratorBuilder::default()
     }
 
-    /// Circuit breakers by executor name (health, metrics).
+    /// Circuit breakers by executor name, and the database's (health, metrics).
     pub fn breakers(&self) -> &Arc<BreakerRegistry> {
         &self.breakers
     }
@@ -279,7 +294,7 @@ impl Orchestrator {
         &self.executors
     }
 
-    /// The store.
+    /// The store (behind the database's circuit breaker).
     pub fn store(&self) -> &Arc<dyn Store> {
         &self.store
     }

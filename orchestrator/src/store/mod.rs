@@ -13,9 +13,11 @@ use serde_json::Value;
 
 use crate::event::FailureType;
 
+mod guarded;
 mod memory;
 mod sql;
 
+pub use guarded::{DATABASE_BREAKER, DATABASE_BREAKER_CONFIG, GuardedStore};
 pub use memory::MemoryStore;
 pub use sql::SqlStore;
 
@@ -468,6 +470,21 @@ pub enum StoreError {
         /// Requested status.
         to: &'static str,
     },
+    /// The database failed repeatedly and its circuit breaker is open: the
+    /// call was not made; try again after `retry_after`.
+    #[error("the database is unavailable (circuit open, next probe in {retry_after:?})")]
+    Unavailable {
+        /// Time until the breaker lets a probe through.
+        retry_after: Duration,
+    },
+}
+
+impl StoreError {
+    /// Whether this error says the database is failing (as opposed to an
+    /// answer about a message: lease lost, not found, refused transition).
+    pub fn is_outage(&self) -> bool {
+        matches!(self, StoreError::Database(_) | StoreError::Unavailable { .. })
+    }
 }
 
 /// The state the pipeline keeps per message.
