@@ -25,7 +25,7 @@ use orchestrator::kafka::{
     Publisher, ResponseSender, RuntimeSettings, WhatsAppSender,
 };
 use orchestrator::store::{DlqFilter, Page};
-use orchestrator::{KeywordClassifier, Orchestrator, RetryPolicy, SqlStore};
+use orchestrator::{KeywordClassifier, Orchestrator, PipelineConfig, RetryPolicy, SqlStore};
 use tokio::sync::watch;
 
 /// Partitions of each topic on the embedded broker.
@@ -282,7 +282,7 @@ async fn run(demo: bool) -> Result<(), Box<dyn std::error::Error>> {
                 partitions = EMBEDDED_PARTITIONS,
                 "embedded Kafka broker (librdkafka mock cluster) listening; it keeps nothing on disk"
             );
-            kafka = kafka.with_bootstrap_servers(embedded.bootstrap_servers());
+            kafka = embedded.configure(kafka);
             Some(embedded)
         }
     };
@@ -296,6 +296,7 @@ async fn run(demo: bool) -> Result<(), Box<dyn std::error::Error>> {
             .executors(executors::builtin(&db))
             .store(store.clone())
             .retry_policy(RetryPolicy::from_env()?)
+            .config(PipelineConfig::from_env()?)
             .build()?,
     );
 
@@ -342,8 +343,7 @@ async fn run(demo: bool) -> Result<(), Box<dyn std::error::Error>> {
     health.database = Some(db.clone());
     health.breakers = Some(orchestrator.breakers().clone());
     health.stats = Some(runtime.stats());
-    let webhook =
-        WebhookState { settings: WebhookSettings::from_env(), publisher: publisher.clone(), statuses: store.clone() };
+    let webhook = WebhookState::new(WebhookSettings::from_env(), publisher.clone(), store.clone());
     if webhook.settings.app_secret.is_none() {
         tracing::warn!("WHATSAPP_APP_SECRET not set: webhook signatures are not checked");
     }

@@ -119,7 +119,7 @@ fn message(phone: &str, body: &str) -> Envelope {
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let kafka_broker = EmbeddedKafka::start(4)?;
-    let kafka = KafkaConfig::from_env()?.with_bootstrap_servers(kafka_broker.bootstrap_servers());
+    let kafka = kafka_broker.configure(KafkaConfig::from_env()?);
     let db = orchestrator::db::connect(&orchestrator::config::database_url()).await?;
     let store = Arc::new(SqlStore::new(db.clone()));
 

@@ -48,7 +48,7 @@ async fn serve(app: Router) -> String {
 }
 
 fn webhook_app(publisher: Publisher, statuses: Arc<dyn DeliveryStatuses>, settings: WebhookSettings) -> Router {
-    http::webhook::routes(WebhookState { settings, publisher, statuses })
+    http::webhook::routes(WebhookState::new(settings, publisher, statuses))
 }
 
 fn signed_settings() -> WebhookSettings {
@@ -223,6 +223,46 @@ async fn statuses_are_recorded_once_and_kafka_down_answers_503() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_message_delivered_again_is_published_once_unless_its_first_publish_failed() {
+    let kafka = EmbeddedKafka::start(2).unwrap();
+    let publisher = Publisher::new(&kafka_config(&kafka, "webhook")).unwrap();
+    let state = WebhookState::new(signed_settings(), publisher, Arc::new(MemoryStore::new()));
+    let url = serve(http::webhook::routes(state.clone())).await;
+    let client = common::http_client();
+    let body = FIXTURES.iter().find(|(n, _)| *n == "text").unwrap().1.as_bytes();
+    let signature = || Some(sign(SECRET.as_bytes(), body));
+    let skipped_before = orchestrator::metrics::metrics().webhook_duplicates.get();
+
+    // Three deliveries at once (Meta's retries can overlap the first), then one more:
+    // one publishes, the others are acknowledged without publishing again.
+    let deliver = || post(&client, &url, body, signature());
+    let answers = tokio::join!(deliver(), deliver(), deliver());
+    assert_eq!(answers, (reqwest::StatusCode::OK, reqwest::StatusCode::OK, reqwest::StatusCode::OK));
+    assert_eq!(deliver().await, 200, "a later redelivery is acknowledged");
+    let published = read_within(&kafka, topics::MESSAGES, 2, Duration::from_secs(8)).await;
+    assert_eq!(published.len(), 1, "published once");
+    assert!(orchestrator::metrics::metrics().webhook_duplicates.get() >= skipped_before + 3, "the skips counted");
+
+    // Kafka unreachable: 503, and the message's reservation is released, so the
+    // redelivery (here through a replica sharing the same set) publishes it.
+    let unreachable = KafkaConfig { timeout: Duration::from_millis(300), ..KafkaConfig::default() }
+        .with_bootstrap_servers("127.0.0.1:9");
+    let down = WebhookState {
+        settings: WebhookSettings { publish_timeout: Duration::from_millis(800), ..signed_settings() },
+        publisher: Publisher::new(&unreachable).unwrap(),
+        ..state.clone()
+    };
+    let down_url = serve(http::webhook::routes(down)).await;
+    let quickstart = FIXTURES.iter().find(|(n, _)| *n == "quickstart").unwrap().1.as_bytes();
+    let signed = Some(sign(SECRET.as_bytes(), quickstart));
+    assert_eq!(post(&client, &down_url, quickstart, signed.clone()).await, 503);
+    assert!(!state.recent.contains("wamid.test1"), "released after the 503");
+    assert_eq!(post(&client, &url, quickstart, signed).await, 200);
+    let published = read_within(&kafka, topics::MESSAGES, 3, Duration::from_secs(8)).await;
+    assert_eq!(published.len(), 2, "the redelivery after a 503 was published");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_webhook_delivered_twice_is_processed_once_and_health_and_metrics_report_it() {
     for t in testing::databases().await {
         let kafka = EmbeddedKafka::start(2).unwrap();
@@ -249,14 +289,17 @@ async fn a_webhook_delivered_twice_is_processed_once_and_health_and_metrics_repo
         health.database = Some(t.db.clone());
         health.breakers = Some(orch.breakers().clone());
         health.stats = Some(stats.clone());
-        let app = webhook_app(publisher, store.clone(), WebhookSettings::default())
+        let app = webhook_app(publisher.clone(), store.clone(), WebhookSettings::default())
             .merge(http::health::routes(health))
             .merge(http::metrics::routes(Some(orch.breakers().clone())));
         let url = serve(app).await;
+        // A second webhook replica: each remembers only what it published itself, so the
+        // redelivery reaching it is published again, and the consumer's dedupe keeps one effect.
+        let replica = serve(webhook_app(publisher, store.clone(), WebhookSettings::default())).await;
         let client = common::http_client();
         let body = FIXTURES.iter().find(|(n, _)| *n == "quickstart").unwrap().1.as_bytes();
         assert_eq!(post(&client, &url, body, None).await, 200);
-        assert_eq!(post(&client, &url, body, None).await, 200);
+        assert_eq!(post(&client, &replica, body, None).await, 200);
 
         let replies = read_within(&kafka, topics::RESPONSES, 2, Duration::from_secs(20)).await;
         assert_eq!(replies.len(), 1, "{}: one reply for the message delivered twice", t.label);
@@ -277,6 +320,7 @@ async fn a_webhook_delivered_twice_is_processed_once_and_health_and_metrics_repo
         assert_eq!(health["workers"]["processed"], 1, "{}", t.label);
         assert_eq!(health["workers"]["deadLettered"], 0);
         assert_eq!(health["circuit_breakers"]["create_order"], "closed");
+        assert_eq!(health["circuit_breakers"]["database"], "closed", "the store's calls go through a breaker");
         assert_eq!(client.get(format!("{url}/health/live")).send().await.unwrap().status(), 200);
 
         // Lag is reported from librdkafka's statistics, a moment after consuming.
@@ -293,6 +337,7 @@ async fn a_webhook_delivered_twice_is_processed_once_and_health_and_metrics_repo
             "message_duplicate_total",
             "circuit_breaker_state{circuit=\"create_order\",state=\"closed\"} 1",
             "circuit_breaker_state{circuit=\"create_order\",state=\"open\"} 0",
+            "circuit_breaker_state{circuit=\"database\",state=\"closed\"} 1",
             // Labels render sorted: partition, then topic.
             ",topic=\"conversation.messages\"} 0",
             "orchestrator_in_flight_messages",

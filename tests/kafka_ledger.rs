@@ -20,6 +20,10 @@ use sea_orm::{ConnectionTrait, Statement};
 
 const PHONES: usize = 100;
 
+/// In process, on both databases; the chaos suite (tests/chaos) runs the
+/// larger rebalance against the consumer binary.
+const DEFAULT_MESSAGES: usize = 3_000;
+
 fn phone(index: usize) -> String {
     format!("+1555{index:07}")
 }
@@ -66,7 +70,7 @@ async fn wait_for(db: &sea_orm::DatabaseConnection, target: i64, label: &str) {
 /// What is not finished, to tell a stuck message from a lost one.
 async fn dump_state(db: &sea_orm::DatabaseConnection) {
     let backend = db.get_database_backend();
-    let total: usize = std::env::var("LEDGER_MESSAGES").ok().and_then(|n| n.parse().ok()).unwrap_or(10_000);
+    let total: usize = std::env::var("LEDGER_MESSAGES").ok().and_then(|n| n.parse().ok()).unwrap_or(DEFAULT_MESSAGES);
     let seen: std::collections::HashSet<String> = db
         .query_all_raw(Statement::from_string(backend, "SELECT message_id FROM processed_messages"))
         .await
@@ -147,8 +151,8 @@ async fn check_ledger(db: &sea_orm::DatabaseConnection, total: usize, label: &st
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn ten_thousand_messages_two_consumers_and_a_rebalance_lose_and_duplicate_nothing() {
-    let total: usize = std::env::var("LEDGER_MESSAGES").ok().and_then(|n| n.parse().ok()).unwrap_or(10_000);
+async fn messages_through_two_consumers_and_two_rebalances_lose_and_duplicate_nothing() {
+    let total: usize = std::env::var("LEDGER_MESSAGES").ok().and_then(|n| n.parse().ok()).unwrap_or(DEFAULT_MESSAGES);
     for t in testing::databases().await {
         let kafka = EmbeddedKafka::start(8).unwrap();
         let store = Arc::new(SqlStore::new(t.db.clone()));

@@ -117,7 +117,7 @@ async fn built_in_handlers_decide_from_entities() {
     let (_, o) = decide(Intent::new("COMPLAINT", 0.6)).await;
     assert_eq!((actions(&o), o.escalate), (vec!["create_support_ticket".into()], false));
     let (_, o) = decide(Intent::new("COMPLAINT", 0.6).with_entity("severity", "high")).await;
-    assert_eq!(actions(&o), ["create_support_ticket", "flag_for_review"]);
+    assert_eq!(actions(&o), ["create_support_ticket", "flag_for_review", "notify_sales"]);
     assert!(o.escalate);
 
     let (_, o) = decide(Intent::new("SCHEDULE_CALL", 0.8)).await;

@@ -107,11 +107,8 @@ async fn one_trace_runs_from_the_webhook_through_kafka_and_the_saga_to_the_reply
     }));
 
     let publisher = Publisher::new(&kafka_settings).unwrap();
-    let webhook = http::webhook::routes(WebhookState {
-        settings: WebhookSettings::default(),
-        publisher: publisher.clone(),
-        statuses: store.clone(),
-    });
+    let webhook =
+        http::webhook::routes(WebhookState::new(WebhookSettings::default(), publisher.clone(), store.clone()));
     let url = serve(webhook).await;
     let client = common::http_client();
     let failing_trace = "0af7651916cd43dd8448eb211c80319c";

@@ -1,4 +1,5 @@
-//! `COMPLAINT`: open a ticket; a severe complaint is also flagged and escalated.
+//! `COMPLAINT`: open a ticket; a severe complaint is also flagged, escalated and
+//! reported to sales.
 
 use async_trait::async_trait;
 use orchestrator::intent::names;
@@ -49,8 +50,11 @@ impl IntentHandler for ComplaintHandler {
             json!({ "subject": subject, "priority": if severe { "urgent" } else { "normal" } }),
         );
         if severe {
-            outcome =
-                outcome.with_action("flag_for_review", json!({ "reason": "high_severity_complaint" })).escalated();
+            // A supervisor reviews it, and the customer's sales contact hears that the account is at risk.
+            outcome = outcome
+                .with_action("flag_for_review", json!({ "reason": "high_severity_complaint" }))
+                .with_action("notify_sales", json!({ "reason": "customer_at_risk" }))
+                .escalated();
         }
         Ok(outcome)
     }

@@ -4,7 +4,7 @@
 //!
 //! | intent | handler | actions | priority |
 //! | --- | --- | --- | --- |
-//! | `COMPLAINT` | [`ComplaintHandler`] | `create_support_ticket` (+ `flag_for_review` when severe) | 200 |
+//! | `COMPLAINT` | [`ComplaintHandler`] | `create_support_ticket` (+ `flag_for_review`, `notify_sales` when severe) | 200 |
 //! | `ORDER_REQUEST` | [`OrderRequestHandler`] | `create_order`, `notify_sales` | 100 |
 //! | `SCHEDULE_CALL` | [`ScheduleCallHandler`] | `notify_sales` | 90 |
 //! | `PRICING_INQUIRY` | [`PricingInquiryHandler`] | `notify_sales` | 80 |

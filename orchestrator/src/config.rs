@@ -66,6 +66,27 @@ impl Default for PipelineConfig {
     }
 }
 
+impl PipelineConfig {
+    /// The defaults, with `CLAIM_LEASE_MS` and `ACTION_TIMEOUT_MS` from the
+    /// environment when set. A shorter lease resumes a crashed worker's
+    /// messages sooner; the lease is renewed every third of its length.
+    pub fn from_env() -> Result<Self, ConfigError> {
+        let defaults = Self::default();
+        let millis = |name: &'static str, default: Duration| -> Result<Duration, ConfigError> {
+            let value = env_parse(name, default.as_millis() as u64)?;
+            if value == 0 {
+                return Err(ConfigError { name, value: "0".to_owned(), reason: "must be positive".to_owned() });
+            }
+            Ok(Duration::from_millis(value))
+        };
+        Ok(Self {
+            claim_lease: millis("CLAIM_LEASE_MS", defaults.claim_lease)?,
+            action_timeout: millis("ACTION_TIMEOUT_MS", defaults.action_timeout)?,
+            ..defaults
+        })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -80,5 +101,19 @@ mod tests {
         let error = env_parse("ORCH_TEST_BAD_VAR", 7u32).unwrap_err();
         assert_eq!(error.name, "ORCH_TEST_BAD_VAR");
         assert!(error.to_string().contains("twelve"));
+    }
+
+    #[test]
+    fn pipeline_config_reads_lease_and_action_timeout() {
+        // The only test touching these two variables.
+        unsafe { std::env::set_var("CLAIM_LEASE_MS", "5000") };
+        unsafe { std::env::set_var("ACTION_TIMEOUT_MS", "") };
+        let config = PipelineConfig::from_env().unwrap();
+        assert_eq!(config.claim_lease, Duration::from_secs(5));
+        assert_eq!(config.action_timeout, PipelineConfig::default().action_timeout);
+        unsafe { std::env::set_var("ACTION_TIMEOUT_MS", "0") };
+        assert_eq!(PipelineConfig::from_env().unwrap_err().name, "ACTION_TIMEOUT_MS");
+        unsafe { std::env::remove_var("CLAIM_LEASE_MS") };
+        unsafe { std::env::remove_var("ACTION_TIMEOUT_MS") };
     }
 }

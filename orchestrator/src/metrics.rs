@@ -48,6 +48,9 @@ pub struct Metrics {
     pub webhook_requests: IntCounterVec,
     /// `whatsapp_delivery_status_total{status}`: delivery statuses received (sent, delivered, read, failed).
     pub delivery_statuses: IntCounterVec,
+    /// `whatsapp_webhook_duplicates_total`: webhook messages not published again because this process
+    /// already published them (Meta's redeliveries; see [`crate::webhook::recent`]).
+    pub webhook_duplicates: IntCounter,
 }
 
 fn counter(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
@@ -79,6 +82,12 @@ impl Metrics {
         let in_flight = IntGauge::new("orchestrator_in_flight_messages", "Messages being processed now.")
             .expect("valid metric definition");
         registry.register(Box::new(in_flight.clone())).expect("metric registered once");
+        let webhook_duplicates = IntCounter::new(
+            "whatsapp_webhook_duplicates_total",
+            "Webhook messages skipped as already published by this process.",
+        )
+        .expect("valid metric definition");
+        registry.register(Box::new(webhook_duplicates.clone())).expect("metric registered once");
         let r = &registry;
         Self {
             messages_received: counter(
@@ -143,6 +152,7 @@ impl Metrics {
                 "Delivery statuses of sent messages.",
                 &["status"],
             ),
+            webhook_duplicates,
             registry,
         }
     }

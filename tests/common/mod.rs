@@ -240,13 +240,12 @@ pub async fn crash_when_logged(orch: Orchestrator, message: Incoming, log: &Call
 /// Client settings for the embedded broker: a short heartbeat so group
 /// changes settle in about a second (see DEPENDENCY-NOTES).
 pub fn kafka_config(kafka: &orchestrator::kafka::EmbeddedKafka, group: &str) -> orchestrator::kafka::KafkaConfig {
-    orchestrator::kafka::KafkaConfig {
+    kafka.configure(orchestrator::kafka::KafkaConfig {
         consumer_group_id: group.to_owned(),
         heartbeat_interval_ms: 300,
         session_timeout_ms: 6000,
         ..orchestrator::kafka::KafkaConfig::default()
-    }
-    .with_bootstrap_servers(kafka.bootstrap_servers())
+    })
 }
 
 /// A consumer runtime running in a task until stopped.

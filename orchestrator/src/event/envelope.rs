@@ -13,8 +13,12 @@ use super::{
     AiProcessRequest, AiProcessResult, InteractionReceived, MessageFailed, MessageReceived, ResponseReady, topics,
 };
 
-/// Largest envelope [`Envelope::decode`] accepts; bigger payloads are rejected unparsed.
-pub const MAX_PAYLOAD_BYTES: usize = 1024 * 1024;
+/// Largest envelope [`Envelope::decode`] accepts; bigger payloads are rejected
+/// unparsed. A WhatsApp message's envelope is a few KiB (text is capped at
+/// 4096 characters, media travel as ids); the limit sits well above that and
+/// well below Kafka's default 1 MB message size, so an oversized payload
+/// can actually arrive and is refused before any parsing cost.
+pub const MAX_PAYLOAD_BYTES: usize = 256 * 1024;
 
 /// The kind of event an envelope carries (`event_type` on the wire).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]

@@ -1,8 +1,11 @@
 //! `GET /webhook` (Meta's subscription check) and `POST /webhook` (Cloud API
 //! notifications): each message is published to Kafka keyed by phone, and
 //! the answer is 200 only once Kafka acknowledged all of them (503
-//! otherwise, so WhatsApp delivers the notification again; the pipeline
-//! deduplicates by message id).
+//! otherwise, so WhatsApp delivers the notification again).
+//!
+//! A message this process already published is not published again when
+//! Meta redelivers it ([`RecentMessageIds`]); across replicas, and past the
+//! set's capacity, the pipeline still deduplicates by message id.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -19,6 +22,7 @@ use crate::config::env_parse;
 use crate::event::{Envelope, EventData, topics};
 use crate::kafka::Publisher;
 use crate::store::DeliveryStatuses;
+use crate::webhook::recent::{Claim, RecentMessageIds};
 use crate::webhook::{InboundEvent, Notification, PayloadError, parse, verify_signature};
 
 /// Largest body accepted (WhatsApp's notifications are far smaller).
@@ -62,6 +66,16 @@ pub struct WebhookState {
     pub publisher: Publisher,
     /// Keeps delivery statuses.
     pub statuses: Arc<dyn DeliveryStatuses>,
+    /// Ids of the messages recently published (or being published), so a
+    /// redelivered message is published once; shared by clones of the state.
+    pub recent: Arc<RecentMessageIds>,
+}
+
+impl WebhookState {
+    /// A state with an empty [`RecentMessageIds`] of the default capacity.
+    pub fn new(settings: WebhookSettings, publisher: Publisher, statuses: Arc<dyn DeliveryStatuses>) -> Self {
+        Self { settings, publisher, statuses, recent: Arc::default() }
+    }
 }
 
 /// The routes `GET /webhook` and `POST /webhook` (bodies over 1 MiB get 413).
@@ -139,9 +153,10 @@ async fn handle(state: &WebhookState, headers: &HeaderMap, body: &[u8]) -> (Stat
     }
 }
 
-/// Publishes every message and records every status; all must succeed.
+/// Publishes every message not published yet and records every status; all
+/// must succeed.
 async fn forward(state: &WebhookState, notification: &Notification) -> Result<(), String> {
-    let publishes = notification.events.iter().map(|event| publish(&state.publisher, event));
+    let publishes = notification.events.iter().map(|event| publish_once(state, event));
     let results = futures_util::future::join_all(publishes).await;
     if let Some(error) = results.into_iter().find_map(Result::err) {
         return Err(error);
@@ -151,6 +166,44 @@ async fn forward(state: &WebhookState, notification: &Notification) -> Result<()
         crate::metrics::metrics().delivery_statuses.with_label_values(&[crate::metrics::label(&status.status)]).inc();
     }
     Ok(())
+}
+
+/// Publishes `event` unless this process already published it. When another
+/// request is publishing it, waits for that request's outcome: answering 200
+/// before it is on Kafka would lose it should that request fail. Cancelled
+/// (the POST timed out, the client left) or failed, the reservation is
+/// dropped, which releases the id for Meta's redelivery.
+async fn publish_once(state: &WebhookState, event: &InboundEvent) -> Result<(), String> {
+    let Some(id) = message_id(event) else { return publish(&state.publisher, event).await };
+    loop {
+        let published = match state.recent.reserve(id) {
+            Claim::Reserved(reservation) => {
+                publish(&state.publisher, event).await?;
+                reservation.confirm();
+                return Ok(());
+            }
+            Claim::Published => true,
+            Claim::InFlight(other) => other.published().await,
+        };
+        if published {
+            break;
+        }
+        // The other request failed and released it: publish it here.
+    }
+    tracing::debug!(message_id = %id, "webhook message already published");
+    crate::metrics::metrics().webhook_duplicates.inc();
+    Ok(())
+}
+
+/// WhatsApp's id of the message, the dedupe key (an interaction from an old
+/// producer may lack one: it is always published).
+fn message_id(event: &InboundEvent) -> Option<&str> {
+    match event {
+        InboundEvent::Message(m) => Some(m.message_id.as_str()),
+        InboundEvent::Interaction(i) => i.message_id.as_deref(),
+        InboundEvent::Other(o) => Some(o.message_id.as_str()),
+    }
+    .filter(|id| !id.is_empty())
 }
 
 async fn publish(publisher: &Publisher, event: &InboundEvent) -> Result<(), String> {

@@ -7,7 +7,11 @@
 use rdkafka::mocking::MockCluster;
 use rdkafka::producer::DefaultProducerContext;
 
+use super::KafkaConfig;
 use crate::event::topics;
+
+/// Fetch wait for clients of the embedded broker (see [`EmbeddedKafka::configure`]).
+pub const EMBEDDED_FETCH_WAIT_MS: u32 = 10;
 
 /// Topics the consumer runtime reads, each with a `.retry` and `.dlq` twin.
 pub const CONSUMED_TOPICS: [&str; 2] = [topics::MESSAGES, topics::INTERACTIONS];
@@ -55,6 +59,16 @@ impl EmbeddedKafka {
     /// `127.0.0.1:PORT`.
     pub fn bootstrap_servers(&self) -> &str {
         &self.bootstrap_servers
+    }
+
+    /// `config` pointed at this broker. The mock answers a fetch only when
+    /// its wait runs out, even when data arrived meanwhile (a real broker
+    /// answers at once), so unless `config` sets a fetch wait it gets 10 ms
+    /// instead of librdkafka's 500: each hop through the mock would
+    /// otherwise add up to half a second of latency.
+    pub fn configure(&self, mut config: KafkaConfig) -> KafkaConfig {
+        config.fetch_max_wait_ms.get_or_insert(EMBEDDED_FETCH_WAIT_MS);
+        config.with_bootstrap_servers(self.bootstrap_servers())
     }
 
     /// The mock cluster, for fault injection and extra topics.

@@ -19,7 +19,7 @@ pub use ai_route::{AiRouteSettings, IntentSource};
 pub use bus::{EventHandler, KafkaEventBus, ProcessingResult, Subscription, SubscriptionConfig};
 pub use cloud_api::{CloudApiConfig, CloudApiSender};
 pub use config::KafkaConfig;
-pub use embedded::EmbeddedKafka;
+pub use embedded::{EMBEDDED_FETCH_WAIT_MS, EmbeddedKafka};
 pub use publisher::{PublishError, Publisher};
 pub use runtime::{ConsumerRuntime, RuntimeError, RuntimeSettings, RuntimeStats};
 pub use sender::{DryRunSender, ResponseSender, SendError, WhatsAppSender};
