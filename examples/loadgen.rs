@@ -1,0 +1,487 @@
+//! End-to-end load benchmark: produces `MessageReceived` events (a realistic
+//! mix of intents over many phones) to the embedded broker (or
+//! `KAFKA_BOOTSTRAP_SERVERS`), runs the full pipeline on them in this
+//! process against SQLite (a fresh file) or `DATABASE_URL`, and times every
+//! message from its produce call to its reply on `conversation.responses`.
+//!
+//! In the same run it measures the two limits the pipeline sits between: a
+//! bare rdkafka consumer reading the same messages and doing nothing (the
+//! Kafka limit), and the same database rows written with one batched
+//! statement per batch (the database limit).
+//!
+//! ```sh
+//! cargo run --release --example loadgen                         # 200,000 messages, as fast as they go
+//! LOADGEN_MESSAGES=20000 cargo run --release --example loadgen  # fewer
+//! cargo run --release --example loadgen -- --rate 5000          # open loop: 5,000 msg/s offered
+//! cargo run --release --example loadgen -- --noop               # no-op executors, in-memory dedupe
+//! ```
+//!
+//! The last line is machine-readable:
+//! `RESULT msgs_per_sec=.. p50_ms=.. p99_ms=.. bare_consume_ratio=.. db_limit_ratio=..`
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use chrono::Utc;
+use clap::Parser;
+use orchestrator::event::{Envelope, EventData, MessageContent, MessageReceived, MessageType, ResponseReady, topics};
+use orchestrator::kafka::{ConsumerRuntime, EmbeddedKafka, KafkaConfig, Publisher, RuntimeSettings};
+use orchestrator::store::KeyParking;
+use orchestrator::{
+    ActionContext, ActionError, ActionExecutor, ActionOutput, ExecutorRegistry, KeywordClassifier, MemoryStore,
+    Orchestrator, PipelineConfig, SqlStore, Store, async_trait,
+};
+use rdkafka::consumer::{Consumer, StreamConsumer};
+use rdkafka::{Message, TopicPartitionList};
+use sea_orm::{ConnectionTrait, DatabaseConnection, Statement, TransactionTrait};
+
+/// Load benchmark of the whole pipeline.
+#[derive(Debug, Parser)]
+struct Args {
+    /// Messages to send (default 200,000; `LOADGEN_MESSAGES` sets it too).
+    #[arg(long, env = "LOADGEN_MESSAGES", default_value_t = 200_000)]
+    messages: usize,
+    /// Distinct phones the messages come from.
+    #[arg(long, default_value_t = 1_000)]
+    phones: usize,
+    /// Open loop: offer this many messages per second instead of as many as possible.
+    #[arg(long)]
+    rate: Option<u64>,
+    /// No-op executors and in-memory dedupe: the pipeline's own cost over Kafka's.
+    #[arg(long)]
+    noop: bool,
+    /// Partitions of each topic on the embedded broker.
+    #[arg(long, default_value_t = 8)]
+    partitions: i32,
+    /// Skip the bare-consumer and batched-database limit measurements.
+    #[arg(long)]
+    no_limits: bool,
+}
+
+/// What a message says, and how often (per 100 messages).
+const MIX: [(u32, &str); 7] = [
+    (40, "Hi, I want to order 2 tacos and 1 soda"),
+    (15, "How much is the family pizza?"),
+    (10, "Do you have vegan burgers available tomorrow?"),
+    (10, "My last order arrived late"),
+    (5, "This is the worst service, terrible! My order arrived broken"),
+    (10, "Please call me tomorrow morning"),
+    (10, "hello there"),
+];
+
+fn body(i: usize) -> &'static str {
+    // A fixed shuffle of the mix so neighbours differ.
+    let mut slot = ((i * 37) % 100) as u32;
+    for (share, text) in MIX {
+        if slot < share {
+            return text;
+        }
+        slot -= share;
+    }
+    MIX[0].1
+}
+
+fn envelope(run: &str, i: usize, phones: usize) -> Envelope {
+    Envelope::new(
+        EventData::MessageReceived(MessageReceived {
+            message_id: format!("wamid.lg.{run}.{i}"),
+            from_phone: format!("+1555{:07}", i % phones),
+            message_type: MessageType::Text,
+            content: MessageContent::Text { body: body(i).to_owned() },
+            received_at: Utc::now(),
+            metadata: HashMap::new(),
+        }),
+        "loadgen",
+    )
+}
+
+/// Messages sent and answered before the clock starts: the group join and
+/// the first connections are not part of the measurement.
+const WARMUP: usize = 200;
+
+/// Produce times and reply times, in microseconds since the start.
+struct Timeline {
+    start: Instant,
+    produced: Vec<AtomicU64>,
+    replied: Vec<AtomicU64>,
+    replies: AtomicUsize,
+}
+
+impl Timeline {
+    fn new(n: usize) -> Self {
+        Self {
+            start: Instant::now(),
+            produced: (0..n).map(|_| AtomicU64::new(0)).collect(),
+            replied: (0..n).map(|_| AtomicU64::new(0)).collect(),
+            replies: AtomicUsize::new(0),
+        }
+    }
+
+    fn now(&self) -> u64 {
+        self.start.elapsed().as_micros() as u64
+    }
+
+    /// Latencies (ms) of the first `n` messages that were replied, sorted.
+    fn latencies(&self, n: usize) -> Vec<f64> {
+        let mut all: Vec<f64> = self
+            .produced
+            .iter()
+            .zip(&self.replied)
+            .take(n)
+            .filter_map(|(p, r)| {
+                let (p, r) = (p.load(Ordering::Relaxed), r.load(Ordering::Relaxed));
+                (r > 0).then(|| r.saturating_sub(p) as f64 / 1000.0)
+            })
+            .collect();
+        all.sort_by(f64::total_cmp);
+        all
+    }
+}
+
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    sorted[((sorted.len() - 1) as f64 * p).round() as usize]
+}
+
+/// CPU seconds (user + system) of this process, from /proc (Linux).
+fn cpu_seconds() -> Option<f64> {
+    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+    // Fields after the command name (which may hold spaces) start after ')'.
+    let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+    let ticks: f64 = fields.get(11)?.parse::<f64>().ok()? + fields.get(12)?.parse::<f64>().ok()?;
+    Some(ticks / 100.0)
+}
+
+/// Peak resident memory in MiB (VmHWM), from /proc (Linux).
+fn peak_memory_mib() -> Option<f64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    Some(line.split_whitespace().nth(1)?.parse::<f64>().ok()? / 1024.0)
+}
+
+/// Executors that do nothing: the pipeline's own cost.
+struct Noop(&'static str);
+
+#[async_trait]
+impl ActionExecutor for Noop {
+    fn name(&self) -> &str {
+        self.0
+    }
+
+    async fn execute(&self, _ctx: &ActionContext<'_>) -> Result<ActionOutput, ActionError> {
+        Ok(ActionOutput(serde_json::Value::Null))
+    }
+
+    async fn compensate(&self, _ctx: &ActionContext<'_>, _output: &ActionOutput) -> Result<(), ActionError> {
+        Ok(())
+    }
+}
+
+fn noop_executors() -> ExecutorRegistry {
+    ["create_order", "notify_sales", "create_support_ticket", "flag_for_review"]
+        .into_iter()
+        .fold(ExecutorRegistry::new(), |registry, name| registry.with(Noop(name)))
+}
+
+/// A consumer assigned every partition of `topic` from the beginning (no group join).
+fn assigned_reader(kafka: &KafkaConfig, topic: &str, partitions: i32) -> StreamConsumer {
+    let consumer: StreamConsumer =
+        kafka.consumer_config(&format!("loadgen-reader-{}", uuid::Uuid::new_v4().simple())).create().expect("reader");
+    let mut assignment = TopicPartitionList::new();
+    for partition in 0..partitions {
+        assignment.add_partition_offset(topic, partition, rdkafka::Offset::Beginning).expect("partition");
+    }
+    consumer.assign(&assignment).expect("assign");
+    consumer
+}
+
+/// Reads `conversation.responses` and stamps each reply's message (other
+/// runs' replies, on a shared cluster, are skipped by their id prefix).
+fn spawn_reply_reader(
+    kafka: &KafkaConfig,
+    partitions: i32,
+    run: String,
+    timeline: Arc<Timeline>,
+) -> tokio::task::JoinHandle<()> {
+    let consumer = assigned_reader(kafka, topics::RESPONSES, partitions);
+    let prefix = format!("wamid.lg.{run}.");
+    tokio::spawn(async move {
+        loop {
+            let Ok(message) = consumer.recv().await else { continue };
+            let Some(Ok(envelope)) = message.payload().map(Envelope::decode) else { continue };
+            let EventData::ResponseReady(ResponseReady { original_message_id, .. }) = envelope.data else { continue };
+            let Some(i) = original_message_id.strip_prefix(&prefix).and_then(|i| i.parse::<usize>().ok()) else {
+                continue;
+            };
+            if i < timeline.replied.len() && timeline.replied[i].swap(timeline.now(), Ordering::Relaxed) == 0 {
+                timeline.replies.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    })
+}
+
+/// Produces every message, as fast as acknowledgements come or at `rate` per second.
+async fn produce(publisher: &Publisher, run: &str, args: &Args, timeline: &Timeline) {
+    let batch = 1_000usize;
+    let started = Instant::now();
+    let mut sent = 0usize;
+    while sent < args.messages {
+        let end = (sent + batch).min(args.messages);
+        if let Some(rate) = args.rate {
+            // Open loop: message i is due at i / rate seconds, whatever the pipeline does.
+            let due = started + Duration::from_secs_f64(sent as f64 / rate as f64);
+            tokio::time::sleep_until(due.into()).await;
+            let chunk = ((rate / 100).max(1) as usize).min(end - sent);
+            send(publisher, run, args.phones, sent..sent + chunk, timeline).await;
+            sent += chunk;
+        } else {
+            send(publisher, run, args.phones, sent..end, timeline).await;
+            sent = end;
+        }
+    }
+}
+
+async fn send(publisher: &Publisher, run: &str, phones: usize, range: std::ops::Range<usize>, timeline: &Timeline) {
+    let sends = range.map(|i| {
+        let envelope = envelope(run, i, phones);
+        async move {
+            timeline.produced[i].store(timeline.now(), Ordering::Relaxed);
+            publisher.publish(&envelope).await
+        }
+    });
+    for result in futures_util::future::join_all(sends).await {
+        result.expect("produce");
+    }
+}
+
+/// The Kafka limit: a bare consumer reads the same messages and does nothing.
+async fn bare_consume_rate(kafka: &KafkaConfig, partitions: i32, expected: usize) -> f64 {
+    // Assigned, not subscribed: no group join in the measurement.
+    let consumer = assigned_reader(kafka, topics::MESSAGES, partitions);
+    let mut read = 0usize;
+    let mut first: Option<Instant> = None;
+    let mut last = Instant::now();
+    while read < expected {
+        match tokio::time::timeout(Duration::from_secs(5), consumer.recv()).await {
+            Ok(Ok(message)) => {
+                first.get_or_insert_with(Instant::now);
+                std::hint::black_box(message.payload());
+                read += 1;
+                last = Instant::now();
+            }
+            Ok(Err(_)) => {}
+            Err(_) => break,
+        }
+    }
+    let elapsed = first.map(|f| last.duration_since(f).as_secs_f64()).unwrap_or(f64::NAN);
+    read as f64 / elapsed
+}
+
+/// The database limit: the rows the pipeline writes for an order (the claim,
+/// four saga-log rows, two effect rows, a lead activity, the completion),
+/// written with one multi-row statement per table per batch of 500 messages,
+/// each batch one transaction.
+async fn db_limit_rate(db: &DatabaseConnection, run: &str, messages: usize) -> f64 {
+    let backend = db.get_database_backend();
+    let batch = 500usize;
+    let now = Utc::now().to_rfc3339();
+    let started = Instant::now();
+    let mut done = 0usize;
+    while done < messages {
+        let ids: Vec<String> = (done..(done + batch).min(messages)).map(|i| format!("limit.{run}.{i}")).collect();
+        let values = |f: &dyn Fn(&str) -> String| ids.iter().map(|id| f(id)).collect::<Vec<_>>().join(", ");
+        let statements = [
+            format!(
+                "INSERT INTO processed_messages (tenant_id, message_id, status, attempt_count, run_count, claimed_at, \
+                 lease_expires_at, lease_token, expires_at) VALUES {}",
+                values(&|id| format!("('default', '{id}', 'in_progress', 1, 1, '{now}', '{now}', 1, '{now}')"))
+            ),
+            format!(
+                "INSERT INTO saga_steps (tenant_id, message_id, run, step_index, action, status, created_at) VALUES {}",
+                values(&|id| {
+                    format!(
+                        "('default', '{id}', 1, 0, 'create_order', 'started', '{now}'), \
+                         ('default', '{id}', 1, 0, 'create_order', 'completed', '{now}'), \
+                         ('default', '{id}', 1, 1, 'notify_sales', 'started', '{now}'), \
+                         ('default', '{id}', 1, 1, 'notify_sales', 'completed', '{now}')"
+                    )
+                })
+            ),
+            format!(
+                "INSERT INTO orders (idempotency_key, tenant_id, message_id, phone, items, status, created_at, updated_at) \
+                 VALUES {}",
+                values(&|id| format!("('{id}:0', 'default', '{id}', '+1555', '[]', 'created', '{now}', '{now}')"))
+            ),
+            format!(
+                "INSERT INTO sales_notifications (idempotency_key, tenant_id, message_id, phone, reason, summary, status, \
+                 created_at, updated_at) VALUES {}",
+                values(&|id| format!(
+                    "('{id}:1', 'default', '{id}', '+1555', 'new_order', 's', 'sent', '{now}', '{now}')"
+                ))
+            ),
+            format!(
+                "INSERT INTO lead_activities (tenant_id, lead_id, message_id, activity_type, details, created_at) \
+                 VALUES {}",
+                values(&|id| format!("('default', '+1555', '{id}', 'order_placed', '{{}}', '{now}')"))
+            ),
+            format!(
+                "UPDATE processed_messages SET status = 'completed', completed_at = '{now}', lease_expires_at = NULL \
+                 WHERE tenant_id = 'default' AND message_id IN ({})",
+                values(&|id| format!("'{id}'"))
+            ),
+        ];
+        // One transaction per batch: one commit (one WAL flush) per batch, as a batching pipeline would.
+        let txn = db.begin().await.expect("begin");
+        for sql in statements {
+            txn.execute_raw(Statement::from_string(backend, sql.clone()))
+                .await
+                .unwrap_or_else(|e| panic!("database limit statement failed: {e}\n{}", &sql[..sql.len().min(300)]));
+        }
+        txn.commit().await.expect("commit");
+        done += ids.len();
+    }
+    messages as f64 / started.elapsed().as_secs_f64()
+}
+
+#[tokio::main]
+async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let args = Args::parse();
+    let run = uuid::Uuid::new_v4().simple().to_string()[..8].to_owned();
+    let mut kafka = KafkaConfig::from_env()?;
+    let _embedded = match &kafka.bootstrap_servers {
+        Some(_) => None,
+        None => {
+            let embedded = EmbeddedKafka::start(args.partitions)?;
+            kafka = embedded.configure(kafka);
+            Some(embedded)
+        }
+    };
+    kafka.consumer_group_id = format!("loadgen-{run}");
+    let url = std::env::var("DATABASE_URL").ok().filter(|u| !u.is_empty()).unwrap_or_else(|| {
+        format!("sqlite://{}?mode=rwc", std::env::temp_dir().join(format!("loadgen-{run}.db")).display())
+    });
+    let db = orchestrator::db::connect(&url).await?;
+    let (store, parking): (Arc<dyn Store>, Arc<dyn KeyParking>) = if args.noop {
+        let memory = Arc::new(MemoryStore::new());
+        (memory.clone(), memory)
+    } else {
+        let sql = Arc::new(SqlStore::new(db.clone()));
+        (sql.clone(), sql)
+    };
+    let executors = if args.noop { noop_executors() } else { executors::builtin(&db) };
+    let orchestrator = Arc::new(
+        Orchestrator::builder()
+            .handlers(handlers::builtin())
+            .executors(executors)
+            .store(store)
+            .config(PipelineConfig::from_env()?)
+            .build()?,
+    );
+    let mode = match args.rate {
+        Some(rate) => format!("open loop at {rate} msg/s offered"),
+        None => "closed loop, as fast as it goes".to_owned(),
+    };
+    let backend = if args.noop {
+        "no-op executors, in-memory dedupe".to_owned()
+    } else {
+        url.split('?').next().unwrap_or(&url).to_owned()
+    };
+    eprintln!(
+        "loadgen: {} messages over {} phones, {mode}; {backend}; {} CPUs",
+        args.messages,
+        args.phones,
+        std::thread::available_parallelism().map_or(0, |n| n.get())
+    );
+
+    // Warm-up messages take the indexes after the measured ones.
+    let timeline = Arc::new(Timeline::new(args.messages + WARMUP));
+    let reader = spawn_reply_reader(&kafka, args.partitions, run.clone(), timeline.clone());
+    let runtime =
+        ConsumerRuntime::new(&kafka, orchestrator, Arc::new(KeywordClassifier), parking, RuntimeSettings::default())?;
+    let stats = runtime.stats();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let consuming = tokio::spawn(runtime.run(async {
+        let _ = stopped.await;
+    }));
+    let publisher = Publisher::new(&kafka)?;
+    send(&publisher, &run, args.phones, args.messages..args.messages + WARMUP, &timeline).await;
+    let warm = Instant::now();
+    while timeline.replies.load(Ordering::Relaxed) < WARMUP {
+        if warm.elapsed() > Duration::from_secs(60) {
+            return Err("the warm-up messages were not answered within 60 s".into());
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    timeline.replies.store(0, Ordering::Relaxed);
+
+    let cpu_before = cpu_seconds();
+    let started = Instant::now();
+    produce(&publisher, &run, &args, &timeline).await;
+    let produced_in = started.elapsed();
+    let limit = Duration::from_secs(600);
+    while timeline.replies.load(Ordering::Relaxed) < args.messages && started.elapsed() < limit {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let elapsed = started.elapsed();
+    let cpu = cpu_before.zip(cpu_seconds()).map(|(b, a)| a - b);
+    let replied = timeline.replies.load(Ordering::Relaxed);
+    let _ = stop.send(());
+    let _ = tokio::time::timeout(Duration::from_secs(30), consuming).await;
+    reader.abort();
+
+    let latencies = timeline.latencies(args.messages);
+    let rate = replied as f64 / elapsed.as_secs_f64();
+    println!(
+        "messages:    {replied} of {} replied in {:.2} s (produced in {:.2} s)",
+        args.messages,
+        elapsed.as_secs_f64(),
+        produced_in.as_secs_f64()
+    );
+    println!("throughput:  {rate:.0} msg/s");
+    println!(
+        "latency:     p50 {:.1} ms, p95 {:.1} ms, p99 {:.1} ms, max {:.1} ms (produce call to reply on Kafka)",
+        percentile(&latencies, 0.50),
+        percentile(&latencies, 0.95),
+        percentile(&latencies, 0.99),
+        percentile(&latencies, 1.0)
+    );
+    let [processed, failed, retried, dead_lettered, duplicates] = stats.snapshot();
+    println!(
+        "pipeline:    {processed} completed, {failed} failed attempts, {retried} retried, {dead_lettered} dead-lettered, {duplicates} duplicates"
+    );
+    match cpu {
+        Some(cpu) => println!(
+            "cpu:         {:.3} s per 1,000 messages ({cpu:.1} s in all)",
+            cpu * 1000.0 / replied.max(1) as f64
+        ),
+        None => println!("cpu:         n/a"),
+    }
+    match peak_memory_mib() {
+        Some(mib) => println!("memory:      {mib:.0} MiB peak resident"),
+        None => println!("memory:      n/a"),
+    }
+
+    let (bare, db_limit) = if args.no_limits {
+        (f64::NAN, f64::NAN)
+    } else {
+        let bare = bare_consume_rate(&kafka, args.partitions, args.messages).await;
+        let db_limit = db_limit_rate(&db, &run, args.messages.min(50_000)).await;
+        println!("limits:      bare consumer {bare:.0} msg/s; batched database writes {db_limit:.0} msg/s");
+        (bare, db_limit)
+    };
+    println!(
+        "RESULT msgs_per_sec={rate:.0} p50_ms={:.2} p99_ms={:.2} bare_consume_ratio={:.3} db_limit_ratio={:.3}",
+        percentile(&latencies, 0.50),
+        percentile(&latencies, 0.99),
+        rate / bare,
+        rate / db_limit
+    );
+    if replied < args.messages {
+        return Err(format!("only {replied} of {} messages replied within {limit:?}", args.messages).into());
+    }
+    Ok(())
+}
