@@ -57,8 +57,9 @@ impl ScenarioDb {
         Some(format!("postgres://{user}{host}:{port}/{path}"))
     }
 
-    /// The server's host and port (PostgreSQL only).
+    /// The server's host and port (PostgreSQL only: `None` for SQLite).
     pub fn server(&self) -> Option<String> {
+        self.admin_url.as_ref()?;
         let rest = self.url.split_once("://")?.1;
         let authority = rest.split_once('/')?.0;
         let host_port = authority.rsplit_once('@').map(|(_, h)| h).unwrap_or(authority);
