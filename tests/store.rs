@@ -513,3 +513,72 @@ async fn pending_classifications_are_registered_once_taken_exclusively_and_resol
     }
     pending_classifications_behave(&orchestrator::MemoryStore::new(), "memory").await;
 }
+
+#[tokio::test]
+async fn concurrent_parking_checks_answer_each_key_by_its_own_block() {
+    use orchestrator::store::{KeyParking, ParkCheck, ParkedMessage};
+    for t in testing::databases().await {
+        let store = Arc::new(SqlStore::new(t.db.clone()));
+        // Keys 0..10 blocked by message b<i>, keys 10..20 free.
+        for i in 0..10 {
+            store.block(&format!("+1555000{i:04}"), &format!("b{i}")).await.unwrap();
+        }
+        let checks: Vec<_> = (0..20)
+            .flat_map(|i| [(i, format!("b{i}")), (i, format!("later{i}"))])
+            .map(|(i, message_id)| {
+                let store = store.clone();
+                let message = ParkedMessage {
+                    id: 0,
+                    key: format!("+1555000{i:04}"),
+                    message_id: message_id.clone(),
+                    topic: "conversation.messages".into(),
+                    partition: 0,
+                    offset: i,
+                    payload: "{}".into(),
+                };
+                tokio::spawn(async move { (i, message_id, store.park_if_blocked(&message).await.unwrap()) })
+            })
+            .collect();
+        for check in checks {
+            let (i, message_id, answer) = check.await.unwrap();
+            let expected = match (i < 10, message_id.starts_with('b')) {
+                (true, true) => ParkCheck::Open { holder: true },
+                (true, false) => ParkCheck::Parked,
+                (false, _) => ParkCheck::Open { holder: false },
+            };
+            assert_eq!(answer, expected, "{}: key {i}, message {message_id}", t.label);
+        }
+        assert_eq!(count(&t.db, "parked_messages", "message_id LIKE 'later%'").await, 10, "{}", t.label);
+    }
+}
+
+#[tokio::test]
+async fn concurrent_lead_moves_report_each_leads_previous_stage() {
+    for t in testing::databases().await {
+        let store = Arc::new(SqlStore::new(t.db.clone()));
+        for i in 0..10 {
+            store.set_lead_stage("acme", &format!("lead-{i}"), "interested").await.unwrap();
+        }
+        // Leads 0..20 move at once: the first ten were `interested`, the rest are new;
+        // even ones become customers, odd ones stay (or become) interested.
+        let moves: Vec<_> = (0..20)
+            .map(|i| {
+                let store = store.clone();
+                let stage = if i % 2 == 0 { "customer" } else { "interested" };
+                tokio::spawn(
+                    async move { (i, store.set_lead_stage("acme", &format!("lead-{i}"), stage).await.unwrap()) },
+                )
+            })
+            .collect();
+        for task in moves {
+            let (i, previous) = task.await.unwrap();
+            let expected = (i < 10).then(|| "interested".to_owned());
+            assert_eq!(previous, expected, "{}: lead-{i}", t.label);
+        }
+        assert_eq!(count(&t.db, "leads", "stage = 'customer'").await, 10, "{}", t.label);
+        assert_eq!(count(&t.db, "leads", "stage = 'interested'").await, 10, "{}", t.label);
+        // Another tenant's lead of the same id is its own.
+        assert_eq!(store.set_lead_stage("other", "lead-0", "at_risk").await.unwrap(), None, "{}", t.label);
+        assert_eq!(store.set_lead_stage("acme", "lead-0", "at_risk").await.unwrap().as_deref(), Some("customer"));
+    }
+}

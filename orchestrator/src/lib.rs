@@ -20,6 +20,7 @@
 
 pub mod breaker;
 pub mod classifier;
+pub mod coalesce;
 pub mod config;
 pub mod context;
 pub mod db;

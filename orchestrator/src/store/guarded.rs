@@ -73,6 +73,10 @@ impl Store for GuardedStore {
         self.guard(self.inner.record_step(lease, run, step)).await
     }
 
+    async fn record_steps(&self, lease: &Lease, run: u32, steps: &[StepRecord]) -> Result<(), StoreError> {
+        self.guard(self.inner.record_steps(lease, run, steps)).await
+    }
+
     async fn complete(
         &self,
         lease: &Lease,

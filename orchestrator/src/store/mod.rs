@@ -514,6 +514,16 @@ pub trait Store: Send + Sync {
     /// Appends to the saga log of one run, if the lease is still held.
     async fn record_step(&self, lease: &Lease, run: u32, step: &StepRecord) -> Result<(), StoreError>;
 
+    /// Appends several rows to the saga log of one run, in order, if the
+    /// lease is still held. The default appends them one by one; a store
+    /// that can write them in one round trip (all or none) should.
+    async fn record_steps(&self, lease: &Lease, run: u32, steps: &[StepRecord]) -> Result<(), StoreError> {
+        for step in steps {
+            self.record_step(lease, run, step).await?;
+        }
+        Ok(())
+    }
+
     /// Marks the message processed, writes its audit trail and keeps its
     /// reply (the outbox), in one transaction, if the lease is still held.
     async fn complete(

@@ -10,23 +10,62 @@ use super::statement::stmt;
 use crate::store::to_chrono;
 use crate::store::{Claim, Lease, MessageKey, NewActivity, StoreError};
 
-/// Inserts a claim, or takes over one whose lease is free or ran out. Every
+/// Inserts claims, or takes over those whose lease is free or ran out. Every
 /// claim is an attempt; a released claim (lease NULL) also starts a new run,
-/// an expired one resumes its run. Completed and dead-lettered claims are left alone.
-const CLAIM: &str = "INSERT INTO processed_messages
-    (tenant_id, message_id, status, attempt_count, run_count, claimed_at, lease_expires_at, lease_token, expires_at)
-  VALUES (?, ?, 'in_progress', 1, 1, ?, ?, ?, ?)
-  ON CONFLICT (tenant_id, message_id) DO UPDATE SET
-    attempt_count = processed_messages.attempt_count + 1,
-    run_count = CASE WHEN processed_messages.lease_expires_at IS NULL
-      THEN processed_messages.run_count + 1 ELSE processed_messages.run_count END,
-    claimed_at = excluded.claimed_at,
-    lease_expires_at = excluded.lease_expires_at,
-    lease_token = excluded.lease_token
-  WHERE processed_messages.status = 'in_progress'
-    AND processed_messages.dead_lettered_at IS NULL
-    AND (processed_messages.lease_expires_at IS NULL OR processed_messages.lease_expires_at < ?)
-  RETURNING attempt_count, run_count";
+/// an expired one resumes its run. Completed and dead-lettered claims are left
+/// alone. One row per claim; each row's values are tenant, message, now,
+/// lease end, token, expiry.
+fn claim_sql(rows: usize) -> String {
+    const ROW: &str = "(?, ?, 'in_progress', 1, 1, ?, ?, ?, ?)";
+    let mut sql = String::with_capacity(700 + rows * (ROW.len() + 2));
+    sql.push_str(
+        "INSERT INTO processed_messages
+           (tenant_id, message_id, status, attempt_count, run_count, claimed_at, lease_expires_at, lease_token, expires_at)
+         VALUES ",
+    );
+    for n in 0..rows {
+        if n > 0 {
+            sql.push_str(", ");
+        }
+        sql.push_str(ROW);
+    }
+    sql.push_str(
+        "
+         ON CONFLICT (tenant_id, message_id) DO UPDATE SET
+           attempt_count = processed_messages.attempt_count + 1,
+           run_count = CASE WHEN processed_messages.lease_expires_at IS NULL
+             THEN processed_messages.run_count + 1 ELSE processed_messages.run_count END,
+           claimed_at = excluded.claimed_at,
+           lease_expires_at = excluded.lease_expires_at,
+           lease_token = excluded.lease_token
+         WHERE processed_messages.status = 'in_progress'
+           AND processed_messages.dead_lettered_at IS NULL
+           AND (processed_messages.lease_expires_at IS NULL
+                OR processed_messages.lease_expires_at < excluded.claimed_at)
+         RETURNING tenant_id, message_id, attempt_count, run_count",
+    );
+    sql
+}
+
+/// A claim row's values (see [`claim_sql`]).
+fn claim_values(lease: &Lease, now: DateTime<Utc>, duration: Duration) -> [Value; 6] {
+    let lease_until = now + to_chrono(duration);
+    [
+        lease.key.tenant_id.as_str().into(),
+        lease.key.message_id.as_str().into(),
+        now.into(),
+        lease_until.into(),
+        lease.token.into(),
+        lease_until.into(),
+    ]
+}
+
+/// The claim a returned row grants.
+fn acquired(lease: Lease, row: &sea_orm::QueryResult) -> Result<Claim, DbErr> {
+    let attempt: i32 = row.try_get("", "attempt_count")?;
+    let run: i32 = row.try_get("", "run_count")?;
+    Ok(Claim::Acquired { lease, attempt: attempt.max(1) as u32, run: run.max(1) as u32 })
+}
 
 /// The condition every fenced write adds: the lease is still this worker's.
 pub(super) const HELD: &str = "tenant_id = ? AND message_id = ? AND lease_token = ? AND lease_expires_at IS NOT NULL
@@ -47,27 +86,68 @@ async fn fenced(db: &impl ConnectionTrait, sql: &str, mut values: Vec<Value>, le
 }
 
 pub(super) async fn claim(db: &impl ConnectionTrait, key: &MessageKey, lease: Duration) -> Result<Claim, StoreError> {
-    let backend = db.get_database_backend();
     let now = Utc::now();
-    let lease_until = now + to_chrono(lease);
     let held = Lease::new(key.clone());
-    let values: Vec<Value> = vec![
-        key.tenant_id.as_str().into(),
-        key.message_id.as_str().into(),
-        now.into(),
-        lease_until.into(),
-        held.token.into(),
-        lease_until.into(),
-        now.into(),
-    ];
-    if let Some(row) = db.query_one_raw(stmt(backend, CLAIM, values)).await? {
-        let attempt: i32 = row.try_get("", "attempt_count")?;
-        let run: i32 = row.try_get("", "run_count")?;
-        return Ok(Claim::Acquired { lease: held, attempt: attempt.max(1) as u32, run: run.max(1) as u32 });
+    let values = claim_values(&held, now, lease).to_vec();
+    match db.query_one_raw(stmt(db.get_database_backend(), &claim_sql(1), values)).await? {
+        Some(row) => Ok(acquired(held, &row)?),
+        None => refused(db, key, now).await,
     }
+}
+
+/// One claim waiting for its batch.
+pub(super) struct ClaimRequest {
+    pub(super) key: MessageKey,
+    pub(super) lease: Duration,
+}
+
+/// Claims many messages with one multi-row upsert. A key repeated in the
+/// batch (an upsert cannot touch a row twice) is claimed after it, alone,
+/// and finds it held; a refused claim is looked up alone to say why. Rows
+/// go in key order, so concurrent batches lock shared rows in one order
+/// and cannot deadlock.
+pub(super) async fn claim_many(db: &DatabaseConnection, batch: Vec<ClaimRequest>) -> Vec<Result<Claim, StoreError>> {
+    let mut seen = std::collections::HashSet::with_capacity(batch.len());
+    let (mut first, repeats): (Vec<usize>, Vec<usize>) =
+        (0..batch.len()).partition(|&i| seen.insert((&batch[i].key.tenant_id, &batch[i].key.message_id)));
+    first.sort_unstable_by(|&a, &b| {
+        (&batch[a].key.tenant_id, &batch[a].key.message_id).cmp(&(&batch[b].key.tenant_id, &batch[b].key.message_id))
+    });
+    let now = Utc::now();
+    let leases: Vec<Lease> = first.iter().map(|&i| Lease::new(batch[i].key.clone())).collect();
+    let values: Vec<Value> =
+        first.iter().zip(&leases).flat_map(|(&i, lease)| claim_values(lease, now, batch[i].lease)).collect();
+    let rows = match db.query_all_raw(stmt(db.get_database_backend(), &claim_sql(first.len()), values)).await {
+        Ok(rows) => rows,
+        Err(error) => return super::batch::fail_all(&StoreError::from(error), batch.len()),
+    };
+    // Each returned row by its key; the rest were refused.
+    let mut granted = std::collections::HashMap::with_capacity(rows.len());
+    for row in rows {
+        match (row.try_get::<String>("", "tenant_id"), row.try_get::<String>("", "message_id")) {
+            (Ok(tenant), Ok(message)) => granted.insert((tenant, message), row),
+            (Err(error), _) | (_, Err(error)) => return super::batch::fail_all(&StoreError::from(error), batch.len()),
+        };
+    }
+    let mut results: Vec<Option<Result<Claim, StoreError>>> = (0..batch.len()).map(|_| None).collect();
+    for (&i, lease) in first.iter().zip(leases) {
+        let key = (lease.key.tenant_id.clone(), lease.key.message_id.clone());
+        results[i] = Some(match granted.get(&key) {
+            Some(row) => acquired(lease, row).map_err(StoreError::from),
+            None => refused(db, &batch[i].key, now).await,
+        });
+    }
+    for i in repeats {
+        results[i] = Some(claim(db, &batch[i].key, batch[i].lease).await);
+    }
+    results.into_iter().map(|r| r.expect("every request answered")).collect()
+}
+
+/// Why a claim was refused: the message is completed, dead-lettered or held.
+async fn refused(db: &impl ConnectionTrait, key: &MessageKey, now: DateTime<Utc>) -> Result<Claim, StoreError> {
     let why = db
         .query_one_raw(stmt(
-            backend,
+            db.get_database_backend(),
             "SELECT status, dead_lettered_at, lease_expires_at FROM processed_messages
              WHERE tenant_id = ? AND message_id = ?",
             vec![key.tenant_id.as_str().into(), key.message_id.as_str().into()],
@@ -274,31 +354,66 @@ pub(super) async fn purge_expired(db: &impl ConnectionTrait, now: DateTime<Utc>)
     Ok(result.rows_affected())
 }
 
-pub(super) async fn set_lead_stage(
+/// One lead's move to a stage.
+pub(super) struct LeadMove {
+    pub(super) tenant_id: String,
+    pub(super) lead_id: String,
+    pub(super) stage: String,
+}
+
+/// Moves many leads, in batch order; per move, the stage the lead was in
+/// (`None` for a lead not seen before). One read and at most one upsert per
+/// batch. A lead's messages are processed one at a time (same phone, same
+/// key), so read-then-write is safe.
+pub(super) async fn set_lead_stages(
     db: &impl ConnectionTrait,
-    tenant_id: &str,
-    lead_id: &str,
-    stage: &str,
-) -> Result<Option<String>, StoreError> {
+    moves: Vec<LeadMove>,
+) -> Vec<Result<Option<String>, StoreError>> {
+    match move_leads(db, &moves).await {
+        Ok(previous) => previous.into_iter().map(Ok).collect(),
+        Err(error) => super::batch::fail_all(&error, moves.len()),
+    }
+}
+
+async fn move_leads(db: &impl ConnectionTrait, moves: &[LeadMove]) -> Result<Vec<Option<String>>, StoreError> {
     let backend = db.get_database_backend();
-    // A lead's messages are processed one at a time (same phone, same key), so read-then-write is safe.
-    let previous = db
-        .query_one_raw(stmt(
-            backend,
-            "SELECT stage FROM leads WHERE tenant_id = ? AND lead_id = ?",
-            vec![tenant_id.into(), lead_id.into()],
-        ))
-        .await?
-        .map(|row| row.try_get::<String>("", "stage"))
-        .transpose()?;
-    if previous.as_deref() != Some(stage) {
-        db.execute_raw(stmt(
-            backend,
-            "INSERT INTO leads (tenant_id, lead_id, stage, updated_at) VALUES (?, ?, ?, ?)
-             ON CONFLICT (tenant_id, lead_id) DO UPDATE SET stage = excluded.stage, updated_at = excluded.updated_at",
-            vec![tenant_id.into(), lead_id.into(), stage.into(), Utc::now().into()],
-        ))
-        .await?;
+    let mut sql = String::from("SELECT tenant_id, lead_id, stage FROM leads WHERE ");
+    let mut values: Vec<Value> = Vec::with_capacity(moves.len() * 2);
+    for (i, lead) in moves.iter().enumerate() {
+        sql.push_str(if i == 0 { "(tenant_id = ? AND lead_id = ?)" } else { " OR (tenant_id = ? AND lead_id = ?)" });
+        values.extend([lead.tenant_id.as_str().into(), lead.lead_id.as_str().into()]);
+    }
+    let mut stages = std::collections::HashMap::with_capacity(moves.len());
+    for row in db.query_all_raw(stmt(backend, &sql, values)).await? {
+        let key = (row.try_get::<String>("", "tenant_id")?, row.try_get::<String>("", "lead_id")?);
+        stages.insert(key, row.try_get::<String>("", "stage")?);
+    }
+    // Replay the moves in order; each lead is written once, with its last stage.
+    let mut previous = Vec::with_capacity(moves.len());
+    let mut changed: Vec<(String, String)> = Vec::new();
+    let mut marked = std::collections::HashSet::new();
+    for lead in moves {
+        let key = (lead.tenant_id.clone(), lead.lead_id.clone());
+        let before = stages.insert(key.clone(), lead.stage.clone());
+        if before.as_deref() != Some(lead.stage.as_str()) && marked.insert(key.clone()) {
+            changed.push(key);
+        }
+        previous.push(before);
+    }
+    if !changed.is_empty() {
+        // Key order: concurrent batches lock shared rows in one order.
+        changed.sort_unstable();
+        let now = Utc::now();
+        let mut sql = String::from("INSERT INTO leads (tenant_id, lead_id, stage, updated_at) VALUES ");
+        let mut values: Vec<Value> = Vec::with_capacity(changed.len() * 4);
+        for (i, key) in changed.iter().enumerate() {
+            sql.push_str(if i == 0 { "(?, ?, ?, ?)" } else { ", (?, ?, ?, ?)" });
+            values.extend([key.0.as_str().into(), key.1.as_str().into(), stages[key].as_str().into(), now.into()]);
+        }
+        sql.push_str(
+            " ON CONFLICT (tenant_id, lead_id) DO UPDATE SET stage = excluded.stage, updated_at = excluded.updated_at",
+        );
+        db.execute_raw(stmt(backend, &sql, values)).await?;
     }
     Ok(previous)
 }

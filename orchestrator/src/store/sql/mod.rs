@@ -31,8 +31,9 @@ mod statement;
 
 /// The store on a sea-orm connection whose schema [`migrations`] created.
 ///
-/// Saga-log appends, completions and reply marks of concurrent messages are
-/// coalesced into one statement (or transaction) per batch (see `batch`);
+/// Claims, parking checks, saga-log appends, completions, lead stages and
+/// reply marks of concurrent messages are
+/// coalesced into one statement (or transaction) per batch (see [`crate::coalesce`]);
 /// the writer tasks start on first use in the caller's tokio runtime, so a
 /// store belongs to one runtime.
 #[derive(Clone)]
@@ -44,9 +45,12 @@ pub struct SqlStore {
 /// The coalesced writers, started on first use.
 #[derive(Default)]
 struct Batches {
-    steps: OnceLock<batch::Coalescer<saga_log::StepWrite, ()>>,
-    completions: OnceLock<batch::Coalescer<claims::Completion, ()>>,
-    replies: OnceLock<batch::Coalescer<MessageKey, ()>>,
+    claims: OnceLock<batch::Batched<claims::ClaimRequest, Claim>>,
+    touches: OnceLock<batch::Batched<String, Option<String>>>,
+    leads: OnceLock<batch::Batched<claims::LeadMove, Option<String>>>,
+    steps: OnceLock<batch::Batched<saga_log::StepWrite, ()>>,
+    completions: OnceLock<batch::Batched<claims::Completion, ()>>,
+    replies: OnceLock<batch::Batched<MessageKey, ()>>,
 }
 
 /// Writer tasks per coalesced write: a few batches in flight at once, within the connection pool.
@@ -68,19 +72,20 @@ impl SqlStore {
     }
 
     /// The coalescer in `cell`, started on first use with `write` as its batch writer.
-    fn coalesced<'a, Req, W, Fut>(
+    fn coalesced<'a, Req, Resp, W, Fut>(
         &self,
-        cell: &'a OnceLock<batch::Coalescer<Req, ()>>,
+        cell: &'a OnceLock<batch::Batched<Req, Resp>>,
         write: W,
-    ) -> &'a batch::Coalescer<Req, ()>
+    ) -> &'a batch::Batched<Req, Resp>
     where
         Req: Send + 'static,
+        Resp: Send + 'static,
         W: Fn(DatabaseConnection, Vec<Req>) -> Fut + Send + Sync + 'static,
-        Fut: std::future::Future<Output = Vec<Result<(), StoreError>>> + Send + 'static,
+        Fut: std::future::Future<Output = Vec<Result<Resp, StoreError>>> + Send + 'static,
     {
         cell.get_or_init(|| {
             let db = self.db.clone();
-            batch::Coalescer::spawn(BATCH_WRITERS, MAX_BATCH, move |batch| write(db.clone(), batch))
+            crate::coalesce::Coalescer::spawn(BATCH_WRITERS, MAX_BATCH, move |batch| write(db.clone(), batch))
         })
     }
 
@@ -97,7 +102,9 @@ fn corrupt(table: &'static str, reason: String) -> StoreError {
 #[async_trait]
 impl Store for SqlStore {
     async fn claim(&self, key: &MessageKey, lease: Duration) -> Result<Claim, StoreError> {
-        claims::claim(&self.db, key, lease).await
+        let claims =
+            self.coalesced(&self.batches.claims, |db, batch| async move { claims::claim_many(&db, batch).await });
+        batch::submit(claims, claims::ClaimRequest { key: key.clone(), lease }).await
     }
 
     async fn renew(&self, lease: &Lease, duration: Duration) -> Result<(), StoreError> {
@@ -113,10 +120,17 @@ impl Store for SqlStore {
     }
 
     async fn record_step(&self, lease: &Lease, run: u32, step: &StepRecord) -> Result<(), StoreError> {
-        let write = saga_log::StepWrite { key: lease.key.clone(), token: lease.token, run, step: step.clone() };
-        let steps =
+        self.record_steps(lease, run, std::slice::from_ref(step)).await
+    }
+
+    async fn record_steps(&self, lease: &Lease, run: u32, steps: &[StepRecord]) -> Result<(), StoreError> {
+        if steps.is_empty() {
+            return Ok(());
+        }
+        let write = saga_log::StepWrite { key: lease.key.clone(), token: lease.token, run, steps: steps.to_vec() };
+        let batched =
             self.coalesced(&self.batches.steps, |db, writes| async move { saga_log::record_steps(&db, writes).await });
-        steps.call(write).await
+        batch::submit(batched, write).await
     }
 
     async fn complete(
@@ -134,7 +148,7 @@ impl Store for SqlStore {
         };
         let completions = self
             .coalesced(&self.batches.completions, |db, batch| async move { claims::complete_many(&db, batch).await });
-        completions.call(completion).await
+        batch::submit(completions, completion).await
     }
 
     async fn pending_reply(&self, key: &MessageKey) -> Result<Option<serde_json::Value>, StoreError> {
@@ -147,7 +161,7 @@ impl Store for SqlStore {
                 &self.batches.replies,
                 |db, keys| async move { claims::mark_replies_published(&db, keys).await },
             );
-        replies.call(key.clone()).await
+        batch::submit(replies, key.clone()).await
     }
 
     async fn dead_letter(&self, lease: Option<&Lease>, entry: &NewDeadLetter) -> Result<i64, StoreError> {
@@ -159,7 +173,11 @@ impl Store for SqlStore {
     }
 
     async fn set_lead_stage(&self, tenant_id: &str, lead_id: &str, stage: &str) -> Result<Option<String>, StoreError> {
-        claims::set_lead_stage(&self.db, tenant_id, lead_id, stage).await
+        let leads =
+            self.coalesced(&self.batches.leads, |db, moves| async move { claims::set_lead_stages(&db, moves).await });
+        let lead =
+            claims::LeadMove { tenant_id: tenant_id.to_owned(), lead_id: lead_id.to_owned(), stage: stage.to_owned() };
+        batch::submit(leads, lead).await
     }
 }
 
@@ -189,7 +207,15 @@ impl DeadLetterQueue for SqlStore {
 #[async_trait]
 impl KeyParking for SqlStore {
     async fn park_if_blocked(&self, message: &ParkedMessage) -> Result<ParkCheck, StoreError> {
-        parking::park_if_blocked(&self.db, message).await
+        // The usual case, a key with no block (or blocked by this very message),
+        // needs nothing but the touch, coalesced with other messages' touches.
+        let touches =
+            self.coalesced(&self.batches.touches, |db, keys| async move { parking::touch_many(&db, keys).await });
+        match batch::submit(touches, message.key.clone()).await? {
+            None => Ok(ParkCheck::Open { holder: false }),
+            Some(holder) if holder == message.message_id => Ok(ParkCheck::Open { holder: true }),
+            Some(_) => parking::park_behind(&self.db, message).await,
+        }
     }
 
     async fn block(&self, key: &str, message_id: &str) -> Result<(), StoreError> {

@@ -12,24 +12,38 @@ use crate::store::{ParkCheck, ParkedMessage, StoreError};
 
 const TOUCH: &str = "UPDATE key_blocks SET touched_at = ? WHERE key = ?";
 
-pub(super) async fn park_if_blocked(db: &DatabaseConnection, message: &ParkedMessage) -> Result<ParkCheck, StoreError> {
-    // The usual case, a key with no block (or blocked by this very message),
-    // needs nothing but the touch itself: one statement, no transaction.
-    // Only parking must hold the block row's lock from the touch to the insert.
-    let touched = db
-        .query_one_raw(stmt(
-            db.get_database_backend(),
-            &format!("{TOUCH} RETURNING holder_message_id"),
-            vec![Utc::now().into(), message.key.as_str().into()],
-        ))
-        .await?;
-    match touched {
-        None => return Ok(ParkCheck::Open { holder: false }),
-        Some(row) if row.try_get::<String>("", "holder_message_id")? == message.message_id => {
-            return Ok(ParkCheck::Open { holder: true });
-        }
-        Some(_) => {}
+/// Touches the block rows of many keys in one statement; per key, the
+/// holder of its block (`None`: the key is not blocked). Keys may repeat.
+pub(super) async fn touch_many(
+    db: &impl ConnectionTrait,
+    keys: Vec<String>,
+) -> Vec<Result<Option<String>, StoreError>> {
+    let mut sql = String::from("UPDATE key_blocks SET touched_at = ? WHERE key IN (");
+    let mut values: Vec<sea_orm::Value> = Vec::with_capacity(keys.len() + 1);
+    values.push(Utc::now().into());
+    for (i, key) in keys.iter().enumerate() {
+        sql.push_str(if i == 0 { "?" } else { ", ?" });
+        values.push(key.as_str().into());
     }
+    sql.push_str(") RETURNING key, holder_message_id");
+    let rows = match db.query_all_raw(stmt(db.get_database_backend(), &sql, values)).await {
+        Ok(rows) => rows,
+        Err(error) => return super::batch::fail_all(&StoreError::from(error), keys.len()),
+    };
+    let mut holders = std::collections::HashMap::with_capacity(rows.len());
+    for row in rows {
+        match (row.try_get::<String>("", "key"), row.try_get::<String>("", "holder_message_id")) {
+            (Ok(key), Ok(holder)) => holders.insert(key, holder),
+            (Err(error), _) | (_, Err(error)) => return super::batch::fail_all(&StoreError::from(error), keys.len()),
+        };
+    }
+    keys.iter().map(|key| Ok(holders.get(key).cloned())).collect()
+}
+
+/// Parks `message` unless its key's block went away or is its own, after a
+/// touch found the key blocked by another message (see [`touch_many`]).
+/// Parking holds the block row's lock from the touch to the insert.
+pub(super) async fn park_behind(db: &DatabaseConnection, message: &ParkedMessage) -> Result<ParkCheck, StoreError> {
     let txn = db.begin().await?;
     let backend = txn.get_database_backend();
     let touched = txn

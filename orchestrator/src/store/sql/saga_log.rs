@@ -38,12 +38,12 @@ pub(super) async fn load_steps(
         .collect()
 }
 
-/// One saga-log row to append while `token` holds the message's lease.
+/// Saga-log rows of one message to append, in order, while `token` holds its lease.
 pub(super) struct StepWrite {
     pub(super) key: MessageKey,
     pub(super) token: i64,
     pub(super) run: u32,
-    pub(super) step: StepRecord,
+    pub(super) steps: Vec<StepRecord>,
 }
 
 /// Appends many messages' saga-log rows in one statement. Each row is
@@ -55,9 +55,9 @@ pub(super) async fn record_steps(db: &impl ConnectionTrait, writes: Vec<StepWrit
          SELECT column1, column2, column3, column4, column5, column6, column7, column8, column9, column10 FROM (VALUES ",
     );
     let mut values = Vec::with_capacity(writes.len() * 11);
-    for (i, write) in writes.iter().enumerate() {
+    let rows = writes.iter().flat_map(|write| write.steps.iter().map(move |step| (write, step)));
+    for (i, (write, step)) in rows.enumerate() {
         sql.push_str(if i == 0 { "(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)" } else { ", (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)" });
-        let step = &write.step;
         values.extend([
             write.key.tenant_id.as_str().into(),
             write.key.message_id.as_str().into(),
@@ -101,23 +101,25 @@ pub(super) async fn record_steps(db: &impl ConnectionTrait, writes: Vec<StepWrit
             Err(error) => return super::batch::fail_all(&StoreError::from(error), writes.len()),
         }
     }
+    // A write's rows share its lease: all of them went in, or none.
     writes
         .iter()
         .map(|write| {
-            let id = (
-                write.key.tenant_id.clone(),
-                write.key.message_id.clone(),
-                write.run as i32,
-                write.step.step_index as i32,
-                write.step.status.as_str().to_owned(),
-            );
-            match inserted.get_mut(&id) {
-                Some(n) if *n > 0 => {
-                    *n -= 1;
-                    Ok(())
+            let mut all_in = true;
+            for step in &write.steps {
+                let id = (
+                    write.key.tenant_id.clone(),
+                    write.key.message_id.clone(),
+                    write.run as i32,
+                    step.step_index as i32,
+                    step.status.as_str().to_owned(),
+                );
+                match inserted.get_mut(&id) {
+                    Some(n) if *n > 0 => *n -= 1,
+                    _ => all_in = false,
                 }
-                _ => Err(StoreError::LeaseLost(write.key.message_id.clone())),
             }
+            if all_in { Ok(()) } else { Err(StoreError::LeaseLost(write.key.message_id.clone())) }
         })
         .collect()
 }
