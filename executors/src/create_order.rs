@@ -6,7 +6,7 @@ use orchestrator::{ActionContext, ActionError, ActionExecutor, ActionOutput};
 use sea_orm::{DatabaseConnection, Set};
 use serde_json::{Value, json};
 
-use crate::effect::{EffectTable, insert_once, undo};
+use crate::effect::{EffectRows, EffectTable};
 
 /// The `orders` table.
 pub mod entity {
@@ -64,13 +64,13 @@ impl EffectTable for Entity {
 /// names) or a single `product` with `quantity`.
 #[derive(Debug, Clone)]
 pub struct CreateOrder {
-    db: DatabaseConnection,
+    rows: EffectRows<Entity>,
 }
 
 impl CreateOrder {
     /// Writes to `db`.
     pub fn new(db: DatabaseConnection) -> Self {
-        Self { db }
+        Self { rows: EffectRows::new(db) }
     }
 }
 
@@ -130,16 +130,16 @@ impl ActionExecutor for CreateOrder {
             updated_at: Set(now),
             ..Default::default()
         };
-        let order = insert_once(&self.db, row, &key).await?;
+        let order = self.rows.insert_once(row).await?;
         Ok(ActionOutput(json!({ Entity::OUTPUT_ID: order.id, "items": order.items })))
     }
 
     async fn compensate(&self, ctx: &ActionContext<'_>, _output: &ActionOutput) -> Result<(), ActionError> {
-        undo::<Entity>(&self.db, &ctx.idempotency_key()).await
+        self.rows.undo(&ctx.idempotency_key()).await
     }
 
     async fn compensate_unknown(&self, ctx: &ActionContext<'_>) -> Result<(), ActionError> {
-        undo::<Entity>(&self.db, &ctx.idempotency_key()).await
+        self.rows.undo(&ctx.idempotency_key()).await
     }
 }
 

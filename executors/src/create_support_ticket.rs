@@ -6,7 +6,7 @@ use orchestrator::{ActionContext, ActionError, ActionExecutor, ActionOutput};
 use sea_orm::{DatabaseConnection, Set};
 use serde_json::json;
 
-use crate::effect::{EffectTable, insert_once, undo};
+use crate::effect::{EffectRows, EffectTable};
 
 /// The `support_tickets` table.
 pub mod entity {
@@ -67,13 +67,13 @@ pub const PRIORITIES: [&str; 4] = ["low", "normal", "high", "urgent"];
 /// `description` (default: the message text), `priority` (default `normal`).
 #[derive(Debug, Clone)]
 pub struct CreateSupportTicket {
-    db: DatabaseConnection,
+    rows: EffectRows<Entity>,
 }
 
 impl CreateSupportTicket {
     /// Writes to `db`.
     pub fn new(db: DatabaseConnection) -> Self {
-        Self { db }
+        Self { rows: EffectRows::new(db) }
     }
 }
 
@@ -105,15 +105,15 @@ impl ActionExecutor for CreateSupportTicket {
             updated_at: Set(now),
             ..Default::default()
         };
-        let ticket = insert_once(&self.db, row, &key).await?;
+        let ticket = self.rows.insert_once(row).await?;
         Ok(ActionOutput(json!({ Entity::OUTPUT_ID: ticket.id, "priority": ticket.priority })))
     }
 
     async fn compensate(&self, ctx: &ActionContext<'_>, _output: &ActionOutput) -> Result<(), ActionError> {
-        undo::<Entity>(&self.db, &ctx.idempotency_key()).await
+        self.rows.undo(&ctx.idempotency_key()).await
     }
 
     async fn compensate_unknown(&self, ctx: &ActionContext<'_>) -> Result<(), ActionError> {
-        undo::<Entity>(&self.db, &ctx.idempotency_key()).await
+        self.rows.undo(&ctx.idempotency_key()).await
     }
 }

@@ -1,42 +1,146 @@
 //! What every effect table's executor shares: insert once per idempotency
-//! key, and move a row's status for compensation.
+//! key (coalesced over concurrent messages), and move a row's status for
+//! compensation.
+
+use std::collections::HashMap;
+use std::sync::{Arc, OnceLock};
 
 use chrono::Utc;
 use orchestrator::ActionError;
-use sea_orm::sea_query::Expr;
+use orchestrator::coalesce::Coalescer;
+use sea_orm::sea_query::{Expr, ValueType};
 use sea_orm::{
-    ActiveModelTrait, ColumnTrait, DatabaseConnection, DbErr, EntityTrait, IntoActiveModel, QueryFilter,
-    TryInsertResult,
+    ActiveModelTrait, ColumnTrait, DatabaseConnection, DbErr, EntityTrait, IntoActiveModel, ModelTrait, QueryFilter,
+    TryInsertResult, Value,
 };
 
-/// Inserts `row` unless a row with the same idempotency key exists; returns the stored row.
-pub(crate) async fn insert_once<A>(
-    db: &DatabaseConnection,
-    row: A,
-    key: &str,
-) -> Result<<A::Entity as EntityTrait>::Model, ActionError>
+/// One effect table's rows, written by its executor: inserts of concurrent
+/// messages are coalesced into one multi-row `INSERT` per batch (see
+/// [`orchestrator::coalesce`]), so a busy database sees one round trip for
+/// many steps; an idle one writes each row at once.
+pub(crate) struct EffectRows<E: EffectTable> {
+    db: DatabaseConnection,
+    inserts: Arc<OnceLock<Inserts<E>>>,
+}
+
+/// The coalesced inserts of `E`'s rows, each answered with its stored row.
+type Inserts<E> = Coalescer<<E as EntityTrait>::ActiveModel, Result<<E as EntityTrait>::Model, ActionError>>;
+
+impl<E: EffectTable> Clone for EffectRows<E> {
+    fn clone(&self) -> Self {
+        Self { db: self.db.clone(), inserts: self.inserts.clone() }
+    }
+}
+
+impl<E: EffectTable> std::fmt::Debug for EffectRows<E> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EffectRows").field("table", &E::default().table_name()).finish_non_exhaustive()
+    }
+}
+
+/// Writer tasks per table: a few batches in flight at once, within the connection pool.
+const WRITERS: usize = 2;
+
+/// Rows per `INSERT` (about a dozen parameters each, far below both databases' limits).
+const MAX_ROWS: usize = 256;
+
+impl<E> EffectRows<E>
 where
-    A: ActiveModelTrait + Send,
-    A::Entity: EffectTable,
-    <A::Entity as EntityTrait>::Model: IntoActiveModel<A>,
+    E: EffectTable,
+    E::ActiveModel: ActiveModelTrait<Entity = E> + Send + 'static,
+    E::Model: IntoActiveModel<E::ActiveModel> + Clone + Send + Sync + 'static,
 {
-    let key_column = <A::Entity as EffectTable>::IDEMPOTENCY_KEY;
-    // One round trip when the row is new (the usual case); a conflict (a
-    // resumed step) reads the row written the first time.
+    /// Rows of `E` in `db`; the batch writers start on first use, in the caller's tokio runtime.
+    pub(crate) fn new(db: DatabaseConnection) -> Self {
+        Self { db, inserts: Arc::default() }
+    }
+
+    /// Inserts `row` unless a row with its idempotency key exists; returns the stored row.
+    pub(crate) async fn insert_once(&self, row: E::ActiveModel) -> Result<E::Model, ActionError> {
+        let inserts = self.inserts.get_or_init(|| {
+            let db = self.db.clone();
+            Coalescer::spawn(WRITERS, MAX_ROWS, move |rows| {
+                let db = db.clone();
+                async move { insert_many_once::<E>(&db, rows).await }
+            })
+        });
+        inserts.call(row).await.map_err(ActionError::retryable)?
+    }
+
+    /// Compensates the step whose idempotency key is `key` (see [`undo`]).
+    pub(crate) async fn undo(&self, key: &str) -> Result<(), ActionError> {
+        undo::<E>(&self.db, key).await
+    }
+}
+
+/// The idempotency key of a row to insert or a stored one.
+fn key_of(value: Value) -> Option<String> {
+    <String as ValueType>::try_from(value).ok()
+}
+
+/// Inserts `rows` in one statement, skipping those whose idempotency key
+/// is stored already (a resumed step), and answers each with its stored
+/// row: the one just inserted, or the one written the first time.
+async fn insert_many_once<E>(db: &DatabaseConnection, rows: Vec<E::ActiveModel>) -> Vec<Result<E::Model, ActionError>>
+where
+    E: EffectTable,
+    E::ActiveModel: ActiveModelTrait<Entity = E> + Send,
+    E::Model: IntoActiveModel<E::ActiveModel> + Clone,
+{
+    let keys: Vec<Option<String>> =
+        rows.iter().map(|row| row.get(E::IDEMPOTENCY_KEY).into_value().and_then(key_of)).collect();
+    match store_rows::<E>(db, rows, &keys).await {
+        Ok(stored) => keys
+            .into_iter()
+            .map(|key| {
+                let key = key.ok_or_else(|| ActionError::permanent("an effect row has no idempotency key"))?;
+                stored.get(&key).cloned().ok_or_else(|| {
+                    ActionError::retryable(format!("row with idempotency key {key} vanished after insert"))
+                })
+            })
+            .collect(),
+        Err(error) => keys.iter().map(|_| Err(error.clone())).collect(),
+    }
+}
+
+/// The stored rows of `keys` after inserting `rows`, by idempotency key.
+async fn store_rows<E>(
+    db: &DatabaseConnection,
+    mut rows: Vec<E::ActiveModel>,
+    keys: &[Option<String>],
+) -> Result<HashMap<String, E::Model>, ActionError>
+where
+    E: EffectTable,
+    E::ActiveModel: ActiveModelTrait<Entity = E> + Send,
+    E::Model: IntoActiveModel<E::ActiveModel>,
+{
+    // Key order: concurrent batches take the unique index's locks in one order.
+    rows.sort_by_cached_key(|row| row.get(E::IDEMPOTENCY_KEY).into_value().and_then(key_of));
     let inserted =
-        <A::Entity as EntityTrait>::insert(row).on_conflict_do_nothing_on([key_column]).exec_with_returning(db).await;
+        E::insert_many(rows).on_conflict_do_nothing_on([E::IDEMPOTENCY_KEY]).exec_with_returning_many(db).await;
+    let mut stored = HashMap::with_capacity(keys.len());
     match inserted {
-        Ok(TryInsertResult::Inserted(model)) => return Ok(model),
-        // sea-orm reports a conflict on SQLite as "inserted item not found".
+        Ok(TryInsertResult::Inserted(models)) => {
+            for model in models {
+                if let Some(key) = key_of(model.get(E::IDEMPOTENCY_KEY)) {
+                    stored.insert(key, model);
+                }
+            }
+        }
+        // Every row conflicted (sea-orm reports that on SQLite as "not found").
         Ok(_) | Err(DbErr::RecordNotFound(_)) => {}
         Err(error) => return Err(db_error(error)),
     }
-    <A::Entity as EntityTrait>::find()
-        .filter(key_column.eq(key))
-        .one(db)
-        .await
-        .map_err(db_error)?
-        .ok_or_else(|| ActionError::retryable(format!("row with idempotency key {key} vanished after insert")))
+    // Rows written the first time (resumed steps): read back, one query for all.
+    let missing: Vec<&String> = keys.iter().flatten().filter(|key| !stored.contains_key(*key)).collect();
+    if !missing.is_empty() {
+        for model in E::find().filter(E::IDEMPOTENCY_KEY.is_in(missing)).all(db).await.map_err(db_error)? {
+            if let Some(key) = key_of(model.get(E::IDEMPOTENCY_KEY)) {
+                stored.insert(key, model);
+            }
+        }
+    }
+    Ok(stored)
 }
 
 /// An effect table: its columns and the lifecycle its compensation moves along.

@@ -7,7 +7,7 @@ use orchestrator::{ActionContext, ActionError, ActionExecutor, ActionOutput};
 use sea_orm::{DatabaseConnection, Set};
 use serde_json::json;
 
-use crate::effect::{EffectTable, insert_once, undo};
+use crate::effect::{EffectRows, EffectTable};
 
 /// The `review_flags` table.
 pub mod entity {
@@ -62,13 +62,13 @@ impl EffectTable for Entity {
 /// Flags a conversation for human review: `reason` (required), `details`.
 #[derive(Debug, Clone)]
 pub struct FlagForReview {
-    db: DatabaseConnection,
+    rows: EffectRows<Entity>,
 }
 
 impl FlagForReview {
     /// Writes to `db`.
     pub fn new(db: DatabaseConnection) -> Self {
-        Self { db }
+        Self { rows: EffectRows::new(db) }
     }
 }
 
@@ -95,15 +95,15 @@ impl ActionExecutor for FlagForReview {
             updated_at: Set(now),
             ..Default::default()
         };
-        let flag = insert_once(&self.db, row, &key).await?;
+        let flag = self.rows.insert_once(row).await?;
         Ok(ActionOutput(json!({ Entity::OUTPUT_ID: flag.id })))
     }
 
     async fn compensate(&self, ctx: &ActionContext<'_>, _output: &ActionOutput) -> Result<(), ActionError> {
-        undo::<Entity>(&self.db, &ctx.idempotency_key()).await
+        self.rows.undo(&ctx.idempotency_key()).await
     }
 
     async fn compensate_unknown(&self, ctx: &ActionContext<'_>) -> Result<(), ActionError> {
-        undo::<Entity>(&self.db, &ctx.idempotency_key()).await
+        self.rows.undo(&ctx.idempotency_key()).await
     }
 }

@@ -7,7 +7,7 @@ use orchestrator::{ActionContext, ActionError, ActionExecutor, ActionOutput};
 use sea_orm::{DatabaseConnection, Set};
 use serde_json::json;
 
-use crate::effect::{EffectTable, insert_once, undo};
+use crate::effect::{EffectRows, EffectTable};
 
 /// The `sales_notifications` table.
 pub mod entity {
@@ -65,13 +65,13 @@ impl EffectTable for Entity {
 /// text), `details` (any JSON).
 #[derive(Debug, Clone)]
 pub struct NotifySales {
-    db: DatabaseConnection,
+    rows: EffectRows<Entity>,
 }
 
 impl NotifySales {
     /// Writes to `db`.
     pub fn new(db: DatabaseConnection) -> Self {
-        Self { db }
+        Self { rows: EffectRows::new(db) }
     }
 }
 
@@ -99,15 +99,15 @@ impl ActionExecutor for NotifySales {
             updated_at: Set(now),
             ..Default::default()
         };
-        let notification = insert_once(&self.db, row, &key).await?;
+        let notification = self.rows.insert_once(row).await?;
         Ok(ActionOutput(json!({ Entity::OUTPUT_ID: notification.id })))
     }
 
     async fn compensate(&self, ctx: &ActionContext<'_>, _output: &ActionOutput) -> Result<(), ActionError> {
-        undo::<Entity>(&self.db, &ctx.idempotency_key()).await
+        self.rows.undo(&ctx.idempotency_key()).await
     }
 
     async fn compensate_unknown(&self, ctx: &ActionContext<'_>) -> Result<(), ActionError> {
-        undo::<Entity>(&self.db, &ctx.idempotency_key()).await
+        self.rows.undo(&ctx.idempotency_key()).await
     }
 }

@@ -136,3 +136,45 @@ async fn database_failures_are_retryable() {
     let error = CreateOrder::new(t.db.clone()).execute(&action).await.unwrap_err();
     assert!(error.is_retryable(), "{error}");
 }
+
+/// Concurrent steps share multi-row inserts: each step gets its own row,
+/// a step executed twice in one burst (a redelivery racing itself) gets the
+/// same row both times, and a step whose row exists already gets that row.
+#[tokio::test]
+async fn concurrent_executions_each_get_their_own_row_once() {
+    for t in testing::databases().await {
+        let executor = std::sync::Arc::new(CreateOrder::new(t.db.clone()));
+        let params = json!({ "items": ["tacos"] });
+        let earlier = message("burst-0");
+        let existing =
+            executor.execute(&ActionContext { message: &earlier, params: &params, step_index: 0 }).await.unwrap();
+        // Messages 0..30, with 5 and 6 executed three times each.
+        let ids: Vec<usize> = (0..30).chain([5, 5, 6, 6]).collect();
+        let runs: Vec<_> = ids
+            .into_iter()
+            .map(|i| {
+                let (executor, params) = (executor.clone(), params.clone());
+                tokio::spawn(async move {
+                    let ctx = message(&format!("burst-{i}"));
+                    let output =
+                        executor.execute(&ActionContext { message: &ctx, params: &params, step_index: 0 }).await;
+                    (i, output.unwrap())
+                })
+            })
+            .collect();
+        let mut ids_by_message: HashMap<usize, std::collections::HashSet<i64>> = HashMap::new();
+        for run in runs {
+            let (i, output) = run.await.unwrap();
+            ids_by_message.entry(i).or_default().insert(output.0["order_id"].as_i64().expect("an order id"));
+        }
+        for (i, ids) in &ids_by_message {
+            assert_eq!(ids.len(), 1, "{}: burst-{i} got rows {ids:?}", t.label);
+        }
+        assert_eq!(ids_by_message[&0].iter().next(), existing.0["order_id"].as_i64().as_ref(), "{}", t.label);
+        let distinct: std::collections::HashSet<i64> = ids_by_message.values().flatten().copied().collect();
+        assert_eq!(distinct.len(), 30, "{}: one row per message", t.label);
+        let sql = "SELECT COUNT(*) AS n FROM orders WHERE message_id LIKE 'burst-%'";
+        let row = t.db.query_one_raw(Statement::from_string(t.db.get_database_backend(), sql)).await.unwrap().unwrap();
+        assert_eq!(row.try_get::<i64>("", "n").unwrap(), 30, "{}", t.label);
+    }
+}
