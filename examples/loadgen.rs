@@ -400,8 +400,13 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     // Warm-up messages take the indexes after the measured ones.
     let timeline = Arc::new(Timeline::new(args.messages + WARMUP));
     let reader = spawn_reply_reader(&kafka, args.partitions, run.clone(), timeline.clone());
-    let runtime =
-        ConsumerRuntime::new(&kafka, orchestrator, Arc::new(KeywordClassifier), parking, RuntimeSettings::default())?;
+    let runtime = ConsumerRuntime::new(&kafka, orchestrator, Arc::new(KeywordClassifier), parking, {
+        let mut settings = RuntimeSettings::default();
+        if let Some(n) = std::env::var("LOADGEN_IN_FLIGHT").ok().and_then(|v| v.parse().ok()) {
+            settings.max_in_flight = n;
+        }
+        settings
+    })?;
     let stats = runtime.stats();
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let consuming = tokio::spawn(runtime.run(async {

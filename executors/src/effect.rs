@@ -39,7 +39,7 @@ impl<E: EffectTable> std::fmt::Debug for EffectRows<E> {
 }
 
 /// Writer tasks per table: a few batches in flight at once, within the connection pool.
-const WRITERS: usize = 2;
+const WRITERS: usize = 1;
 
 /// Rows per `INSERT` (about a dozen parameters each, far below both databases' limits).
 const MAX_ROWS: usize = 256;

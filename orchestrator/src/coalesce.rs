@@ -80,6 +80,10 @@ impl<Req: Send + 'static, Out: Send + 'static> Coalescer<Req, Out> {
                     let jobs = {
                         let mut waiting = waiting.lock().await;
                         let Some(first) = waiting.recv().await else { return };
+                        // Let the tasks that are ready now run first: a wave of
+                        // messages woken by the last batch queues its next
+                        // calls together instead of the first going alone.
+                        tokio::task::yield_now().await;
                         let mut jobs = vec![first];
                         while jobs.len() < max_batch {
                             match waiting.try_recv() {

@@ -90,7 +90,7 @@ pub struct RuntimeSettings {
 impl Default for RuntimeSettings {
     fn default() -> Self {
         Self {
-            max_in_flight: 256,
+            max_in_flight: 1024,
             shutdown_grace: Duration::from_secs(25),
             statistics_interval: Duration::from_secs(5),
         }

@@ -288,16 +288,16 @@ pub(super) async fn mark_replies_published(
     db: &impl ConnectionTrait,
     keys: Vec<MessageKey>,
 ) -> Vec<Result<(), StoreError>> {
-    let mut sql = String::from("UPDATE processed_messages SET reply_published_at = ? WHERE ");
-    let mut values: Vec<Value> = vec![Utc::now().into()];
+    // A join on the keys, not a chain of ORs: PostgreSQL rechecks an OR
+    // chain on every row it finds, which grows with the square of the batch.
+    let mut sql = String::from("UPDATE processed_messages AS p SET reply_published_at = ? FROM (VALUES ");
+    let mut values: Vec<Value> = Vec::with_capacity(1 + keys.len() * 2);
+    values.push(Utc::now().into());
     for (i, key) in keys.iter().enumerate() {
-        sql.push_str(if i == 0 {
-            "(tenant_id = ? AND message_id = ?)"
-        } else {
-            " OR (tenant_id = ? AND message_id = ?)"
-        });
+        sql.push_str(if i == 0 { "(?, ?)" } else { ", (?, ?)" });
         values.extend([key.tenant_id.as_str().into(), key.message_id.as_str().into()]);
     }
+    sql.push_str(") AS v WHERE p.tenant_id = v.column1 AND p.message_id = v.column2");
     match db.execute_raw(stmt(db.get_database_backend(), &sql, values)).await {
         Ok(_) => keys.iter().map(|_| Ok(())).collect(),
         Err(error) => super::batch::fail_all(&StoreError::from(error), keys.len()),
@@ -377,12 +377,14 @@ pub(super) async fn set_lead_stages(
 
 async fn move_leads(db: &impl ConnectionTrait, moves: &[LeadMove]) -> Result<Vec<Option<String>>, StoreError> {
     let backend = db.get_database_backend();
-    let mut sql = String::from("SELECT tenant_id, lead_id, stage FROM leads WHERE ");
+    // A join on the leads, not a chain of ORs (see `mark_replies_published`).
+    let mut sql = String::from("SELECT l.tenant_id, l.lead_id, l.stage FROM leads AS l JOIN (VALUES ");
     let mut values: Vec<Value> = Vec::with_capacity(moves.len() * 2);
     for (i, lead) in moves.iter().enumerate() {
-        sql.push_str(if i == 0 { "(tenant_id = ? AND lead_id = ?)" } else { " OR (tenant_id = ? AND lead_id = ?)" });
+        sql.push_str(if i == 0 { "(?, ?)" } else { ", (?, ?)" });
         values.extend([lead.tenant_id.as_str().into(), lead.lead_id.as_str().into()]);
     }
+    sql.push_str(") AS v ON l.tenant_id = v.column1 AND l.lead_id = v.column2");
     let mut stages = std::collections::HashMap::with_capacity(moves.len());
     for row in db.query_all_raw(stmt(backend, &sql, values)).await? {
         let key = (row.try_get::<String>("", "tenant_id")?, row.try_get::<String>("", "lead_id")?);

@@ -54,7 +54,7 @@ struct Batches {
 }
 
 /// Writer tasks per coalesced write: a few batches in flight at once, within the connection pool.
-const BATCH_WRITERS: usize = 4;
+const BATCH_WRITERS: usize = 1;
 
 /// Rows per batched statement (11 parameters each, far below SQLite's and PostgreSQL's limits).
 const MAX_BATCH: usize = 256;
