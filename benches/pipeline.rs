@@ -1,7 +1,8 @@
 //! Messages through the whole pipeline with a two-step saga: one at a time
 //! on the in-memory store (no database) and on SQLite (a temporary file,
-//! WAL), and 64 at once on SQLite, where the store coalesces the saga-log
-//! rows, completions and reply marks of concurrent messages into batches.
+//! WAL), and 64 at once on SQLite, where the store coalesces the claims,
+//! saga-log rows and completions of concurrent messages into batches. With
+//! `BENCH_DATABASE_URL` (a scratch PostgreSQL database) the same on PostgreSQL.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -62,10 +63,16 @@ fn orchestrator(store: Arc<dyn Store>) -> Orchestrator {
         .expect("complete")
 }
 
+/// This run's prefix for message ids: a PostgreSQL database outlives a run.
+fn run_id() -> &'static str {
+    static RUN: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    RUN.get_or_init(|| uuid::Uuid::new_v4().simple().to_string())
+}
+
 fn message(n: u64) -> Incoming {
     Incoming::new(
         Inbound::Message(MessageReceived {
-            message_id: format!("wamid.bench-{n}"),
+            message_id: format!("wamid.bench-{}-{n}", run_id()),
             from_phone: "+15551234567".into(),
             message_type: MessageType::Text,
             content: MessageContent::Text { body: "2 tacos please".into() },
@@ -120,6 +127,13 @@ fn pipeline(c: &mut Criterion) {
     bench_concurrent(c, "pipeline_two_step_saga/sqlite", orchestrator(Arc::new(SqlStore::new(db))), &runtime);
     for suffix in ["", "-wal", "-shm"] {
         let _ = std::fs::remove_file(format!("{}{suffix}", file.display()));
+    }
+
+    // The production target, when one is given (rows are left behind: use a scratch database).
+    if let Ok(url) = std::env::var("BENCH_DATABASE_URL") {
+        let db = runtime.block_on(orchestrator::db::connect(&url)).expect("BENCH_DATABASE_URL reachable");
+        bench(c, "pipeline_two_step_saga/postgres", orchestrator(Arc::new(SqlStore::new(db.clone()))), &runtime);
+        bench_concurrent(c, "pipeline_two_step_saga/postgres", orchestrator(Arc::new(SqlStore::new(db))), &runtime);
     }
 }
 
