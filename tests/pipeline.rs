@@ -336,3 +336,39 @@ async fn a_reply_not_confirmed_published_is_handed_out_again_on_redelivery() {
         assert_eq!(orch.process(message).await.unwrap(), Outcome::Duplicate(DuplicateOf::Completed), "{}", t.label);
     }
 }
+
+/// PostgreSQL text cannot hold U+0000: a message carrying one (in its id,
+/// its text or its intent's entities) is refused before any write, lands in
+/// the DLQ, and the messages processed beside it are not affected.
+#[tokio::test]
+async fn a_nul_character_is_refused_before_any_write_and_costs_nothing_else() {
+    for t in testing::databases().await {
+        let store = Arc::new(SqlStore::new(t.db.clone()));
+        let orch = Arc::new(builtin(&store));
+        let nul_id = Incoming::new(text("wamid.nul\u{0}1", "+15551234567", "2 tacos"), order_intent());
+        let nul_body = Incoming::new(text("wamid.nul2", "+15551234567", "2 tacos\u{0}"), order_intent());
+        let nul_entity = incoming("wamid.nul3", order_intent().with_entity("notes", "extra\u{0}cheese"));
+        let runs: Vec<_> = [nul_id, nul_body, nul_entity]
+            .into_iter()
+            .map(|m| (true, m))
+            .chain((0..20).map(|i| (false, incoming(&format!("wamid.beside{i}"), order_intent()))))
+            .map(|(bad, message)| {
+                let orch = orch.clone();
+                tokio::spawn(async move { (bad, orch.process(message).await) })
+            })
+            .collect();
+        for run in runs {
+            match run.await.unwrap() {
+                (true, Ok(Outcome::DeadLettered(dead))) => {
+                    assert_eq!(dead.failure_type, FailureType::ValidationError, "{}", t.label);
+                    assert!(dead.reason.contains("NUL"), "{}: {}", t.label, dead.reason);
+                }
+                (false, Ok(Outcome::Completed(_))) => {}
+                (bad, other) => panic!("{}: bad={bad}: {other:?}", t.label),
+            }
+        }
+        assert_eq!(count(&t.db, "dead_letter_queue", "failure_type = 'ValidationError'").await, 3, "{}", t.label);
+        assert_eq!(count(&t.db, "orders", "message_id LIKE 'wamid.beside%'").await, 20, "{}", t.label);
+        assert_eq!(count(&t.db, "processed_messages", "message_id LIKE 'wamid.nul%'").await, 0, "{}", t.label);
+    }
+}

@@ -18,17 +18,30 @@ use sea_orm::{
 /// messages are coalesced into one multi-row `INSERT` per batch (see
 /// [`orchestrator::coalesce`]), so a busy database sees one round trip for
 /// many steps; an idle one writes each row at once.
+///
+/// Undos go through the same single writer, after the inserts of their
+/// batch: a step that timed out while its insert was queued or being
+/// written is undone after that insert, never before it.
 pub(crate) struct EffectRows<E: EffectTable> {
     db: DatabaseConnection,
-    inserts: Arc<OnceLock<Inserts<E>>>,
+    writes: Arc<OnceLock<Writes<E>>>,
 }
 
-/// The coalesced inserts of `E`'s rows, each answered with its stored row.
-type Inserts<E> = Coalescer<<E as EntityTrait>::ActiveModel, Result<<E as EntityTrait>::Model, ActionError>>;
+/// A write to an effect table.
+enum Write<A> {
+    /// Insert the row unless its idempotency key is stored already.
+    Insert(A),
+    /// Undo the row stored under this idempotency key.
+    Undo(String),
+}
+
+/// The coalesced writes of `E`'s rows; an insert is answered with its stored row.
+type Writes<E> =
+    Coalescer<Write<<E as EntityTrait>::ActiveModel>, Result<Option<<E as EntityTrait>::Model>, ActionError>>;
 
 impl<E: EffectTable> Clone for EffectRows<E> {
     fn clone(&self) -> Self {
-        Self { db: self.db.clone(), inserts: self.inserts.clone() }
+        Self { db: self.db.clone(), writes: self.writes.clone() }
     }
 }
 
@@ -38,7 +51,8 @@ impl<E: EffectTable> std::fmt::Debug for EffectRows<E> {
     }
 }
 
-/// Writer tasks per table: a few batches in flight at once, within the connection pool.
+/// Writer tasks per table: one, so batches grow while one is written and an
+/// undo cannot overtake the insert it undoes.
 const WRITERS: usize = 1;
 
 /// Rows per `INSERT` (about a dozen parameters each, far below both databases' limits).
@@ -50,27 +64,63 @@ where
     E::ActiveModel: ActiveModelTrait<Entity = E> + Send + 'static,
     E::Model: IntoActiveModel<E::ActiveModel> + Clone + Send + Sync + 'static,
 {
-    /// Rows of `E` in `db`; the batch writers start on first use, in the caller's tokio runtime.
+    /// Rows of `E` in `db`; the batch writer starts on first use, in the caller's tokio runtime.
     pub(crate) fn new(db: DatabaseConnection) -> Self {
-        Self { db, inserts: Arc::default() }
+        Self { db, writes: Arc::default() }
+    }
+
+    fn writes(&self) -> &Writes<E> {
+        self.writes.get_or_init(|| {
+            let db = self.db.clone();
+            Coalescer::spawn(WRITERS, MAX_ROWS, move |writes| {
+                let db = db.clone();
+                async move { write_batch::<E>(&db, writes).await }
+            })
+        })
     }
 
     /// Inserts `row` unless a row with its idempotency key exists; returns the stored row.
     pub(crate) async fn insert_once(&self, row: E::ActiveModel) -> Result<E::Model, ActionError> {
-        let inserts = self.inserts.get_or_init(|| {
-            let db = self.db.clone();
-            Coalescer::spawn(WRITERS, MAX_ROWS, move |rows| {
-                let db = db.clone();
-                async move { insert_many_once::<E>(&db, rows).await }
-            })
-        });
-        inserts.call(row).await.map_err(ActionError::retryable)?
+        let stored = self.writes().call(Write::Insert(row)).await.map_err(ActionError::retryable)??;
+        stored.ok_or_else(|| ActionError::retryable("an insert was answered without its row"))
     }
 
     /// Compensates the step whose idempotency key is `key` (see [`undo`]).
     pub(crate) async fn undo(&self, key: &str) -> Result<(), ActionError> {
-        undo::<E>(&self.db, key).await
+        self.writes().call(Write::Undo(key.to_owned())).await.map_err(ActionError::retryable)??;
+        Ok(())
     }
+}
+
+/// Serves a batch: its inserts in one statement, then its undos in order.
+async fn write_batch<E>(
+    db: &DatabaseConnection,
+    writes: Vec<Write<E::ActiveModel>>,
+) -> Vec<Result<Option<E::Model>, ActionError>>
+where
+    E: EffectTable,
+    E::ActiveModel: ActiveModelTrait<Entity = E> + Send,
+    E::Model: IntoActiveModel<E::ActiveModel> + Clone,
+{
+    let mut answers: Vec<Option<Result<Option<E::Model>, ActionError>>> = writes.iter().map(|_| None).collect();
+    let mut inserts = Vec::new();
+    let mut undos = Vec::new();
+    for (i, write) in writes.into_iter().enumerate() {
+        match write {
+            Write::Insert(row) => inserts.push((i, row)),
+            Write::Undo(key) => undos.push((i, key)),
+        }
+    }
+    if !inserts.is_empty() {
+        let (slots, rows): (Vec<usize>, Vec<_>) = inserts.into_iter().unzip();
+        for (slot, stored) in slots.into_iter().zip(insert_many_once::<E>(db, rows).await) {
+            answers[slot] = Some(stored.map(Some));
+        }
+    }
+    for (slot, key) in undos {
+        answers[slot] = Some(undo::<E>(db, &key).await.map(|()| None));
+    }
+    answers.into_iter().map(|answer| answer.unwrap_or(Ok(None))).collect()
 }
 
 /// The idempotency key of a row to insert or a stored one.

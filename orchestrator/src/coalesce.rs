@@ -32,6 +32,9 @@ pub enum CoalesceError {
     /// The writer tasks are gone (their runtime shut down).
     #[error("the batch writer stopped")]
     Stopped,
+    /// The batch function panicked; the writer goes on with the next batch.
+    #[error("the batch failed: its writer panicked")]
+    Panicked,
     /// The batch function returned fewer answers than requests.
     #[error("the batch returned {returned} answers for {requests} requests")]
     ShortBatch {
@@ -69,6 +72,9 @@ impl<Req: Send + 'static, Out: Send + 'static> Coalescer<Req, Out> {
         S: Fn(Vec<Req>) -> Fut + Send + Sync + 'static,
         Fut: Future<Output = Vec<Out>> + Send + 'static,
     {
+        // A writer serves one batch at a time: a caller that gives up while
+        // its request waits is skipped, one that gives up during the batch
+        // is served all the same (the statement is already under way).
         let (queue, waiting) = mpsc::unbounded_channel::<Job<Req, Out>>();
         let waiting = Arc::new(Mutex::new(waiting));
         let serve = Arc::new(serve);
@@ -93,9 +99,27 @@ impl<Req: Send + 'static, Out: Send + 'static> Coalescer<Req, Out> {
                         }
                         jobs
                     };
-                    let (requests, replies): (Vec<Req>, Vec<_>) =
-                        jobs.into_iter().map(|job| (job.request, job.reply)).unzip();
-                    let answers = serve(requests).await;
+                    // A caller that gave up (timed out, cancelled) is not served: its
+                    // request must not take effect after it moved on (an executor's
+                    // insert after its compensation, a claim nobody holds).
+                    let (requests, replies): (Vec<Req>, Vec<_>) = jobs
+                        .into_iter()
+                        .filter(|job| !job.reply.is_closed())
+                        .map(|job| (job.request, job.reply))
+                        .unzip();
+                    if requests.is_empty() {
+                        continue;
+                    }
+                    // Its own task, so a panic fails this batch, not the writer.
+                    let answers = match tokio::spawn(serve(requests)).await {
+                        Ok(answers) => answers,
+                        Err(_) => {
+                            for reply in replies {
+                                let _ = reply.send(Err(CoalesceError::Panicked));
+                            }
+                            continue;
+                        }
+                    };
                     let (requests, returned) = (replies.len(), answers.len());
                     let mut answers = answers.into_iter();
                     for reply in replies {
@@ -162,6 +186,40 @@ mod tests {
         assert_eq!(coalescer.call(5).await.unwrap(), 5);
         assert_eq!(coalescer.call(6).await.unwrap(), 6);
         assert_eq!(*sizes.lock().unwrap(), [1, 1]);
+    }
+
+    #[tokio::test]
+    async fn a_caller_that_gave_up_while_waiting_is_not_served() {
+        let served = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let seen = served.clone();
+        let coalescer = Arc::new(Coalescer::spawn(1, 64, move |requests: Vec<u32>| {
+            seen.lock().unwrap().extend(requests.iter().copied());
+            async move {
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                requests
+            }
+        }));
+        // 1 occupies the writer; 2 waits behind it and times out; 3 waits and stays.
+        let first = tokio::spawn({
+            let coalescer = coalescer.clone();
+            async move { coalescer.call(1).await }
+        });
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        let gave_up = tokio::time::timeout(std::time::Duration::from_millis(5), coalescer.call(2)).await;
+        assert!(gave_up.is_err(), "2 was still waiting for the first batch");
+        assert_eq!(coalescer.call(3).await.unwrap(), 3);
+        assert_eq!(first.await.unwrap().unwrap(), 1);
+        assert_eq!(*served.lock().unwrap(), [1, 3], "2 was never served");
+    }
+
+    #[tokio::test]
+    async fn a_panicking_batch_fails_its_callers_and_the_writer_goes_on() {
+        let coalescer = Coalescer::spawn(1, 64, |requests: Vec<u8>| async move {
+            assert!(!requests.contains(&13), "unlucky");
+            requests
+        });
+        assert_eq!(coalescer.call(13).await, Err(CoalesceError::Panicked));
+        assert_eq!(coalescer.call(7).await, Ok(7));
     }
 
     #[tokio::test]

@@ -334,6 +334,10 @@ impl Orchestrator {
     async fn process_inner(&self, incoming: Incoming) -> Result<Outcome, PipelineError> {
         let event_id = incoming.event_id.to_string();
         let message_id = incoming.inbound.message_id(&event_id).to_owned();
+        // Before the claim: a value the database cannot store must not reach a statement.
+        if let Err(reason) = crate::validate::storable(&incoming.inbound, &incoming.intent) {
+            return self.dead_letter(None, &incoming, Some(&message_id), 1, FailureType::ValidationError, reason).await;
+        }
         let tenant = incoming
             .intent
             .tenant_id

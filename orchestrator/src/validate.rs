@@ -33,6 +33,36 @@ pub fn validate(ctx: &MessageContext) -> Result<(), String> {
     Ok(())
 }
 
+/// Refuses a message with a NUL character (U+0000) anywhere in it or its
+/// intent: PostgreSQL's `text` and `jsonb` cannot store one, so every write
+/// of it would fail (and fail the batch it shares with other messages).
+pub fn storable(inbound: &Inbound, intent: &crate::intent::Intent) -> Result<(), String> {
+    let message = match inbound {
+        Inbound::Message(message) => serde_json::to_value(message),
+        Inbound::Interaction(interaction) => serde_json::to_value(interaction),
+    };
+    let has_nul = |value: Result<serde_json::Value, serde_json::Error>| value.as_ref().is_ok_and(contains_nul);
+    if has_nul(message) {
+        return Err("the message contains a NUL character (U+0000), which the database cannot store".to_owned());
+    }
+    if has_nul(serde_json::to_value(intent)) {
+        return Err("the intent contains a NUL character (U+0000), which the database cannot store".to_owned());
+    }
+    Ok(())
+}
+
+/// Whether any string (or object key) in `value` holds U+0000.
+fn contains_nul(value: &serde_json::Value) -> bool {
+    match value {
+        serde_json::Value::String(text) => text.contains('\0'),
+        serde_json::Value::Array(items) => items.iter().any(contains_nul),
+        serde_json::Value::Object(fields) => {
+            fields.iter().any(|(key, value)| key.contains('\0') || contains_nul(value))
+        }
+        _ => false,
+    }
+}
+
 /// An E.164 number: an optional `+` and 6 to 15 digits.
 pub fn validate_phone(phone: &str) -> Result<(), String> {
     let digits = phone.strip_prefix('+').unwrap_or(phone);

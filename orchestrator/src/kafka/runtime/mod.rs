@@ -351,7 +351,8 @@ impl Delivered {
             topic: message.topic().to_owned(),
             partition: message.partition(),
             offset: message.offset(),
-            key: message.key().map(|k| String::from_utf8_lossy(k).into_owned()),
+            // Lossy, and without NUL: the key is stored (parking, DLQ) as text.
+            key: message.key().map(|k| String::from_utf8_lossy(k).replace('\0', "\u{FFFD}")),
             payload: message.payload().unwrap_or_default().to_vec(),
             origin,
             intent: headers::value(message, headers::INTENT).and_then(|json| serde_json::from_str(&json).ok()),
@@ -475,7 +476,9 @@ impl Worker {
         }
         let message_id = decoded.message_id();
         let mut holder = false;
-        if let (Some(key), Some(message_id)) = (&delivered.key, &message_id) {
+        // A message id with a NUL cannot be stored: such a message is refused
+        // by the pipeline before any write, so it is not parked either.
+        if let (Some(key), Some(message_id)) = (&delivered.key, message_id.as_ref().filter(|id| !id.contains('\0'))) {
             let parked = ParkedMessage {
                 id: 0,
                 key: key.clone(),
@@ -513,12 +516,15 @@ impl Worker {
     async fn settle(&self, delivered: &Delivered, decoded: &Decoded) -> Option<Outcome> {
         let intent = match (decoded, &delivered.intent, &self.ai) {
             (Decoded::Inbound(_), Some(intent), _) => intent.clone(),
-            (Decoded::Inbound(incoming), None, Some(ai)) => {
+            // A message the database cannot store is refused by the pipeline, not stored as pending.
+            (Decoded::Inbound(incoming), None, Some(ai))
+                if crate::validate::storable(&incoming.inbound, &incoming.intent).is_ok() =>
+            {
                 until_ok("requesting a classification", || self.request_classification(ai, delivered, incoming)).await;
                 crate::metrics::metrics().outcomes.with_label_values(&["awaiting_ai"]).inc();
                 return None;
             }
-            (Decoded::Inbound(incoming), None, None) => self.classify(incoming).await,
+            (Decoded::Inbound(incoming), None, _) => self.classify(incoming).await,
             // Rejected without an intent.
             _ => Intent::unknown(),
         };

@@ -104,8 +104,8 @@ pub(super) struct ClaimRequest {
 /// Claims many messages with one multi-row upsert. A key repeated in the
 /// batch (an upsert cannot touch a row twice) is claimed after it, alone,
 /// and finds it held; a refused claim is looked up alone to say why. Rows
-/// go in key order, so concurrent batches lock shared rows in one order
-/// and cannot deadlock.
+/// go in key order, as in the completions and reply marks, so concurrent
+/// batches lock the rows they share in one order.
 pub(super) async fn claim_many(db: &DatabaseConnection, batch: Vec<ClaimRequest>) -> Vec<Result<Claim, StoreError>> {
     let mut seen = std::collections::HashSet::with_capacity(batch.len());
     let (mut first, repeats): (Vec<usize>, Vec<usize>) =
@@ -233,7 +233,10 @@ async fn complete_batch(
           FROM (VALUES ",
     );
     let mut values = Vec::with_capacity(batch.len() * 6);
-    for (i, completion) in batch.iter().enumerate() {
+    // Key order, as the claims: concurrent batches lock shared rows in one order.
+    let mut ordered: Vec<&Completion> = batch.iter().collect();
+    ordered.sort_unstable_by(|a, b| a.lease.key.cmp(&b.lease.key));
+    for (i, completion) in ordered.into_iter().enumerate() {
         sql.push_str(if i == 0 { "(?, ?, ?, ?, ?, ?)" } else { ", (?, ?, ?, ?, ?, ?)" });
         let key = &completion.lease.key;
         values.extend([
@@ -293,7 +296,10 @@ pub(super) async fn mark_replies_published(
     let mut sql = String::from("UPDATE processed_messages AS p SET reply_published_at = ? FROM (VALUES ");
     let mut values: Vec<Value> = Vec::with_capacity(1 + keys.len() * 2);
     values.push(Utc::now().into());
-    for (i, key) in keys.iter().enumerate() {
+    // Key order, as the claims (every request gets the same answer, so order is free).
+    let mut ordered: Vec<&MessageKey> = keys.iter().collect();
+    ordered.sort_unstable();
+    for (i, key) in ordered.into_iter().enumerate() {
         sql.push_str(if i == 0 { "(?, ?)" } else { ", (?, ?)" });
         values.extend([key.tenant_id.as_str().into(), key.message_id.as_str().into()]);
     }

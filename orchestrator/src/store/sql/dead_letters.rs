@@ -25,10 +25,13 @@ pub(super) async fn insert(
 ) -> Result<i64, StoreError> {
     let now = Utc::now();
     // Text stays readable in SQL; bytes that are not UTF-8 are kept losslessly as base64.
+    // NUL bytes too: PostgreSQL text cannot hold them.
     let (payload, encoding) = match std::str::from_utf8(&entry.payload) {
-        Ok(text) => (text.to_owned(), "utf8"),
-        Err(_) => (BASE64.encode(&entry.payload), "base64"),
+        Ok(text) if !text.contains('\0') => (text.to_owned(), "utf8"),
+        _ => (BASE64.encode(&entry.payload), "base64"),
     };
+    // A NUL in an id or the error (a refused message's own) is shown as U+FFFD.
+    let storable = |text: &str| text.replace('\0', "\u{FFFD}");
     let source = entry.source.as_ref();
     let txn = db.begin().await?;
     let row = txn
@@ -39,17 +42,17 @@ pub(super) async fn insert(
                  fingerprint, trace_context, created_at, updated_at)
                VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 'failed', 0, ?, ?, ?, ?, ?) RETURNING id"#,
             vec![
-                entry.message_id.clone().into(),
+                entry.message_id.as_deref().map(storable).into(),
                 source.map(|s| s.topic.clone()).into(),
                 source.map(|s| s.partition).into(),
                 source.map(|s| s.offset).into(),
-                source.and_then(|s| s.key.clone()).into(),
+                source.and_then(|s| s.key.as_deref()).map(storable).into(),
                 payload.into(),
                 encoding.into(),
                 entry.failure_type.as_str().into(),
-                entry.error.as_str().into(),
+                storable(&entry.error).into(),
                 (entry.attempt_count as i32).into(),
-                entry.tenant_id.clone().into(),
+                entry.tenant_id.as_deref().map(storable).into(),
                 failure_fingerprint(entry.failure_type, &entry.error).into(),
                 entry.trace_context.clone().into(),
                 now.into(),
