@@ -221,11 +221,17 @@ async fn concurrent_completions_commit_together_except_the_one_fenced_out() {
 async fn a_burst_of_claims_is_answered_per_message() {
     for t in testing::databases().await {
         let store = Arc::new(SqlStore::new(t.db.clone()));
-        let done = lease_of(store.claim(&MessageKey::new("acme", "burst-done"), LEASE).await.unwrap());
-        store.complete(&done, &[], Duration::from_secs(60), None).await.unwrap();
+        for id in ["burst-done", "burst-done2"] {
+            let done = lease_of(store.claim(&MessageKey::new("acme", id), LEASE).await.unwrap());
+            store.complete(&done, &[], Duration::from_secs(60), None).await.unwrap();
+        }
         let _held = lease_of(store.claim(&MessageKey::new("acme", "burst-held"), LEASE).await.unwrap());
+        let _held2 = lease_of(store.claim(&MessageKey::new("acme", "burst-held2"), LEASE).await.unwrap());
         let mut ids: Vec<String> = (0..40).map(|i| format!("burst-{i}")).collect();
-        ids.extend(["burst-done", "burst-held", "burst-dup", "burst-dup", "burst-dup"].map(String::from));
+        ids.extend(
+            ["burst-done", "burst-held", "burst-done2", "burst-held2", "burst-dup", "burst-dup", "burst-dup"]
+                .map(String::from),
+        );
         let claims: Vec<_> = ids
             .iter()
             .map(|id| {
@@ -238,8 +244,10 @@ async fn a_burst_of_claims_is_answered_per_message() {
         for claim in claims {
             let (id, claim) = claim.await.unwrap();
             match (id.as_str(), claim) {
-                ("burst-done", claim) => assert_eq!(claim, Claim::Completed, "{}", t.label),
-                ("burst-held", claim) => assert!(matches!(claim, Claim::Busy { .. }), "{}: {claim:?}", t.label),
+                ("burst-done" | "burst-done2", claim) => assert_eq!(claim, Claim::Completed, "{}", t.label),
+                ("burst-held" | "burst-held2", claim) => {
+                    assert!(matches!(claim, Claim::Busy { .. }), "{}: {claim:?}", t.label)
+                }
                 ("burst-dup", Claim::Acquired { .. }) => dup_acquired += 1,
                 ("burst-dup", claim) => assert!(matches!(claim, Claim::Busy { .. }), "{}: {claim:?}", t.label),
                 (id, Claim::Acquired { lease, attempt, run }) => {

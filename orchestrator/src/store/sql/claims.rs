@@ -130,12 +130,31 @@ pub(super) async fn claim_many(db: &DatabaseConnection, batch: Vec<ClaimRequest>
         };
     }
     let mut results: Vec<Option<Result<Claim, StoreError>>> = (0..batch.len()).map(|_| None).collect();
+    let mut refused_at = Vec::new();
     for (&i, lease) in first.iter().zip(leases) {
         let key = (lease.key.tenant_id.clone(), lease.key.message_id.clone());
-        results[i] = Some(match granted.get(&key) {
-            Some(row) => acquired(lease, row).map_err(StoreError::from),
-            None => refused(db, &batch[i].key, now).await,
-        });
+        match granted.get(&key) {
+            Some(row) => results[i] = Some(acquired(lease, row).map_err(StoreError::from)),
+            None => refused_at.push(i),
+        }
+    }
+    // Why the others were refused: one query for all (a redelivery burst
+    // after a rebalance is many completed messages at once).
+    if !refused_at.is_empty() {
+        let keys: Vec<MessageKey> = refused_at.iter().map(|&i| batch[i].key.clone()).collect();
+        match refusals(db, &keys, now).await {
+            Ok(mut why) => {
+                for &i in &refused_at {
+                    let busy = || Ok(Claim::Busy { lease_expires_at: now });
+                    results[i] = Some(why.remove(&batch[i].key).unwrap_or_else(busy));
+                }
+            }
+            Err(error) => {
+                for (&i, failed) in refused_at.iter().zip(super::batch::fail_all(&error, refused_at.len())) {
+                    results[i] = Some(failed);
+                }
+            }
+        }
     }
     for i in repeats {
         results[i] = Some(claim(db, &batch[i].key, batch[i].lease).await);
@@ -145,27 +164,43 @@ pub(super) async fn claim_many(db: &DatabaseConnection, batch: Vec<ClaimRequest>
 
 /// Why a claim was refused: the message is completed, dead-lettered or held.
 async fn refused(db: &impl ConnectionTrait, key: &MessageKey, now: DateTime<Utc>) -> Result<Claim, StoreError> {
-    let why = db
-        .query_one_raw(stmt(
-            db.get_database_backend(),
-            "SELECT status, dead_lettered_at, lease_expires_at FROM processed_messages
-             WHERE tenant_id = ? AND message_id = ?",
-            vec![key.tenant_id.as_str().into(), key.message_id.as_str().into()],
-        ))
-        .await?;
-    let Some(row) = why else {
-        // Purged between the two statements: nothing holds it now.
-        return Ok(Claim::Busy { lease_expires_at: now });
-    };
-    let status: String = row.try_get("", "status")?;
-    let dead_lettered_at: Option<DateTime<Utc>> = row.try_get("", "dead_lettered_at")?;
-    let lease_expires_at: Option<DateTime<Utc>> = row.try_get("", "lease_expires_at")?;
-    Ok(match (status.as_str(), dead_lettered_at) {
-        ("completed", _) => Claim::Completed,
-        (_, Some(_)) => Claim::DeadLettered,
-        ("in_progress", None) => Claim::Busy { lease_expires_at: lease_expires_at.unwrap_or(now) },
-        (other, None) => return Err(corrupt("processed_messages", format!("unknown status `{other}`"))),
-    })
+    let mut why = refusals(db, std::slice::from_ref(key), now).await?;
+    why.remove(key).unwrap_or(Ok(Claim::Busy { lease_expires_at: now }))
+}
+
+/// Why each of `keys`' claims was refused (completed, dead-lettered or
+/// held), in one query. A key missing from the answer was purged between
+/// the two statements: nothing holds it now.
+async fn refusals(
+    db: &impl ConnectionTrait,
+    keys: &[MessageKey],
+    now: DateTime<Utc>,
+) -> Result<std::collections::HashMap<MessageKey, Result<Claim, StoreError>>, StoreError> {
+    let mut sql = String::from(
+        "SELECT p.tenant_id, p.message_id, p.status, p.dead_lettered_at, p.lease_expires_at
+           FROM processed_messages AS p JOIN (VALUES ",
+    );
+    let mut values: Vec<Value> = Vec::with_capacity(keys.len() * 2);
+    for (i, key) in keys.iter().enumerate() {
+        sql.push_str(if i == 0 { "(?, ?)" } else { ", (?, ?)" });
+        values.extend([key.tenant_id.as_str().into(), key.message_id.as_str().into()]);
+    }
+    sql.push_str(") AS v ON p.tenant_id = v.column1 AND p.message_id = v.column2");
+    let mut why = std::collections::HashMap::with_capacity(keys.len());
+    for row in db.query_all_raw(stmt(db.get_database_backend(), &sql, values)).await? {
+        let key = MessageKey::new(row.try_get::<String>("", "tenant_id")?, row.try_get::<String>("", "message_id")?);
+        let status: String = row.try_get("", "status")?;
+        let dead_lettered_at: Option<DateTime<Utc>> = row.try_get("", "dead_lettered_at")?;
+        let lease_expires_at: Option<DateTime<Utc>> = row.try_get("", "lease_expires_at")?;
+        let claim = match (status.as_str(), dead_lettered_at) {
+            ("completed", _) => Ok(Claim::Completed),
+            (_, Some(_)) => Ok(Claim::DeadLettered),
+            ("in_progress", None) => Ok(Claim::Busy { lease_expires_at: lease_expires_at.unwrap_or(now) }),
+            (other, None) => Err(corrupt("processed_messages", format!("unknown status `{other}`"))),
+        };
+        why.insert(key, claim);
+    }
+    Ok(why)
 }
 
 pub(super) async fn renew(db: &impl ConnectionTrait, lease: &Lease, duration: Duration) -> Result<(), StoreError> {
