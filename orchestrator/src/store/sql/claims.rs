@@ -6,7 +6,7 @@ use chrono::{DateTime, Utc};
 use sea_orm::{ConnectionTrait, DatabaseConnection, DbErr, TransactionTrait, Value};
 
 use super::corrupt;
-use super::statement::stmt;
+use super::statement::{push_pairs, push_rows, stmt};
 use crate::store::to_chrono;
 use crate::store::{Claim, Lease, MessageKey, NewActivity, StoreError};
 
@@ -23,12 +23,7 @@ fn claim_sql(rows: usize) -> String {
            (tenant_id, message_id, status, attempt_count, run_count, claimed_at, lease_expires_at, lease_token, expires_at)
          VALUES ",
     );
-    for n in 0..rows {
-        if n > 0 {
-            sql.push_str(", ");
-        }
-        sql.push_str(ROW);
-    }
+    push_rows(&mut sql, rows, ROW);
     sql.push_str(
         "
          ON CONFLICT (tenant_id, message_id) DO UPDATE SET
@@ -180,11 +175,7 @@ async fn refusals(
         "SELECT p.tenant_id, p.message_id, p.status, p.dead_lettered_at, p.lease_expires_at
            FROM processed_messages AS p JOIN (VALUES ",
     );
-    let mut values: Vec<Value> = Vec::with_capacity(keys.len() * 2);
-    for (i, key) in keys.iter().enumerate() {
-        sql.push_str(if i == 0 { "(?, ?)" } else { ", (?, ?)" });
-        values.extend([key.tenant_id.as_str().into(), key.message_id.as_str().into()]);
-    }
+    let values = push_pairs(&mut sql, keys.iter().map(|key| (key.tenant_id.as_str(), key.message_id.as_str())));
     sql.push_str(") AS v ON p.tenant_id = v.column1 AND p.message_id = v.column2");
     let mut why = std::collections::HashMap::with_capacity(keys.len());
     for row in db.query_all_raw(stmt(db.get_database_backend(), &sql, values)).await? {
@@ -271,8 +262,8 @@ async fn complete_batch(
     // Key order, as the claims: concurrent batches lock shared rows in one order.
     let mut ordered: Vec<&Completion> = batch.iter().collect();
     ordered.sort_unstable_by(|a, b| a.lease.key.cmp(&b.lease.key));
-    for (i, completion) in ordered.into_iter().enumerate() {
-        sql.push_str(if i == 0 { "(?, ?, ?, ?, ?, ?)" } else { ", (?, ?, ?, ?, ?, ?)" });
+    push_rows(&mut sql, ordered.len(), "(?, ?, ?, ?, ?, ?)");
+    for completion in ordered {
         let key = &completion.lease.key;
         values.extend([
             key.tenant_id.as_str().into(),
@@ -329,15 +320,12 @@ pub(super) async fn mark_replies_published(
     // A join on the keys, not a chain of ORs: PostgreSQL rechecks an OR
     // chain on every row it finds, which grows with the square of the batch.
     let mut sql = String::from("UPDATE processed_messages AS p SET reply_published_at = ? FROM (VALUES ");
-    let mut values: Vec<Value> = Vec::with_capacity(1 + keys.len() * 2);
-    values.push(Utc::now().into());
     // Key order, as the claims (every request gets the same answer, so order is free).
     let mut ordered: Vec<&MessageKey> = keys.iter().collect();
     ordered.sort_unstable();
-    for (i, key) in ordered.into_iter().enumerate() {
-        sql.push_str(if i == 0 { "(?, ?)" } else { ", (?, ?)" });
-        values.extend([key.tenant_id.as_str().into(), key.message_id.as_str().into()]);
-    }
+    let mut values: Vec<Value> = vec![Utc::now().into()];
+    values
+        .extend(push_pairs(&mut sql, ordered.into_iter().map(|key| (key.tenant_id.as_str(), key.message_id.as_str()))));
     sql.push_str(") AS v WHERE p.tenant_id = v.column1 AND p.message_id = v.column2");
     match db.execute_raw(stmt(db.get_database_backend(), &sql, values)).await {
         Ok(_) => keys.iter().map(|_| Ok(())).collect(),
@@ -420,11 +408,7 @@ async fn move_leads(db: &impl ConnectionTrait, moves: &[LeadMove]) -> Result<Vec
     let backend = db.get_database_backend();
     // A join on the leads, not a chain of ORs (see `mark_replies_published`).
     let mut sql = String::from("SELECT l.tenant_id, l.lead_id, l.stage FROM leads AS l JOIN (VALUES ");
-    let mut values: Vec<Value> = Vec::with_capacity(moves.len() * 2);
-    for (i, lead) in moves.iter().enumerate() {
-        sql.push_str(if i == 0 { "(?, ?)" } else { ", (?, ?)" });
-        values.extend([lead.tenant_id.as_str().into(), lead.lead_id.as_str().into()]);
-    }
+    let values = push_pairs(&mut sql, moves.iter().map(|lead| (lead.tenant_id.as_str(), lead.lead_id.as_str())));
     sql.push_str(") AS v ON l.tenant_id = v.column1 AND l.lead_id = v.column2");
     let mut stages = std::collections::HashMap::with_capacity(moves.len());
     for row in db.query_all_raw(stmt(backend, &sql, values)).await? {
@@ -449,8 +433,8 @@ async fn move_leads(db: &impl ConnectionTrait, moves: &[LeadMove]) -> Result<Vec
         let now = Utc::now();
         let mut sql = String::from("INSERT INTO leads (tenant_id, lead_id, stage, updated_at) VALUES ");
         let mut values: Vec<Value> = Vec::with_capacity(changed.len() * 4);
-        for (i, key) in changed.iter().enumerate() {
-            sql.push_str(if i == 0 { "(?, ?, ?, ?)" } else { ", (?, ?, ?, ?)" });
+        push_rows(&mut sql, changed.len(), "(?, ?, ?, ?)");
+        for key in &changed {
             values.extend([key.0.as_str().into(), key.1.as_str().into(), stages[key].as_str().into(), now.into()]);
         }
         sql.push_str(

@@ -31,7 +31,7 @@ pub(super) async fn insert(
         _ => (BASE64.encode(&entry.payload), "base64"),
     };
     // A NUL in an id or the error (a refused message's own) is shown as U+FFFD.
-    let storable = |text: &str| text.replace('\0', "\u{FFFD}");
+    let without_nul = |text: &str| text.replace('\0', "\u{FFFD}");
     let source = entry.source.as_ref();
     let txn = db.begin().await?;
     let row = txn
@@ -42,17 +42,17 @@ pub(super) async fn insert(
                  fingerprint, trace_context, created_at, updated_at)
                VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 'failed', 0, ?, ?, ?, ?, ?) RETURNING id"#,
             vec![
-                entry.message_id.as_deref().map(storable).into(),
+                entry.message_id.as_deref().map(without_nul).into(),
                 source.map(|s| s.topic.clone()).into(),
                 source.map(|s| s.partition).into(),
                 source.map(|s| s.offset).into(),
-                source.and_then(|s| s.key.as_deref()).map(storable).into(),
+                source.and_then(|s| s.key.as_deref()).map(without_nul).into(),
                 payload.into(),
                 encoding.into(),
                 entry.failure_type.as_str().into(),
-                storable(&entry.error).into(),
+                without_nul(&entry.error).into(),
                 (entry.attempt_count as i32).into(),
-                entry.tenant_id.as_deref().map(storable).into(),
+                entry.tenant_id.as_deref().map(without_nul).into(),
                 failure_fingerprint(entry.failure_type, &entry.error).into(),
                 entry.trace_context.clone().into(),
                 now.into(),

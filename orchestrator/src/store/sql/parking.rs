@@ -7,7 +7,7 @@
 use chrono::Utc;
 use sea_orm::{ConnectionTrait, DatabaseConnection, TransactionTrait};
 
-use super::statement::stmt;
+use super::statement::{push_rows, stmt};
 use crate::store::{ParkCheck, ParkedMessage, StoreError};
 
 const TOUCH: &str = "UPDATE key_blocks SET touched_at = ? WHERE key = ?";
@@ -21,10 +21,8 @@ pub(super) async fn touch_many(
     let mut sql = String::from("UPDATE key_blocks SET touched_at = ? WHERE key IN (");
     let mut values: Vec<sea_orm::Value> = Vec::with_capacity(keys.len() + 1);
     values.push(Utc::now().into());
-    for (i, key) in keys.iter().enumerate() {
-        sql.push_str(if i == 0 { "?" } else { ", ?" });
-        values.push(key.as_str().into());
-    }
+    push_rows(&mut sql, keys.len(), "?");
+    values.extend(keys.iter().map(|key| sea_orm::Value::from(key.as_str())));
     sql.push_str(") RETURNING key, holder_message_id");
     let rows = match db.query_all_raw(stmt(db.get_database_backend(), &sql, values)).await {
         Ok(rows) => rows,

@@ -4,7 +4,7 @@ use chrono::{DateTime, Utc};
 use sea_orm::ConnectionTrait;
 
 use super::corrupt;
-use super::statement::stmt;
+use super::statement::{push_rows, stmt};
 use crate::store::{MessageKey, StepRecord, StepStatus, StoreError};
 
 pub(super) async fn load_steps(
@@ -55,9 +55,8 @@ pub(super) async fn record_steps(db: &impl ConnectionTrait, writes: Vec<StepWrit
          SELECT column1, column2, column3, column4, column5, column6, column7, column8, column9, column10 FROM (VALUES ",
     );
     let mut values = Vec::with_capacity(writes.len() * 11);
-    let rows = writes.iter().flat_map(|write| write.steps.iter().map(move |step| (write, step)));
-    for (i, (write, step)) in rows.enumerate() {
-        sql.push_str(if i == 0 { "(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)" } else { ", (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)" });
+    push_rows(&mut sql, writes.iter().map(|write| write.steps.len()).sum(), "(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)");
+    for (write, step) in writes.iter().flat_map(|write| write.steps.iter().map(move |step| (write, step))) {
         values.extend([
             write.key.tenant_id.as_str().into(),
             write.key.message_id.as_str().into(),
