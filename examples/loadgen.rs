@@ -347,6 +347,11 @@ async fn db_limit_rate(db: &DatabaseConnection, run: &str, messages: usize) -> f
     messages as f64 / started.elapsed().as_secs_f64()
 }
 
+/// mimalloc, as the example consumer: with glibc's malloc a fifth of the
+/// pipeline's CPU went to allocation (its consolidation slow paths).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let args = Args::parse();

@@ -305,6 +305,105 @@ fn dead_letter(message_id: &str, tenant: &str, failure_type: FailureType) -> New
 }
 
 #[tokio::test]
+async fn a_burst_of_dead_letters_files_each_entry_under_its_own_id() {
+    for t in testing::databases().await {
+        let store = Arc::new(SqlStore::new(t.db.clone()));
+        let mut leases = Vec::new();
+        for i in 0..30 {
+            leases.push(lease_of(store.claim(&MessageKey::new("acme", format!("dead-{i}")), LEASE).await.unwrap()));
+        }
+        // One lost its lease: its entry must not be filed, nor its claim marked.
+        store.release(&leases[9], false).await.unwrap();
+        let mut entries: Vec<(Option<orchestrator::store::Lease>, NewDeadLetter)> = leases
+            .into_iter()
+            .map(|lease| {
+                let entry = dead_letter(&lease.key.message_id, "acme", FailureType::ExternalServiceError);
+                (Some(lease), entry)
+            })
+            .collect();
+        // Undecodable input has no claim; one is not even UTF-8.
+        for i in 0..20 {
+            let mut entry = dead_letter(&format!("poison-{i}"), "acme", FailureType::SerializationError);
+            entry.message_id = None;
+            if i == 4 {
+                entry.payload = vec![0xff, 0x00, b'x'];
+            }
+            entries.push((None, entry));
+        }
+        let filed: Vec<_> = entries
+            .iter()
+            .cloned()
+            .map(|(lease, entry)| {
+                let store = store.clone();
+                tokio::spawn(async move { store.dead_letter(lease.as_ref(), &entry).await })
+            })
+            .collect();
+        let mut ids = std::collections::HashSet::new();
+        for ((lease, entry), result) in entries.iter().zip(filed) {
+            let result = result.await.unwrap();
+            if lease.as_ref().is_some_and(|l| l.key.message_id == "dead-9") {
+                assert!(matches!(result, Err(StoreError::LeaseLost(_))), "{}: {result:?}", t.label);
+                continue;
+            }
+            let id = result.unwrap_or_else(|e| panic!("{}: {}: {e}", t.label, entry.error));
+            assert!(ids.insert(id), "{}: id {id} given twice", t.label);
+            // The id answers with this very entry, not a neighbour of its batch.
+            let stored = store.get(id).await.unwrap().unwrap();
+            assert_eq!((&stored.error, &stored.payload), (&entry.error, &entry.payload), "{}", t.label);
+            if let Some(lease) = lease {
+                assert_eq!(store.claim(&lease.key, LEASE).await.unwrap(), Claim::DeadLettered, "{}", t.label);
+            }
+        }
+        assert_eq!(ids.len(), 49, "{}", t.label);
+        assert_eq!(count(&t.db, "dead_letter_queue", "message_id = 'dead-9'").await, 0, "{}", t.label);
+        let dead_9 = MessageKey::new("acme", "dead-9");
+        assert!(matches!(store.claim(&dead_9, LEASE).await.unwrap(), Claim::Acquired { .. }), "{}", t.label);
+    }
+}
+
+#[tokio::test]
+async fn a_stale_worker_beside_the_new_holder_in_one_burst_gets_lease_lost() {
+    let short = Duration::from_millis(200);
+    for t in testing::databases().await {
+        let store = Arc::new(SqlStore::new(t.db.clone()));
+        for (n, write) in ["steps", "completion", "dead letter"].into_iter().enumerate() {
+            let key = MessageKey::new("acme", format!("stale-{n}"));
+            let stale = lease_of(store.claim(&key, short).await.unwrap());
+            tokio::time::sleep(short + Duration::from_millis(100)).await;
+            let holder = lease_of(store.claim(&key, LEASE).await.unwrap());
+            // Both write at once, so they can share a batch: only the holder's lands.
+            let results: Vec<_> = [stale.clone(), holder.clone()]
+                .into_iter()
+                .map(|lease| {
+                    let store = store.clone();
+                    tokio::spawn(async move {
+                        match write {
+                            "steps" => {
+                                let step = StepRecord::new(0, "create_order", StepStatus::Started);
+                                store.record_step(&lease, 1, &step).await.map(|_| ())
+                            }
+                            "completion" => store.complete(&lease, &[], Duration::from_secs(60), None).await,
+                            _ => {
+                                let entry = dead_letter(&lease.key.message_id, "acme", FailureType::UnknownError);
+                                store.dead_letter(Some(&lease), &entry).await.map(|_| ())
+                            }
+                        }
+                    })
+                })
+                .collect();
+            let mut answers = Vec::new();
+            for result in results {
+                answers.push(result.await.unwrap());
+            }
+            assert!(matches!(answers[0], Err(StoreError::LeaseLost(_))), "{} {write}: stale {:?}", t.label, answers[0]);
+            assert!(answers[1].is_ok(), "{} {write}: holder {:?}", t.label, answers[1]);
+        }
+        assert_eq!(count(&t.db, "saga_steps", "message_id = 'stale-0'").await, 1, "{}", t.label);
+        assert_eq!(count(&t.db, "dead_letter_queue", "message_id = 'stale-2'").await, 1, "{}", t.label);
+    }
+}
+
+#[tokio::test]
 async fn dead_letters_list_newest_first_with_filters_and_pages() {
     for t in testing::databases().await {
         let store = SqlStore::new(t.db.clone());

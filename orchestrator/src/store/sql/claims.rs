@@ -233,7 +233,7 @@ pub(super) async fn complete_many(db: &DatabaseConnection, batch: Vec<Completion
         Ok(held) => batch
             .iter()
             .map(|c| {
-                if held.contains(&(c.lease.key.tenant_id.clone(), c.lease.key.message_id.clone())) {
+                if held.contains(&HeldKey::of(&c.lease)) {
                     Ok(())
                 } else {
                     Err(StoreError::LeaseLost(c.lease.key.message_id.clone()))
@@ -248,7 +248,7 @@ pub(super) async fn complete_many(db: &DatabaseConnection, batch: Vec<Completion
 async fn complete_batch(
     db: &DatabaseConnection,
     batch: &[Completion],
-) -> Result<std::collections::HashSet<(String, String)>, StoreError> {
+) -> Result<std::collections::HashSet<HeldKey>, StoreError> {
     let now = Utc::now();
     let txn = db.begin().await?;
     let backend = txn.get_database_backend();
@@ -278,11 +278,11 @@ async fn complete_batch(
         ") AS v
          WHERE p.tenant_id = v.column1 AND p.message_id = v.column2 AND p.lease_token = v.column6
            AND p.lease_expires_at IS NOT NULL AND p.status = 'in_progress'
-         RETURNING tenant_id, message_id",
+         RETURNING tenant_id, message_id, lease_token",
     );
     let mut held = std::collections::HashSet::new();
     for row in txn.query_all_raw(stmt(backend, &sql, values)).await? {
-        held.insert((row.try_get::<String>("", "tenant_id")?, row.try_get::<String>("", "message_id")?));
+        held.insert(HeldKey::read(&row)?);
     }
     let mut sql = String::from(
         "INSERT INTO lead_activities (tenant_id, lead_id, message_id, activity_type, details, created_at) VALUES ",
@@ -290,7 +290,7 @@ async fn complete_batch(
     let mut values = Vec::new();
     for completion in batch {
         let key = &completion.lease.key;
-        if !held.contains(&(key.tenant_id.clone(), key.message_id.clone())) {
+        if !held.contains(&HeldKey::of(&completion.lease)) {
             continue;
         }
         for activity in &completion.activities {
@@ -349,15 +349,57 @@ pub(super) async fn pending_reply(
     Ok(row.map(|row| row.try_get::<Option<serde_json::Value>>("", "reply")).transpose()?.flatten())
 }
 
-/// Marks a held claim dead-lettered inside the caller's transaction.
-pub(super) async fn mark_dead_lettered(db: &impl ConnectionTrait, lease: &Lease) -> Result<(), StoreError> {
-    fenced(
-        db,
-        &format!("UPDATE processed_messages SET dead_lettered_at = ?, lease_expires_at = NULL WHERE {HELD}"),
-        vec![Utc::now().into()],
-        lease,
-    )
-    .await
+/// A claim as one lease holds it: a stale worker's lease and the holder's
+/// on the same message are different keys, so a batched write that
+/// returns the rows it changed credits only the lease that changed them.
+#[derive(Debug, PartialEq, Eq, Hash)]
+pub(super) struct HeldKey {
+    tenant_id: String,
+    message_id: String,
+    token: i64,
+}
+
+impl HeldKey {
+    pub(super) fn of(lease: &Lease) -> Self {
+        Self { tenant_id: lease.key.tenant_id.clone(), message_id: lease.key.message_id.clone(), token: lease.token }
+    }
+
+    /// The key of a row returned as `tenant_id, message_id, lease_token`.
+    fn read(row: &sea_orm::QueryResult) -> Result<Self, DbErr> {
+        Ok(Self {
+            tenant_id: row.try_get("", "tenant_id")?,
+            message_id: row.try_get("", "message_id")?,
+            token: row.try_get("", "lease_token")?,
+        })
+    }
+}
+
+/// Marks the held claims among `leases` dead-lettered, in one statement
+/// inside the caller's transaction; returns those that were held.
+pub(super) async fn mark_many_dead_lettered(
+    db: &impl ConnectionTrait,
+    leases: &[&Lease],
+) -> Result<std::collections::HashSet<HeldKey>, StoreError> {
+    let mut sql =
+        String::from("UPDATE processed_messages AS p SET dead_lettered_at = ?, lease_expires_at = NULL FROM (VALUES ");
+    // Key order, as the claims: concurrent batches lock shared rows in one order.
+    let mut ordered = leases.to_vec();
+    ordered.sort_unstable_by(|a, b| (&a.key, a.token).cmp(&(&b.key, b.token)));
+    push_rows(&mut sql, ordered.len(), "(?, ?, ?)");
+    let mut values: Vec<Value> = Vec::with_capacity(1 + 3 * ordered.len());
+    values.push(Utc::now().into());
+    values.extend(ordered.into_iter().flat_map(held_values));
+    sql.push_str(
+        ") AS v
+         WHERE p.tenant_id = v.column1 AND p.message_id = v.column2 AND p.lease_token = v.column3
+           AND p.lease_expires_at IS NOT NULL AND p.status = 'in_progress'
+         RETURNING tenant_id, message_id, lease_token",
+    );
+    let mut held = std::collections::HashSet::with_capacity(leases.len());
+    for row in db.query_all_raw(stmt(db.get_database_backend(), &sql, values)).await? {
+        held.insert(HeldKey::read(&row)?);
+    }
+    Ok(held)
 }
 
 /// Reopens a dead-lettered claim with a fresh attempt budget, inside the caller's transaction.

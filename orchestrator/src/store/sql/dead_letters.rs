@@ -5,25 +5,86 @@ use base64::engine::general_purpose::STANDARD as BASE64;
 use chrono::Utc;
 use sea_orm::{ConnectionTrait, DatabaseConnection, QueryResult, TransactionTrait, Value};
 
-use super::statement::stmt;
+use super::statement::{push_rows, stmt};
 use super::{claims, corrupt};
 use crate::event::FailureType;
-use crate::store::Lease;
 use crate::store::{
-    DeadLetter, DlqFilter, DlqStatus, FailureGroup, MessageKey, NewDeadLetter, Page, SourceInfo, StoreError,
-    failure_fingerprint, normalize_error,
+    DeadLetter, DlqFilter, DlqStatus, FailureGroup, MessageKey, Page, SourceInfo, StoreError, failure_fingerprint,
+    normalize_error,
 };
+use crate::store::{Lease, NewDeadLetter};
 
 const COLUMNS: &str = r#"id, message_id, topic, "partition", "offset", "key", payload, payload_encoding,
   failure_type, error, attempt_count, status, replay_count, tenant_id, fingerprint, trace_context, created_at,
   updated_at"#;
 
-pub(super) async fn insert(
-    db: &DatabaseConnection,
-    lease: Option<&Lease>,
-    entry: &NewDeadLetter,
-) -> Result<i64, StoreError> {
+/// One entry to park, with the lease of the claim it dead-letters (if any).
+pub(super) struct DlqWrite {
+    pub(super) lease: Option<Lease>,
+    pub(super) entry: NewDeadLetter,
+}
+
+/// Parks many entries in one transaction: one fenced update marks the held
+/// claims dead-lettered, one multi-row insert files the entries. An entry
+/// whose lease was lost gets `LeaseLost` and files nothing; the others
+/// commit together and get their row ids.
+pub(super) async fn insert_many(db: &DatabaseConnection, batch: Vec<DlqWrite>) -> Vec<Result<i64, StoreError>> {
+    match insert_batch(db, &batch).await {
+        Ok(ids) => ids,
+        Err(error) => super::batch::fail_all(&error, batch.len()),
+    }
+}
+
+async fn insert_batch(db: &DatabaseConnection, batch: &[DlqWrite]) -> Result<Vec<Result<i64, StoreError>>, StoreError> {
     let now = Utc::now();
+    let txn = db.begin().await?;
+    let backend = txn.get_database_backend();
+    let leases: Vec<&Lease> = batch.iter().filter_map(|write| write.lease.as_ref()).collect();
+    let held =
+        if leases.is_empty() { Default::default() } else { claims::mark_many_dead_lettered(&txn, &leases).await? };
+    let filed: Vec<usize> = (0..batch.len())
+        .filter(|&i| batch[i].lease.as_ref().is_none_or(|lease| held.contains(&claims::HeldKey::of(lease))))
+        .collect();
+    let mut ids = Vec::new();
+    if !filed.is_empty() {
+        let mut sql = String::from(
+            r#"INSERT INTO dead_letter_queue (message_id, topic, "partition", "offset", "key", payload,
+                 payload_encoding, failure_type, error, attempt_count, status, replay_count, tenant_id,
+                 fingerprint, trace_context, created_at, updated_at)
+               VALUES "#,
+        );
+        push_rows(&mut sql, filed.len(), "(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 'failed', 0, ?, ?, ?, ?, ?)");
+        sql.push_str(" RETURNING id");
+        let values: Vec<Value> = filed.iter().flat_map(|&i| row_values(&batch[i].entry, now)).collect();
+        for row in txn.query_all_raw(stmt(backend, &sql, values)).await? {
+            ids.push(row.try_get::<i64>("", "id")?);
+        }
+        if ids.len() != filed.len() {
+            return Err(corrupt(
+                "dead_letter_queue",
+                format!("insert returned {} ids for {} rows", ids.len(), filed.len()),
+            ));
+        }
+        // One statement inserts its rows in list order and the id sequence
+        // only grows, so the ids in ascending order are the rows in list
+        // order (RETURNING itself promises no order on SQLite).
+        ids.sort_unstable();
+    }
+    txn.commit().await?;
+    let mut results: Vec<Result<i64, StoreError>> = batch
+        .iter()
+        .map(|write| {
+            Err(StoreError::LeaseLost(write.lease.as_ref().map(|l| l.key.message_id.clone()).unwrap_or_default()))
+        })
+        .collect();
+    for (i, id) in filed.into_iter().zip(ids) {
+        results[i] = Ok(id);
+    }
+    Ok(results)
+}
+
+/// One entry's values, in the column order of the insert.
+fn row_values(entry: &NewDeadLetter, now: chrono::DateTime<Utc>) -> [Value; 15] {
     // Text stays readable in SQL; bytes that are not UTF-8 are kept losslessly as base64.
     // NUL bytes too: PostgreSQL text cannot hold them.
     let (payload, encoding) = match std::str::from_utf8(&entry.payload) {
@@ -33,41 +94,23 @@ pub(super) async fn insert(
     // A NUL in an id or the error (a refused message's own) is shown as U+FFFD.
     let without_nul = |text: &str| text.replace('\0', "\u{FFFD}");
     let source = entry.source.as_ref();
-    let txn = db.begin().await?;
-    let row = txn
-        .query_one_raw(stmt(
-            txn.get_database_backend(),
-            r#"INSERT INTO dead_letter_queue (message_id, topic, "partition", "offset", "key", payload,
-                 payload_encoding, failure_type, error, attempt_count, status, replay_count, tenant_id,
-                 fingerprint, trace_context, created_at, updated_at)
-               VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 'failed', 0, ?, ?, ?, ?, ?) RETURNING id"#,
-            vec![
-                entry.message_id.as_deref().map(without_nul).into(),
-                source.map(|s| s.topic.clone()).into(),
-                source.map(|s| s.partition).into(),
-                source.map(|s| s.offset).into(),
-                source.and_then(|s| s.key.as_deref()).map(without_nul).into(),
-                payload.into(),
-                encoding.into(),
-                entry.failure_type.as_str().into(),
-                without_nul(&entry.error).into(),
-                (entry.attempt_count as i32).into(),
-                entry.tenant_id.as_deref().map(without_nul).into(),
-                failure_fingerprint(entry.failure_type, &entry.error).into(),
-                entry.trace_context.clone().into(),
-                now.into(),
-                now.into(),
-            ],
-        ))
-        .await?
-        .ok_or_else(|| corrupt("dead_letter_queue", "insert returned no id".to_owned()))?;
-    let id: i64 = row.try_get("", "id")?;
-    if let Some(lease) = lease {
-        // Lease lost: the transaction is dropped and the insert rolled back.
-        claims::mark_dead_lettered(&txn, lease).await?;
-    }
-    txn.commit().await?;
-    Ok(id)
+    [
+        entry.message_id.as_deref().map(without_nul).into(),
+        source.map(|s| s.topic.clone()).into(),
+        source.map(|s| s.partition).into(),
+        source.map(|s| s.offset).into(),
+        source.and_then(|s| s.key.as_deref()).map(without_nul).into(),
+        payload.into(),
+        encoding.into(),
+        entry.failure_type.as_str().into(),
+        without_nul(&entry.error).into(),
+        (entry.attempt_count as i32).into(),
+        entry.tenant_id.as_deref().map(without_nul).into(),
+        failure_fingerprint(entry.failure_type, &entry.error).into(),
+        entry.trace_context.clone().into(),
+        now.into(),
+        now.into(),
+    ]
 }
 
 /// The `WHERE` clause (empty or starting with a space) and its values for `filter`.

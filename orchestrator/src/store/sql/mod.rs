@@ -31,8 +31,8 @@ mod statement;
 
 /// The store on a sea-orm connection whose schema [`migrations`] created.
 ///
-/// Claims, parking checks, saga-log appends, completions, lead stages and
-/// reply marks of concurrent messages are
+/// Claims, parking checks, saga-log appends, completions, lead stages,
+/// reply marks and dead letters of concurrent messages are
 /// coalesced into one statement (or transaction) per batch (see [`crate::coalesce`]);
 /// the writer tasks start on first use in the caller's tokio runtime, so a
 /// store belongs to one runtime.
@@ -51,6 +51,7 @@ struct Batches {
     steps: OnceLock<batch::Batched<saga_log::StepWrite, ()>>,
     completions: OnceLock<batch::Batched<claims::Completion, ()>>,
     replies: OnceLock<batch::Batched<MessageKey, ()>>,
+    dead_letters: OnceLock<batch::Batched<dead_letters::DlqWrite, i64>>,
 }
 
 /// Writer tasks per coalesced write: a few batches in flight at once, within the connection pool.
@@ -165,7 +166,11 @@ impl Store for SqlStore {
     }
 
     async fn dead_letter(&self, lease: Option<&Lease>, entry: &NewDeadLetter) -> Result<i64, StoreError> {
-        dead_letters::insert(&self.db, lease, entry).await
+        let write = dead_letters::DlqWrite { lease: lease.cloned(), entry: entry.clone() };
+        let batched = self.coalesced(&self.batches.dead_letters, |db, writes| async move {
+            dead_letters::insert_many(&db, writes).await
+        });
+        batch::submit(batched, write).await
     }
 
     async fn purge_expired(&self, now: DateTime<Utc>) -> Result<u64, StoreError> {

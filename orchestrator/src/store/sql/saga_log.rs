@@ -46,10 +46,32 @@ pub(super) struct StepWrite {
     pub(super) steps: Vec<StepRecord>,
 }
 
-/// Appends many messages' saga-log rows in one statement. Each row is
-/// inserted only while its own lease is held (the token matches and the
-/// claim is in progress); a row left out comes back as `LeaseLost` for its caller alone.
+/// Appends many messages' saga-log rows, one statement for the batch. Each
+/// row is inserted only while its own lease is held (the token matches and
+/// the claim is in progress); a row left out comes back as `LeaseLost` for
+/// its caller alone. The rows returned do not say which lease wrote them, so
+/// a message written twice in one batch (a stale worker beside the holder)
+/// has its second write in a statement of its own.
 pub(super) async fn record_steps(db: &impl ConnectionTrait, writes: Vec<StepWrite>) -> Vec<Result<(), StoreError>> {
+    let mut seen = std::collections::HashSet::with_capacity(writes.len());
+    let repeated: Vec<bool> = writes.iter().map(|write| !seen.insert(&write.key)).collect();
+    if !repeated.contains(&true) {
+        return record_distinct(db, &writes).await;
+    }
+    let (mut first, mut again) = (Vec::new(), Vec::new());
+    for (write, repeat) in writes.into_iter().zip(&repeated) {
+        if *repeat { again.push(write) } else { first.push(write) }
+    }
+    let mut first = record_distinct(db, &first).await.into_iter();
+    let mut again = Box::pin(record_steps(db, again)).await.into_iter();
+    repeated
+        .iter()
+        .map(|repeat| if *repeat { again.next() } else { first.next() }.expect("every write answered"))
+        .collect()
+}
+
+/// [`record_steps`] for writes of distinct messages.
+async fn record_distinct(db: &impl ConnectionTrait, writes: &[StepWrite]) -> Vec<Result<(), StoreError>> {
     let mut sql = String::from(
         "INSERT INTO saga_steps (tenant_id, message_id, run, step_index, action, status, output, error, retryable, created_at)
          SELECT column1, column2, column3, column4, column5, column6, column7, column8, column9, column10 FROM (VALUES ",
