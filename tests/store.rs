@@ -11,7 +11,8 @@ use common::count;
 use migrations::{Migrator, MigratorTrait, SchemaManager, TABLES};
 use orchestrator::event::FailureType;
 use orchestrator::store::{
-    Claim, DlqFilter, DlqStatus, MessageKey, NewActivity, NewDeadLetter, Page, StepRecord, StepStatus,
+    Claim, DlqFilter, DlqStatus, MessageKey, NewActivity, NewDeadLetter, Page, StageChange, StageMove, StepRecord,
+    StepStatus,
 };
 use orchestrator::testing;
 use orchestrator::{DeadLetterQueue, SqlStore, Store, StoreError};
@@ -656,6 +657,47 @@ async fn concurrent_parking_checks_answer_each_key_by_its_own_block() {
             assert_eq!(answer, expected, "{}: key {i}, message {message_id}", t.label);
         }
         assert_eq!(count(&t.db, "parked_messages", "message_id LIKE 'later%'").await, 10, "{}", t.label);
+    }
+}
+
+#[tokio::test]
+async fn completions_move_their_leads_in_the_same_transaction() {
+    for t in testing::databases().await {
+        let store = Arc::new(SqlStore::new(t.db.clone()));
+        for i in 0..5 {
+            store.set_lead_stage("acme", &format!("buyer-{i}"), "interested").await.unwrap();
+        }
+        let mut leases = Vec::new();
+        for i in 0..20 {
+            leases.push(lease_of(store.claim(&MessageKey::new("acme", format!("moving-{i}")), LEASE).await.unwrap()));
+        }
+        // One completion is fenced out: its lead must not move.
+        store.release(&leases[12], false).await.unwrap();
+        let completions: Vec<_> = leases
+            .into_iter()
+            .enumerate()
+            .map(|(i, lease)| {
+                let store = store.clone();
+                tokio::spawn(async move {
+                    let lead = StageMove { lead_id: format!("buyer-{i}"), stage: "customer".into() };
+                    let change = store.complete_moving_lead(&lease, &[], Duration::from_secs(60), None, &lead).await;
+                    (i, change)
+                })
+            })
+            .collect();
+        for completion in completions {
+            let (i, change) = completion.await.unwrap();
+            match i {
+                12 => assert!(matches!(change, Err(StoreError::LeaseLost(_))), "{}: {change:?}", t.label),
+                _ => {
+                    let from = (i < 5).then(|| "interested".to_owned());
+                    assert_eq!(change.unwrap(), StageChange::Moved { from }, "{}: buyer-{i}", t.label);
+                }
+            }
+        }
+        assert_eq!(count(&t.db, "leads", "lead_id LIKE 'buyer-%' AND stage = 'customer'").await, 19, "{}", t.label);
+        assert_eq!(count(&t.db, "leads", "lead_id = 'buyer-12'").await, 0, "{}", t.label);
+        assert_eq!(count(&t.db, "processed_messages", "message_id LIKE 'moving-%' AND status = 'completed'").await, 19);
     }
 }
 

@@ -25,7 +25,7 @@ use crate::retry::{RetryDecision, RetryPolicy};
 use crate::saga::{SagaReport, SagaRunner, StepOutcome};
 use crate::store::{
     Claim, DATABASE_BREAKER, DATABASE_BREAKER_CONFIG, GuardedStore, Lease, MessageKey, NewActivity, NewDeadLetter,
-    SourceInfo, Store, StoreError, to_chrono,
+    SourceInfo, StageChange, StageMove, Store, StoreError, to_chrono,
 };
 use crate::validate::validate;
 
@@ -467,9 +467,15 @@ impl Orchestrator {
                 });
                 // The reply goes into the outbox with the completion, in one transaction.
                 let outbox = response.as_ref().and_then(|r| serde_json::to_value(r).ok());
-                self.store.complete(lease, &activities, self.config.dedupe_ttl, outbox.as_ref()).await?;
-                if let Some(stage) = &outcome.lead_stage {
-                    self.move_lead(&ctx, stage).await;
+                match &outcome.lead_stage {
+                    Some(stage) => {
+                        let lead = StageMove { lead_id: ctx.lead_id().to_owned(), stage: stage.clone() };
+                        let ttl = self.config.dedupe_ttl;
+                        let change =
+                            self.store.complete_moving_lead(lease, &activities, ttl, outbox.as_ref(), &lead).await?;
+                        count_stage_change(&change, stage);
+                    }
+                    None => self.store.complete(lease, &activities, self.config.dedupe_ttl, outbox.as_ref()).await?,
                 }
                 Ok(Outcome::Completed(Completed {
                     key: key.clone(),
@@ -499,20 +505,6 @@ impl Orchestrator {
                 }
                 self.failed(lease, incoming, &ctx, failure.is_retryable(), failure.failure_type(), reason).await
             }
-        }
-    }
-
-    /// Records the lead's new stage and counts the change. After completion,
-    /// so a failure here costs the stage, never the message.
-    async fn move_lead(&self, ctx: &MessageContext, stage: &str) {
-        match self.store.set_lead_stage(&ctx.tenant_id, ctx.lead_id(), stage).await {
-            Ok(previous) if previous.as_deref() != Some(stage) => {
-                let from = previous.as_deref().map_or("new", crate::metrics::label);
-                let to = crate::metrics::label(stage);
-                crate::metrics::metrics().lead_state_changed.with_label_values(&[from, to]).inc();
-            }
-            Ok(_) => {}
-            Err(error) => tracing::warn!(%error, stage, "lead stage not recorded"),
         }
     }
 
@@ -637,6 +629,20 @@ impl std::fmt::Debug for Orchestrator {
             .field("executors", &self.executors)
             .field("retry", &self.retry)
             .finish_non_exhaustive()
+    }
+}
+
+/// Counts a lead's change of stage (a failure to record it is logged: it
+/// costs the stage, never the message).
+fn count_stage_change(change: &StageChange, stage: &str) {
+    match change {
+        StageChange::Moved { from } if from.as_deref() != Some(stage) => {
+            let from = from.as_deref().map_or("new", crate::metrics::label);
+            let to = crate::metrics::label(stage);
+            crate::metrics::metrics().lead_state_changed.with_label_values(&[from, to]).inc();
+        }
+        StageChange::Moved { .. } => {}
+        StageChange::NotRecorded { error } => tracing::warn!(%error, stage, "lead stage not recorded"),
     }
 }
 

@@ -14,7 +14,9 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use serde_json::Value;
 
-use super::{Claim, Lease, MessageKey, NewActivity, NewDeadLetter, StepRecord, Store, StoreError};
+use super::{
+    Claim, Lease, MessageKey, NewActivity, NewDeadLetter, StageChange, StageMove, StepRecord, Store, StoreError,
+};
 use crate::breaker::{BreakerConfig, BreakerError, CircuitBreaker};
 
 /// The name of the database's breaker in health checks and metrics.
@@ -85,6 +87,17 @@ impl Store for GuardedStore {
         reply: Option<&Value>,
     ) -> Result<(), StoreError> {
         self.guard(self.inner.complete(lease, activities, ttl, reply)).await
+    }
+
+    async fn complete_moving_lead(
+        &self,
+        lease: &Lease,
+        activities: &[NewActivity],
+        ttl: Duration,
+        reply: Option<&Value>,
+        lead: &StageMove,
+    ) -> Result<StageChange, StoreError> {
+        self.guard(self.inner.complete_moving_lead(lease, activities, ttl, reply, lead)).await
     }
 
     async fn pending_reply(&self, key: &MessageKey) -> Result<Option<Value>, StoreError> {

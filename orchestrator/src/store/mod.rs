@@ -534,6 +534,27 @@ pub trait Store: Send + Sync {
         reply: Option<&Value>,
     ) -> Result<(), StoreError>;
 
+    /// [`complete`](Store::complete), and moves the message's lead (in the
+    /// lease's tenant) to `lead.stage`. A store that can should do both in
+    /// the completion's transaction (the SQL store does), so a crash cannot
+    /// keep one without the other. The default completes, then calls
+    /// [`set_lead_stage`](Store::set_lead_stage); a failure there costs the
+    /// stage, never the message, and is reported as [`StageChange::NotRecorded`].
+    async fn complete_moving_lead(
+        &self,
+        lease: &Lease,
+        activities: &[NewActivity],
+        ttl: Duration,
+        reply: Option<&Value>,
+        lead: &StageMove,
+    ) -> Result<StageChange, StoreError> {
+        self.complete(lease, activities, ttl, reply).await?;
+        Ok(match self.set_lead_stage(&lease.key.tenant_id, &lead.lead_id, &lead.stage).await {
+            Ok(from) => StageChange::Moved { from },
+            Err(error) => StageChange::NotRecorded { error: error.to_string() },
+        })
+    }
+
     /// The reply of a completed message that was never confirmed published.
     async fn pending_reply(&self, key: &MessageKey) -> Result<Option<Value>, StoreError>;
 
@@ -550,6 +571,30 @@ pub trait Store: Send + Sync {
 
     /// Moves a lead to `stage`; returns the stage it was in (`None` for a lead not seen before).
     async fn set_lead_stage(&self, tenant_id: &str, lead_id: &str, stage: &str) -> Result<Option<String>, StoreError>;
+}
+
+/// A lead's move to a stage, made with its message's completion.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StageMove {
+    /// The lead (in the message's tenant).
+    pub lead_id: String,
+    /// The stage it moves to.
+    pub stage: String,
+}
+
+/// What completing a message did to its lead's stage.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StageChange {
+    /// The lead is in the new stage; it was in `from` (`None`: a lead not seen before).
+    Moved {
+        /// The stage before.
+        from: Option<String>,
+    },
+    /// The stage could not be recorded; the message is completed all the same.
+    NotRecorded {
+        /// Why.
+        error: String,
+    },
 }
 
 /// A message parked behind its key's message in retry.

@@ -222,33 +222,35 @@ pub(super) struct Completion {
     pub(super) activities: Vec<NewActivity>,
     pub(super) expires_at: DateTime<Utc>,
     pub(super) reply: Option<serde_json::Value>,
+    /// The lead's move to a stage, in the lease's tenant.
+    pub(super) lead: Option<(String, String)>,
 }
 
+/// Per completion, the stage its lead was in before its move (`None` for a
+/// completion that moved no lead; `Some(None)` for a lead not seen before).
+pub(super) type PreviousStage = Option<Option<String>>;
+
 /// Completes many messages in one transaction: one fenced `UPDATE ... FROM
-/// (VALUES ...)` for the claims, one `INSERT` for the lead activities of
-/// those whose lease was still held. A message fenced out gets `LeaseLost`
-/// and leaves nothing behind; the others commit together.
-pub(super) async fn complete_many(db: &DatabaseConnection, batch: Vec<Completion>) -> Vec<Result<(), StoreError>> {
-    match complete_batch(db, &batch).await {
-        Ok(held) => batch
-            .iter()
-            .map(|c| {
-                if held.contains(&HeldKey::of(&c.lease)) {
-                    Ok(())
-                } else {
-                    Err(StoreError::LeaseLost(c.lease.key.message_id.clone()))
-                }
-            })
-            .collect(),
+/// (VALUES ...)` for the claims, then, for those whose lease was still held,
+/// one `INSERT` for the lead activities and one read and one upsert for the
+/// lead moves. A message fenced out gets `LeaseLost` and leaves nothing
+/// behind; the others commit together.
+pub(super) async fn complete_many(
+    db: &DatabaseConnection,
+    mut batch: Vec<Completion>,
+) -> Vec<Result<PreviousStage, StoreError>> {
+    match complete_batch(db, &mut batch).await {
+        Ok(results) => results,
         Err(error) => super::batch::fail_all(&error, batch.len()),
     }
 }
 
-/// The keys whose completion was written.
+/// Writes the batch, moving the replies and activity details out of it
+/// (they are bound, not copied).
 async fn complete_batch(
     db: &DatabaseConnection,
-    batch: &[Completion],
-) -> Result<std::collections::HashSet<HeldKey>, StoreError> {
+    batch: &mut [Completion],
+) -> Result<Vec<Result<PreviousStage, StoreError>>, StoreError> {
     let now = Utc::now();
     let txn = db.begin().await?;
     let backend = txn.get_database_backend();
@@ -260,17 +262,18 @@ async fn complete_batch(
     );
     let mut values = Vec::with_capacity(batch.len() * 6);
     // Key order, as the claims: concurrent batches lock shared rows in one order.
-    let mut ordered: Vec<&Completion> = batch.iter().collect();
-    ordered.sort_unstable_by(|a, b| a.lease.key.cmp(&b.lease.key));
+    let mut ordered: Vec<usize> = (0..batch.len()).collect();
+    ordered.sort_unstable_by(|&a, &b| batch[a].lease.key.cmp(&batch[b].lease.key));
     push_rows(&mut sql, ordered.len(), "(?, ?, ?, ?, ?, ?)");
-    for completion in ordered {
+    for i in ordered {
+        let completion = &mut batch[i];
         let key = &completion.lease.key;
         values.extend([
             key.tenant_id.as_str().into(),
             key.message_id.as_str().into(),
             now.into(),
             completion.expires_at.into(),
-            completion.reply.clone().into(),
+            completion.reply.take().into(),
             completion.lease.token.into(),
         ]);
     }
@@ -284,23 +287,21 @@ async fn complete_batch(
     for row in txn.query_all_raw(stmt(backend, &sql, values)).await? {
         held.insert(HeldKey::read(&row)?);
     }
+    let written: Vec<bool> = batch.iter().map(|c| held.contains(&HeldKey::of(&c.lease))).collect();
     let mut sql = String::from(
         "INSERT INTO lead_activities (tenant_id, lead_id, message_id, activity_type, details, created_at) VALUES ",
     );
     let mut values = Vec::new();
-    for completion in batch {
+    for completion in batch.iter_mut().zip(&written).filter(|(_, written)| **written).map(|(c, _)| c) {
         let key = &completion.lease.key;
-        if !held.contains(&HeldKey::of(&completion.lease)) {
-            continue;
-        }
-        for activity in &completion.activities {
+        for activity in std::mem::take(&mut completion.activities) {
             sql.push_str(if values.is_empty() { "(?, ?, ?, ?, ?, ?)" } else { ", (?, ?, ?, ?, ?, ?)" });
             values.extend([
                 key.tenant_id.as_str().into(),
-                activity.lead_id.as_str().into(),
+                activity.lead_id.into(),
                 key.message_id.as_str().into(),
-                activity.activity_type.as_str().into(),
-                activity.details.clone().into(),
+                activity.activity_type.into(),
+                activity.details.into(),
                 now.into(),
             ]);
         }
@@ -308,8 +309,32 @@ async fn complete_batch(
     if !values.is_empty() {
         txn.execute_raw(stmt(backend, &sql, values)).await?;
     }
+    // The lead moves of the completions written, in batch order.
+    let mut moved_by = Vec::new();
+    let mut moves = Vec::new();
+    for (i, completion) in batch.iter_mut().enumerate() {
+        if let (true, Some((lead_id, stage))) = (written[i], completion.lead.take()) {
+            moved_by.push(i);
+            moves.push(LeadMove { tenant_id: completion.lease.key.tenant_id.clone(), lead_id, stage });
+        }
+    }
+    let mut previous: Vec<PreviousStage> = vec![None; batch.len()];
+    if !moves.is_empty() {
+        for (i, before) in moved_by.into_iter().zip(move_leads(&txn, &moves).await?) {
+            previous[i] = Some(before);
+        }
+    }
     txn.commit().await?;
-    Ok(held)
+    Ok(batch
+        .iter()
+        .zip(written)
+        .zip(previous)
+        .map(
+            |((completion, written), previous)| {
+                if written { Ok(previous) } else { Err(StoreError::LeaseLost(completion.lease.key.message_id.clone())) }
+            },
+        )
+        .collect())
 }
 
 /// Marks many messages' replies published, in one statement.

@@ -16,6 +16,8 @@ use super::{
     Store, StoreError,
 };
 
+use super::{StageChange, StageMove};
+
 use super::{
     DeliveryStatuses, KeyParking, Lease, ParkCheck, ParkedMessage, PendingClassification, PendingClassifications,
 };
@@ -49,7 +51,7 @@ struct Batches {
     touches: OnceLock<batch::Batched<String, Option<String>>>,
     leads: OnceLock<batch::Batched<claims::LeadMove, Option<String>>>,
     steps: OnceLock<batch::Batched<saga_log::StepWrite, ()>>,
-    completions: OnceLock<batch::Batched<claims::Completion, ()>>,
+    completions: OnceLock<batch::Batched<claims::Completion, claims::PreviousStage>>,
     replies: OnceLock<batch::Batched<MessageKey, ()>>,
     dead_letters: OnceLock<batch::Batched<dead_letters::DlqWrite, i64>>,
 }
@@ -93,6 +95,29 @@ impl SqlStore {
     /// The connection, for executors and probes that share it.
     pub fn connection(&self) -> &DatabaseConnection {
         &self.db
+    }
+}
+
+impl SqlStore {
+    /// A completion through the coalesced completion writer.
+    async fn complete_with(
+        &self,
+        lease: &Lease,
+        activities: &[NewActivity],
+        ttl: Duration,
+        reply: Option<&serde_json::Value>,
+        lead: Option<(String, String)>,
+    ) -> Result<claims::PreviousStage, StoreError> {
+        let completion = claims::Completion {
+            lease: lease.clone(),
+            activities: activities.to_vec(),
+            expires_at: Utc::now() + super::to_chrono(ttl),
+            reply: reply.cloned(),
+            lead,
+        };
+        let completions = self
+            .coalesced(&self.batches.completions, |db, batch| async move { claims::complete_many(&db, batch).await });
+        batch::submit(completions, completion).await
     }
 }
 
@@ -141,15 +166,20 @@ impl Store for SqlStore {
         ttl: Duration,
         reply: Option<&serde_json::Value>,
     ) -> Result<(), StoreError> {
-        let completion = claims::Completion {
-            lease: lease.clone(),
-            activities: activities.to_vec(),
-            expires_at: Utc::now() + super::to_chrono(ttl),
-            reply: reply.cloned(),
-        };
-        let completions = self
-            .coalesced(&self.batches.completions, |db, batch| async move { claims::complete_many(&db, batch).await });
-        batch::submit(completions, completion).await
+        self.complete_with(lease, activities, ttl, reply, None).await.map(drop)
+    }
+
+    async fn complete_moving_lead(
+        &self,
+        lease: &Lease,
+        activities: &[NewActivity],
+        ttl: Duration,
+        reply: Option<&serde_json::Value>,
+        lead: &StageMove,
+    ) -> Result<StageChange, StoreError> {
+        let lead = Some((lead.lead_id.clone(), lead.stage.clone()));
+        let from = self.complete_with(lease, activities, ttl, reply, lead).await?;
+        Ok(StageChange::Moved { from: from.flatten() })
     }
 
     async fn pending_reply(&self, key: &MessageKey) -> Result<Option<serde_json::Value>, StoreError> {
