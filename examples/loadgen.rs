@@ -58,6 +58,11 @@ struct Args {
     /// Skip the bare-consumer and batched-database limit measurements.
     #[arg(long)]
     no_limits: bool,
+    /// Install the consumer's telemetry (logs to stderr at `RUST_LOG`, default
+    /// info; the OpenTelemetry layer, exporting when `OTEL_EXPORTER_OTLP_ENDPOINT`
+    /// is set): what tracing costs. Without it no subscriber is installed.
+    #[arg(long)]
+    telemetry: bool,
 }
 
 /// What a message says, and how often (per 100 messages).
@@ -355,6 +360,10 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let args = Args::parse();
+    let _telemetry = match args.telemetry {
+        true => Some(orchestrator::telemetry::init(&orchestrator::telemetry::TelemetryConfig::from_env("loadgen"))?),
+        false => None,
+    };
     let run = uuid::Uuid::new_v4().simple().to_string()[..8].to_owned();
     let mut kafka = KafkaConfig::from_env()?;
     let _embedded = match &kafka.bootstrap_servers {

@@ -38,28 +38,67 @@ pub fn validate(ctx: &MessageContext) -> Result<(), String> {
 /// of it would fail (and fail the batch it shares with other messages).
 pub fn storable(inbound: &Inbound, intent: &crate::intent::Intent) -> Result<(), String> {
     let message = match inbound {
-        Inbound::Message(message) => serde_json::to_value(message),
-        Inbound::Interaction(interaction) => serde_json::to_value(interaction),
+        Inbound::Message(message) => holds_nul(message),
+        Inbound::Interaction(interaction) => holds_nul(interaction),
     };
-    let has_nul = |value: Result<serde_json::Value, serde_json::Error>| value.as_ref().is_ok_and(contains_nul);
-    if has_nul(message) {
+    if message {
         return Err("the message contains a NUL character (U+0000), which the database cannot store".to_owned());
     }
-    if has_nul(serde_json::to_value(intent)) {
+    if holds_nul(intent) {
         return Err("the intent contains a NUL character (U+0000), which the database cannot store".to_owned());
     }
     Ok(())
 }
 
-/// Whether any string (or object key) in `value` holds U+0000.
-fn contains_nul(value: &serde_json::Value) -> bool {
-    match value {
-        serde_json::Value::String(text) => text.contains('\0'),
-        serde_json::Value::Array(items) => items.iter().any(contains_nul),
-        serde_json::Value::Object(fields) => {
-            fields.iter().any(|(key, value)| key.contains('\0') || contains_nul(value))
+/// Whether any string (or map key) of `value` holds U+0000, found by
+/// streaming its JSON through [`NulScan`]: no tree, no buffer, no allocation.
+fn holds_nul(value: &impl serde::Serialize) -> bool {
+    let mut scan = NulScan::default();
+    // The scan never fails; a value that cannot be serialised is not stored as JSON either.
+    let _ = serde_json::to_writer(&mut scan, value);
+    scan.found
+}
+
+/// Reads JSON text as it is written and notes a `\u0000` escape, the only
+/// way JSON writes U+0000 (a backslash always starts an escape, so `\\u0000`,
+/// an escaped backslash before `u0000`, is told apart).
+#[derive(Default)]
+struct NulScan {
+    state: Escape,
+    found: bool,
+}
+
+#[derive(Default, Clone, Copy)]
+enum Escape {
+    #[default]
+    Outside,
+    /// Just after a backslash.
+    Started,
+    /// Inside `\u`, after this many hex digits, all `0` so far.
+    Zeros(u8),
+}
+
+impl std::io::Write for NulScan {
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+        for &byte in bytes {
+            self.state = match (self.state, byte) {
+                (Escape::Outside, b'\\') => Escape::Started,
+                (Escape::Outside, _) => Escape::Outside,
+                (Escape::Started, b'u') => Escape::Zeros(0),
+                (Escape::Started, _) => Escape::Outside,
+                (Escape::Zeros(3), b'0') => {
+                    self.found = true;
+                    Escape::Outside
+                }
+                (Escape::Zeros(n), b'0') => Escape::Zeros(n + 1),
+                (Escape::Zeros(_), _) => Escape::Outside,
+            };
         }
-        _ => false,
+        Ok(bytes.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
     }
 }
 
@@ -76,6 +115,18 @@ pub fn validate_phone(phone: &str) -> Result<(), String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn nul_is_found_in_strings_and_keys_but_not_in_an_escaped_backslash() {
+        let nul = |value: serde_json::Value| holds_nul(&value);
+        assert!(nul(serde_json::json!({"a": ["x", "b\u{0}c"]})));
+        assert!(nul(serde_json::json!({"ke\u{0}y": 1})));
+        assert!(nul(serde_json::json!("\u{0}")));
+        // A backslash followed by `u0000` is text, not NUL; other control characters are storable.
+        assert!(!nul(serde_json::json!({"a": "\\u0000", "b": "\u{1}\n\\", "c": "u0000"})));
+        assert!(!nul(serde_json::json!({"a": "\\\\u0000"})));
+        assert!(nul(serde_json::json!({"a": "\\\u{0}"})));
+    }
 
     #[test]
     fn phones() {
