@@ -372,3 +372,32 @@ async fn a_nul_character_is_refused_before_any_write_and_costs_nothing_else() {
         assert_eq!(count(&t.db, "processed_messages", "message_id LIKE 'wamid.nul%'").await, 0, "{}", t.label);
     }
 }
+
+#[test]
+fn an_owned_envelope_moves_its_message_into_the_same_incoming() {
+    let message = match text("wamid.o1", "+15551234567", "hi") {
+        orchestrator::Inbound::Message(m) => m,
+        _ => unreachable!(),
+    };
+    let mut envelope = Envelope::new(EventData::MessageReceived(message), "test");
+    envelope.max_attempts = Some(7);
+    let copied = Incoming::from_envelope(&envelope, order_intent()).unwrap();
+    let moved = Incoming::from_owned_envelope(envelope, order_intent()).unwrap();
+    assert_eq!(
+        (moved.event_id, moved.max_attempts, &moved.inbound, &moved.intent),
+        (copied.event_id, Some(7), &copied.inbound, &copied.intent)
+    );
+    // Another event type is not an inbound message.
+    let failed = Envelope::new(
+        EventData::MessageFailed(orchestrator::event::MessageFailed {
+            message_id: "wamid.o1".into(),
+            phone: "+15551234567".into(),
+            failure_type: FailureType::UnknownError,
+            error_details: "x".into(),
+            attempt_count: 1,
+            failed_at: chrono::Utc::now(),
+        }),
+        "test",
+    );
+    assert!(Incoming::from_owned_envelope(failed, order_intent()).is_none());
+}

@@ -64,14 +64,30 @@ impl Incoming {
             EventData::InteractionReceived(i) => Inbound::Interaction(i.clone()),
             _ => return None,
         };
-        Some(Self {
+        Some(Self::of_envelope(envelope, inbound, intent))
+    }
+
+    /// [`from_envelope`](Self::from_envelope), moving the message out of the
+    /// envelope instead of copying it.
+    pub fn from_owned_envelope(envelope: Envelope, intent: Intent) -> Option<Self> {
+        let (event_id, max_attempts) = (envelope.event_id, envelope.max_attempts);
+        let inbound = match envelope.data {
+            EventData::MessageReceived(m) => Inbound::Message(m),
+            EventData::InteractionReceived(i) => Inbound::Interaction(i),
+            _ => return None,
+        };
+        Some(Self { event_id, inbound, intent, max_attempts, source: None, payload: None })
+    }
+
+    fn of_envelope(envelope: &Envelope, inbound: Inbound, intent: Intent) -> Self {
+        Self {
             event_id: envelope.event_id,
             inbound,
             intent,
             max_attempts: envelope.max_attempts,
             source: None,
             payload: None,
-        })
+        }
     }
 
     /// Adds Kafka coordinates.
@@ -86,11 +102,34 @@ impl Incoming {
         self
     }
 
-    fn envelope_bytes(&self) -> Vec<u8> {
-        if let Some(payload) = &self.payload {
-            return payload.clone();
+    fn provenance(&self) -> Provenance<'_> {
+        Provenance {
+            event_id: self.event_id,
+            max_attempts: self.max_attempts,
+            source: self.source.as_ref(),
+            payload: self.payload.as_deref(),
+            inbound: &self.inbound,
         }
-        let data = match &self.inbound {
+    }
+}
+
+/// What filing a message in the dead-letter queue needs of it, borrowed
+/// from the [`Incoming`] or, once its message moved into the context, from both.
+struct Provenance<'a> {
+    event_id: Uuid,
+    max_attempts: Option<u32>,
+    source: Option<&'a SourceInfo>,
+    payload: Option<&'a [u8]>,
+    inbound: &'a Inbound,
+}
+
+impl Provenance<'_> {
+    /// The bytes as received, or the message re-encoded when they were not kept.
+    fn envelope_bytes(&self) -> Vec<u8> {
+        if let Some(payload) = self.payload {
+            return payload.to_vec();
+        }
+        let data = match self.inbound {
             Inbound::Message(m) => EventData::MessageReceived(m.clone()),
             Inbound::Interaction(i) => EventData::InteractionReceived(i.clone()),
         };
@@ -336,7 +375,9 @@ impl Orchestrator {
         let message_id = incoming.inbound.message_id(&event_id).to_owned();
         // Before the claim: a value the database cannot store must not reach a statement.
         if let Err(reason) = crate::validate::storable(&incoming.inbound, &incoming.intent) {
-            return self.dead_letter(None, &incoming, Some(&message_id), 1, FailureType::ValidationError, reason).await;
+            return self
+                .dead_letter(None, &incoming.provenance(), Some(&message_id), 1, FailureType::ValidationError, reason)
+                .await;
         }
         let tenant = incoming
             .intent
@@ -347,7 +388,9 @@ impl Orchestrator {
             .map(str::to_owned);
         let Some(tenant_id) = tenant else {
             let reason = "no tenant: neither the intent nor the message names one".to_owned();
-            return self.dead_letter(None, &incoming, Some(&message_id), 1, FailureType::ValidationError, reason).await;
+            return self
+                .dead_letter(None, &incoming.provenance(), Some(&message_id), 1, FailureType::ValidationError, reason)
+                .await;
         };
         let key = MessageKey::new(tenant_id, message_id);
 
@@ -375,7 +418,7 @@ impl Orchestrator {
         // lease let another worker take over), stop as if this worker had died.
         let finishing = AtomicBool::new(false);
         tokio::select! {
-            outcome = self.process_claimed(&lease, &incoming, attempt, run, &finishing) => outcome,
+            outcome = self.process_claimed(&lease, incoming, attempt, run, &finishing) => outcome,
             lost = self.keep_lease(&lease, &finishing) => Err(lost),
         }
     }
@@ -404,7 +447,7 @@ impl Orchestrator {
     async fn process_claimed(
         &self,
         lease: &Lease,
-        incoming: &Incoming,
+        incoming: Incoming,
         attempt: u32,
         run: u32,
         finishing: &AtomicBool,
@@ -416,22 +459,33 @@ impl Orchestrator {
             // Only a takeover can get here: earlier attempts died without finishing.
             let reason =
                 format!("gave up after {max_attempts} attempts; the last did not finish (its worker died or stalled)");
-            return self.dead_letter(Some(lease), incoming, None, attempt - 1, FailureType::UnknownError, reason).await;
+            let origin = incoming.provenance();
+            return self.dead_letter(Some(lease), &origin, None, attempt - 1, FailureType::UnknownError, reason).await;
         }
+        // The message and intent move into the context; the dead-letter
+        // paths borrow them back from it with the rest of the incoming.
+        let Incoming { event_id, inbound, intent, max_attempts: envelope_max, source, payload } = incoming;
         let ctx = MessageContext {
-            event_id: incoming.event_id,
+            event_id,
             tenant_id: key.tenant_id.clone(),
             message_id: key.message_id.clone(),
-            inbound: incoming.inbound.clone(),
-            intent: incoming.intent.clone(),
+            inbound,
+            intent,
             attempt,
             max_attempts,
             run,
         };
+        let origin = Provenance {
+            event_id,
+            max_attempts: envelope_max,
+            source: source.as_ref(),
+            payload: payload.as_deref(),
+            inbound: &ctx.inbound,
+        };
 
         if let Err(reason) = tracing::info_span!("validation").in_scope(|| validate(&ctx)) {
             finishing.store(true, Ordering::Release);
-            return self.dead_letter(Some(lease), incoming, None, attempt, FailureType::ValidationError, reason).await;
+            return self.dead_letter(Some(lease), &origin, None, attempt, FailureType::ValidationError, reason).await;
         }
 
         let intent_label = crate::metrics::label(&ctx.intent.name);
@@ -447,7 +501,7 @@ impl Orchestrator {
                 finishing.store(true, Ordering::Release);
                 let retryable = matches!(error, HandlerError::Retryable(_));
                 return self
-                    .failed(lease, incoming, &ctx, retryable, FailureType::UnknownError, error.to_string())
+                    .failed(lease, &origin, &ctx, retryable, FailureType::UnknownError, error.to_string())
                     .await;
             }
         };
@@ -494,16 +548,14 @@ impl Orchestrator {
                         .map(|c| format!("step {} `{}`: {}", c.step_index, c.action, c.error))
                         .collect();
                     let reason = format!("{reason}; compensation failed for {}", undone.join("; "));
-                    return self
-                        .dead_letter(Some(lease), incoming, None, attempt, failure.failure_type(), reason)
-                        .await;
+                    return self.dead_letter(Some(lease), &origin, None, attempt, failure.failure_type(), reason).await;
                 }
                 if let crate::saga::StepFailure::CircuitOpen { retry_after, .. } = &failure {
                     self.store.release(lease, true).await?;
                     let wait = (*retry_after).max(self.config.min_defer);
                     return Ok(Outcome::Deferred { due_at: Utc::now() + to_chrono(wait), reason });
                 }
-                self.failed(lease, incoming, &ctx, failure.is_retryable(), failure.failure_type(), reason).await
+                self.failed(lease, &origin, &ctx, failure.is_retryable(), failure.failure_type(), reason).await
             }
         }
     }
@@ -560,7 +612,7 @@ impl Orchestrator {
     async fn failed(
         &self,
         lease: &Lease,
-        incoming: &Incoming,
+        origin: &Provenance<'_>,
         ctx: &MessageContext,
         retryable: bool,
         failure_type: FailureType,
@@ -578,7 +630,7 @@ impl Orchestrator {
                 })
             }
             RetryDecision::GiveUp => {
-                self.dead_letter(Some(lease), incoming, None, ctx.attempt, failure_type, reason).await
+                self.dead_letter(Some(lease), origin, None, ctx.attempt, failure_type, reason).await
             }
         }
     }
@@ -586,7 +638,7 @@ impl Orchestrator {
     async fn dead_letter(
         &self,
         lease: Option<&Lease>,
-        incoming: &Incoming,
+        origin: &Provenance<'_>,
         message_id: Option<&str>,
         attempt: u32,
         failure_type: FailureType,
@@ -597,8 +649,8 @@ impl Orchestrator {
         let entry = NewDeadLetter {
             message_id: Some(message_id.clone()).filter(|m| !m.is_empty()),
             tenant_id: key.map(|k| k.tenant_id.clone()),
-            source: incoming.source.clone(),
-            payload: incoming.envelope_bytes(),
+            source: origin.source.cloned(),
+            payload: origin.envelope_bytes(),
             failure_type,
             error: reason.clone(),
             attempt_count: attempt,
@@ -612,7 +664,7 @@ impl Orchestrator {
             reason: reason.clone(),
             event: MessageFailed {
                 message_id,
-                phone: incoming.inbound.phone().to_owned(),
+                phone: origin.inbound.phone().to_owned(),
                 failure_type,
                 error_details: reason,
                 attempt_count: attempt,

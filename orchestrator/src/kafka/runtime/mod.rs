@@ -713,10 +713,13 @@ impl Decoded {
     fn from(delivered: &Delivered) -> Self {
         match Envelope::decode(&delivered.payload) {
             Err(error) => Decoded::Undecodable(error),
-            Ok(envelope) => match Incoming::from_envelope(&envelope, Intent::unknown()) {
-                Some(incoming) => Decoded::Inbound(Box::new(incoming)),
-                None => Decoded::NotInbound(envelope.event_type()),
-            },
+            Ok(envelope) => {
+                let event_type = envelope.event_type();
+                match Incoming::from_owned_envelope(envelope, Intent::unknown()) {
+                    Some(incoming) => Decoded::Inbound(Box::new(incoming)),
+                    None => Decoded::NotInbound(event_type),
+                }
+            }
         }
     }
 
