@@ -1,4 +1,5 @@
-//! Routing one message through a registry of 50 handlers, and the envelope codec.
+//! Routing one message through a registry of 50 handlers, the envelope codec,
+//! and the keyword classifier.
 
 use std::hint::black_box;
 
@@ -68,5 +69,18 @@ fn codec(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, routing, codec);
+fn classify(c: &mut Criterion) {
+    let mut group = c.benchmark_group("classify");
+    let classifier = orchestrator::KeywordClassifier;
+    for (name, text) in [
+        ("order_en", "Hi, I want to order 2 tacos and 1 soda"),
+        ("complaint_es", "¡Mi pedido llegó tarde y frío, es el peor servicio!"),
+        ("small_talk", "hello there"),
+    ] {
+        group.bench_function(name, |b| b.iter(|| black_box(classifier.classify_text(black_box(text))).confidence));
+    }
+    group.finish();
+}
+
+criterion_group!(benches, routing, codec, classify);
 criterion_main!(benches);

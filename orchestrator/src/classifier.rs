@@ -4,6 +4,8 @@
 //! Spanish), so the system works with no AI service; an external AI service
 //! plugs in through the same [`Classifier`] trait.
 
+use std::sync::LazyLock;
+
 use async_trait::async_trait;
 use serde_json::{Map, Value, json};
 
@@ -218,9 +220,9 @@ impl KeywordClassifier {
     pub fn classify_text(&self, text: &str) -> Intent {
         let normalised = normalise(text);
         let padded = format!(" {normalised} ");
-        let best = RULES
+        let best = PADDED_RULES
             .iter()
-            .map(|(intent, keywords)| (*intent, keywords.iter().filter(|k| padded.contains(&format!(" {k} "))).count()))
+            .map(|(intent, keywords)| (*intent, keywords.iter().filter(|k| padded.contains(k.as_str())).count()))
             .filter(|(_, hits)| *hits > 0)
             // max_by_key keeps the last maximum; reverse so the earliest rule wins ties.
             .rev()
@@ -249,6 +251,18 @@ impl Classifier for KeywordClassifier {
         Ok(inbound.text().map_or_else(|| Intent::new(names::UNKNOWN, 0.1), |text| self.classify_text(text)))
     }
 }
+
+/// `words` each with a space on both sides, so that `padded.contains(word)`
+/// on space-padded normalised text is a whole-word match. Built once: padding
+/// them per message cost an allocation per keyword.
+fn padded_words(words: &[&str]) -> Vec<String> {
+    words.iter().map(|word| format!(" {word} ")).collect()
+}
+
+static PADDED_RULES: LazyLock<Vec<(&str, Vec<String>)>> =
+    LazyLock::new(|| RULES.iter().map(|(intent, keywords)| (*intent, padded_words(keywords))).collect());
+static PADDED_SEVERE: LazyLock<Vec<String>> = LazyLock::new(|| padded_words(SEVERE));
+static PADDED_TIME_WORDS: LazyLock<Vec<String>> = LazyLock::new(|| padded_words(TIME_WORDS));
 
 /// Lower case, accents folded, everything but letters and digits a single space.
 fn normalise(text: &str) -> String {
@@ -288,11 +302,16 @@ fn entities(intent: &str, normalised: &str, padded: &str) -> Map<String, Value> 
         entities.insert("products".into(), Value::Array(items));
     }
     if intent == names::COMPLAINT {
-        let severe = SEVERE.iter().any(|w| padded.contains(&format!(" {w} ")));
+        let severe = PADDED_SEVERE.iter().any(|w| padded.contains(w.as_str()));
         entities.insert("severity".into(), json!(if severe { "high" } else { "medium" }));
     }
     if intent == names::SCHEDULE_CALL {
-        let times: Vec<&str> = TIME_WORDS.iter().copied().filter(|w| padded.contains(&format!(" {w} "))).collect();
+        let times: Vec<&str> = TIME_WORDS
+            .iter()
+            .zip(PADDED_TIME_WORDS.iter())
+            .filter(|(_, p)| padded.contains(p.as_str()))
+            .map(|(w, _)| *w)
+            .collect();
         if !times.is_empty() {
             entities.insert("preferred_time".into(), json!(times.join(" ")));
         }
