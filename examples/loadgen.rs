@@ -360,9 +360,10 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let args = Args::parse();
-    let _telemetry = match args.telemetry {
-        true => Some(orchestrator::telemetry::init(&orchestrator::telemetry::TelemetryConfig::from_env("loadgen"))?),
-        false => None,
+    let _telemetry = if args.telemetry {
+        Some(orchestrator::telemetry::init(&orchestrator::telemetry::TelemetryConfig::from_env("loadgen"))?)
+    } else {
+        None
     };
     let run = uuid::Uuid::new_v4().simple().to_string()[..8].to_owned();
     let mut kafka = KafkaConfig::from_env()?;

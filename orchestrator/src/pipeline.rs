@@ -64,7 +64,7 @@ impl Incoming {
             EventData::InteractionReceived(i) => Inbound::Interaction(i.clone()),
             _ => return None,
         };
-        Some(Self::of_envelope(envelope, inbound, intent))
+        Some(Self::carried(envelope.event_id, envelope.max_attempts, inbound, intent))
     }
 
     /// [`from_envelope`](Self::from_envelope), moving the message out of the
@@ -76,18 +76,12 @@ impl Incoming {
             EventData::InteractionReceived(i) => Inbound::Interaction(i),
             _ => return None,
         };
-        Some(Self { event_id, inbound, intent, max_attempts, source: None, payload: None })
+        Some(Self::carried(event_id, max_attempts, inbound, intent))
     }
 
-    fn of_envelope(envelope: &Envelope, inbound: Inbound, intent: Intent) -> Self {
-        Self {
-            event_id: envelope.event_id,
-            inbound,
-            intent,
-            max_attempts: envelope.max_attempts,
-            source: None,
-            payload: None,
-        }
+    /// The message an envelope (`event_id`, `max_attempts`) carried.
+    fn carried(event_id: Uuid, max_attempts: Option<u32>, inbound: Inbound, intent: Intent) -> Self {
+        Self { event_id, inbound, intent, max_attempts, source: None, payload: None }
     }
 
     /// Adds Kafka coordinates.

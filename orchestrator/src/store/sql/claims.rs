@@ -291,11 +291,12 @@ async fn complete_batch(
     let mut sql = String::from(
         "INSERT INTO lead_activities (tenant_id, lead_id, message_id, activity_type, details, created_at) VALUES ",
     );
-    let mut values = Vec::new();
+    let rows = batch.iter().zip(&written).filter(|(_, written)| **written).map(|(c, _)| c.activities.len()).sum();
+    push_rows(&mut sql, rows, "(?, ?, ?, ?, ?, ?)");
+    let mut values = Vec::with_capacity(rows * 6);
     for completion in batch.iter_mut().zip(&written).filter(|(_, written)| **written).map(|(c, _)| c) {
         let key = &completion.lease.key;
         for activity in std::mem::take(&mut completion.activities) {
-            sql.push_str(if values.is_empty() { "(?, ?, ?, ?, ?, ?)" } else { ", (?, ?, ?, ?, ?, ?)" });
             values.extend([
                 key.tenant_id.as_str().into(),
                 activity.lead_id.into(),
@@ -306,7 +307,7 @@ async fn complete_batch(
             ]);
         }
     }
-    if !values.is_empty() {
+    if rows > 0 {
         txn.execute_raw(stmt(backend, &sql, values)).await?;
     }
     // The lead moves of the completions written, in batch order.
@@ -325,15 +326,12 @@ async fn complete_batch(
         }
     }
     txn.commit().await?;
+    let lost = |completion: &Completion| StoreError::LeaseLost(completion.lease.key.message_id.clone());
     Ok(batch
         .iter()
         .zip(written)
         .zip(previous)
-        .map(
-            |((completion, written), previous)| {
-                if written { Ok(previous) } else { Err(StoreError::LeaseLost(completion.lease.key.message_id.clone())) }
-            },
-        )
+        .map(|((completion, written), previous)| if written { Ok(previous) } else { Err(lost(completion)) })
         .collect())
 }
 

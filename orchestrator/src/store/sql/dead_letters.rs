@@ -42,28 +42,33 @@ async fn insert_batch(db: &DatabaseConnection, batch: &[DlqWrite]) -> Result<Vec
     let leases: Vec<&Lease> = batch.iter().filter_map(|write| write.lease.as_ref()).collect();
     let held =
         if leases.is_empty() { Default::default() } else { claims::mark_many_dead_lettered(&txn, &leases).await? };
-    let filed: Vec<usize> = (0..batch.len())
-        .filter(|&i| batch[i].lease.as_ref().is_none_or(|lease| held.contains(&claims::HeldKey::of(lease))))
+    // Per entry, the lease it held if that was lost: such an entry files nothing.
+    let lost: Vec<Option<&Lease>> = batch
+        .iter()
+        .map(|write| write.lease.as_ref().filter(|lease| !held.contains(&claims::HeldKey::of(lease))))
         .collect();
-    let mut ids = Vec::new();
-    if !filed.is_empty() {
+    let rows = lost.iter().filter(|lost| lost.is_none()).count();
+    let mut ids = Vec::with_capacity(rows);
+    if rows > 0 {
         let mut sql = String::from(
             r#"INSERT INTO dead_letter_queue (message_id, topic, "partition", "offset", "key", payload,
                  payload_encoding, failure_type, error, attempt_count, status, replay_count, tenant_id,
                  fingerprint, trace_context, created_at, updated_at)
                VALUES "#,
         );
-        push_rows(&mut sql, filed.len(), "(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 'failed', 0, ?, ?, ?, ?, ?)");
+        push_rows(&mut sql, rows, "(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 'failed', 0, ?, ?, ?, ?, ?)");
         sql.push_str(" RETURNING id");
-        let values: Vec<Value> = filed.iter().flat_map(|&i| row_values(&batch[i].entry, now)).collect();
+        let values: Vec<Value> = batch
+            .iter()
+            .zip(&lost)
+            .filter(|(_, lost)| lost.is_none())
+            .flat_map(|(write, _)| row_values(&write.entry, now))
+            .collect();
         for row in txn.query_all_raw(stmt(backend, &sql, values)).await? {
             ids.push(row.try_get::<i64>("", "id")?);
         }
-        if ids.len() != filed.len() {
-            return Err(corrupt(
-                "dead_letter_queue",
-                format!("insert returned {} ids for {} rows", ids.len(), filed.len()),
-            ));
+        if ids.len() != rows {
+            return Err(corrupt("dead_letter_queue", format!("insert returned {} ids for {rows} rows", ids.len())));
         }
         // One statement inserts its rows in list order and the id sequence
         // only grows, so the ids in ascending order are the rows in list
@@ -71,16 +76,14 @@ async fn insert_batch(db: &DatabaseConnection, batch: &[DlqWrite]) -> Result<Vec
         ids.sort_unstable();
     }
     txn.commit().await?;
-    let mut results: Vec<Result<i64, StoreError>> = batch
-        .iter()
-        .map(|write| {
-            Err(StoreError::LeaseLost(write.lease.as_ref().map(|l| l.key.message_id.clone()).unwrap_or_default()))
+    let mut ids = ids.into_iter();
+    Ok(lost
+        .into_iter()
+        .map(|lost| match lost {
+            None => Ok(ids.next().expect("one id per filed entry")),
+            Some(lease) => Err(StoreError::LeaseLost(lease.key.message_id.clone())),
         })
-        .collect();
-    for (i, id) in filed.into_iter().zip(ids) {
-        results[i] = Ok(id);
-    }
-    Ok(results)
+        .collect())
 }
 
 /// One entry's values, in the column order of the insert.

@@ -16,10 +16,9 @@ use super::{
     Store, StoreError,
 };
 
-use super::{StageChange, StageMove};
-
 use super::{
     DeliveryStatuses, KeyParking, Lease, ParkCheck, ParkedMessage, PendingClassification, PendingClassifications,
+    StageChange, StageMove,
 };
 
 mod ai_pending;
@@ -96,9 +95,7 @@ impl SqlStore {
     pub fn connection(&self) -> &DatabaseConnection {
         &self.db
     }
-}
 
-impl SqlStore {
     /// A completion through the coalesced completion writer.
     async fn complete_with(
         &self,
