@@ -21,9 +21,10 @@ use orchestrator::dlq::{BulkReplay, DlqService};
 use orchestrator::event::{Envelope, EventData, MessageContent, MessageReceived, MessageType};
 use orchestrator::http::{self, AdminState, HealthState, WebhookSettings, WebhookState};
 use orchestrator::kafka::{
-    AiRouteSettings, CloudApiConfig, CloudApiSender, ConsumerRuntime, DryRunSender, EmbeddedKafka, KafkaConfig,
-    Publisher, ResponseSender, RuntimeSettings, WhatsAppSender,
+    AiRouteSettings, ConsumerRuntime, EmbeddedKafka, KafkaConfig, Publisher, ReplySettings, ResponseSender,
+    RuntimeSettings,
 };
+use orchestrator::outbound::{CloudApiConfig, CloudApiSender, DryRunSender, WhatsAppSender};
 use orchestrator::store::{DlqFilter, Page};
 use orchestrator::{KeywordClassifier, Orchestrator, PipelineConfig, RetryPolicy, SqlStore};
 use tokio::sync::watch;
@@ -323,9 +324,14 @@ async fn run(demo: bool) -> Result<(), Box<dyn std::error::Error>> {
         }
         None => tracing::info!("intents from the built-in keyword classifier (INTENT_SOURCE=ai for the AI service)"),
     }
-    let whatsapp: Arc<dyn WhatsAppSender> = match CloudApiConfig::from_env() {
+    let whatsapp: Arc<dyn WhatsAppSender> = match CloudApiConfig::from_env()? {
         Some(cloud) => {
-            tracing::info!(api_url = %cloud.api_url, "sending replies through the WhatsApp Cloud API");
+            tracing::info!(
+                api_url = %cloud.api_url,
+                default_number = %cloud.phone_number_id,
+                numbers_with_own_token = cloud.tokens.len(),
+                "sending replies through the WhatsApp Cloud API, from the number each message arrived on"
+            );
             let sender = CloudApiSender::new(cloud, orchestrator::BreakerConfig::default())?;
             orchestrator.breakers().adopt(sender.breaker().clone());
             Arc::new(sender)
@@ -335,7 +341,14 @@ async fn run(demo: bool) -> Result<(), Box<dyn std::error::Error>> {
             Arc::new(DryRunSender)
         }
     };
-    let sender = ResponseSender::new(&kafka, whatsapp)?;
+    let reply_settings = ReplySettings::from_env()?;
+    tracing::info!(
+        max_send_rate = reply_settings.rate.max_rate,
+        in_flight = reply_settings.max_in_flight,
+        "reply sender: per business number at most WHATSAPP_MAX_SEND_RATE msg/s"
+    );
+    let sender = ResponseSender::new(&kafka, whatsapp, store.clone(), reply_settings)?;
+    let reply_stats = sender.stats();
     let (stop, stopped) = watch::channel(false);
     let wait = |mut rx: watch::Receiver<bool>| async move {
         let _ = rx.wait_for(|stop| *stop).await;
@@ -348,6 +361,7 @@ async fn run(demo: bool) -> Result<(), Box<dyn std::error::Error>> {
     health.database = Some(db.clone());
     health.breakers = Some(orchestrator.breakers().clone());
     health.stats = Some(runtime.stats());
+    health.replies = Some(reply_stats);
     let webhook = WebhookState::new(WebhookSettings::from_env(), publisher.clone(), store.clone());
     if webhook.settings.app_secret.is_none() {
         tracing::warn!("WHATSAPP_APP_SECRET not set: webhook signatures are not checked");

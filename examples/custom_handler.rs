@@ -15,7 +15,8 @@ use std::time::Duration;
 use chrono::Utc;
 use orchestrator::event::{Envelope, EventData, MessageContent, MessageReceived, MessageType, ResponseContent};
 use orchestrator::kafka::{
-    ConsumerRuntime, EmbeddedKafka, KafkaConfig, Publisher, ResponseSender, RuntimeSettings, SendError, WhatsAppSender,
+    ConsumerRuntime, EmbeddedKafka, KafkaConfig, Publisher, ReplySettings, ResponseSender, RuntimeSettings, SendError,
+    Sent, WhatsAppSender,
 };
 use orchestrator::{
     ActionContext, ActionError, ActionExecutor, ActionOutput, Classifier, ClassifyError, HandlerError, Inbound, Intent,
@@ -92,13 +93,13 @@ struct PrintingSender(mpsc::UnboundedSender<String>);
 
 #[async_trait]
 impl WhatsAppSender for PrintingSender {
-    async fn send(&self, response: &orchestrator::event::ResponseReady) -> Result<(), SendError> {
+    async fn send(&self, response: &orchestrator::event::ResponseReady) -> Result<Sent, SendError> {
         let text = match &response.content {
             ResponseContent::Text { message } => message.clone(),
             other => format!("{other:?}"),
         };
         let _ = self.0.send(format!("to {}: {text}", orchestrator::mask_phone(&response.to_phone)));
-        Ok(())
+        Ok(Sent::default())
     }
 }
 
@@ -133,11 +134,11 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         &kafka,
         Arc::new(orchestrator),
         Arc::new(LoyaltyAwareClassifier),
-        store,
+        store.clone(),
         RuntimeSettings::default(),
     )?;
     let (replies_tx, mut replies) = mpsc::unbounded_channel();
-    let sender = ResponseSender::new(&kafka, Arc::new(PrintingSender(replies_tx)))?;
+    let sender = ResponseSender::new(&kafka, Arc::new(PrintingSender(replies_tx)), store, ReplySettings::default())?;
     let (stop, stopped) = watch::channel(false);
     let until_stopped = |mut rx: watch::Receiver<bool>| async move {
         let _ = rx.wait_for(|s| *s).await;

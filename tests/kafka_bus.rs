@@ -73,6 +73,7 @@ async fn publish_and_subscribe_with_retry_and_dead_letter() {
             content: ResponseContent::text("hi"),
             generated_at: Utc::now(),
             priority: Priority::Normal,
+            metadata: Default::default(),
         }),
         "test",
     );

@@ -16,7 +16,9 @@ use axum::routing::post;
 use common::{Running, Scripted, count, fast_config, kafka_config};
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 use orchestrator::http::{self, WebhookSettings, WebhookState};
-use orchestrator::kafka::{ConsumerRuntime, DryRunSender, EmbeddedKafka, Publisher, ResponseSender, RuntimeSettings};
+use orchestrator::kafka::{
+    ConsumerRuntime, DryRunSender, EmbeddedKafka, Publisher, ReplySettings, ResponseSender, RuntimeSettings,
+};
 use orchestrator::telemetry::{self, TelemetryConfig};
 use orchestrator::{ActionError, KeywordClassifier, Orchestrator, SqlStore};
 use prost::Message as _;
@@ -101,7 +103,8 @@ async fn one_trace_runs_from_the_webhook_through_kafka_and_the_saga_to_the_reply
     .unwrap();
     let running = Running::start(runtime);
     let (stop_sender, sender_stopped) = tokio::sync::oneshot::channel::<()>();
-    let sender = ResponseSender::new(&kafka_settings, Arc::new(DryRunSender)).unwrap();
+    let sender =
+        ResponseSender::new(&kafka_settings, Arc::new(DryRunSender), store.clone(), ReplySettings::default()).unwrap();
     let sender_task = tokio::spawn(sender.run(async {
         let _ = sender_stopped.await;
     }));

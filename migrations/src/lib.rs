@@ -6,7 +6,8 @@
 //! `review_flags`, `sales_notifications`), the per-key ordering tables
 //! (`key_blocks`, `parked_messages`), the messages waiting for the AI service
 //! (`ai_pending`) and the delivery statuses of sent messages
-//! (`delivery_statuses`), and each lead's stage (`leads`). Both SQLite and PostgreSQL are supported; the
+//! (`delivery_statuses`), each lead's stage (`leads`) and every reply sent
+//! (`outbound_messages`). Both SQLite and PostgreSQL are supported; the
 //! orchestrator applies pending migrations at start-up.
 //!
 //! ```no_run
@@ -28,6 +29,7 @@ mod m20250101_000006_delivery_statuses;
 mod m20250101_000007_dlq_fingerprint;
 mod m20250101_000008_leads;
 mod m20250101_000009_dlq_trace_context;
+mod m20250101_000010_outbound_messages;
 
 /// Every migration of the project, in order.
 pub struct Migrator;
@@ -45,6 +47,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20250101_000007_dlq_fingerprint::Migration),
             Box::new(m20250101_000008_leads::Migration),
             Box::new(m20250101_000009_dlq_trace_context::Migration),
+            Box::new(m20250101_000010_outbound_messages::Migration),
         ]
     }
 }
@@ -64,4 +67,5 @@ pub const TABLES: &[&str] = &[
     "ai_pending",
     "delivery_statuses",
     "leads",
+    "outbound_messages",
 ];

@@ -60,6 +60,15 @@ impl Inbound {
         }
     }
 
+    /// The WhatsApp business `phone_number_id` the message arrived on (set by
+    /// the webhook); replies go out from it.
+    pub fn business_number(&self) -> Option<&str> {
+        match self {
+            Inbound::Message(m) => m.metadata.get("phone_number_id").map(String::as_str).filter(|v| !v.is_empty()),
+            Inbound::Interaction(_) => None,
+        }
+    }
+
     /// The tenant the message names in its metadata, if any.
     pub fn tenant_hint(&self) -> Option<&str> {
         match self {

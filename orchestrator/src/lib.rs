@@ -36,6 +36,7 @@ pub mod kafka;
 pub mod maintenance;
 mod mask;
 pub mod metrics;
+pub mod outbound;
 pub mod pipeline;
 pub mod retry;
 pub mod saga;

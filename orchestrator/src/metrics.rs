@@ -8,7 +8,8 @@
 use std::sync::OnceLock;
 
 use prometheus::{
-    Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
+    Encoder, GaugeVec, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
+    TextEncoder,
 };
 
 use crate::breaker::{BreakerRegistry, BreakerState};
@@ -51,6 +52,19 @@ pub struct Metrics {
     /// `whatsapp_webhook_duplicates_total`: webhook messages not published again because this process
     /// already published them (Meta's redeliveries; see [`crate::webhook::recent`]).
     pub webhook_duplicates: IntCounter,
+    /// `whatsapp_outbound_total{status}`: replies by what became of an attempt (`sent`, `retried`,
+    /// `deferred`, `dead_lettered`, `duplicate`, `parked`).
+    pub outbound: IntCounterVec,
+    /// `whatsapp_send_duration_seconds{result}`: Cloud API call time (`sent`, `retryable`, `throttled`, `permanent`).
+    pub send_duration: HistogramVec,
+    /// `whatsapp_send_rate_wait_seconds{limit}`: time a send waited for its slot (`business_number`, `recipient`).
+    pub send_rate_wait: HistogramVec,
+    /// `whatsapp_send_rate{phone_number_id}`: sends per second a business number may make now (cut when throttled).
+    pub send_rate: GaugeVec,
+    /// `whatsapp_throttled_total{code}`: sends WhatsApp answered with "slow down" (`429` when it gave no code).
+    pub throttled: IntCounterVec,
+    /// `whatsapp_replies_in_flight`: replies being sent now (waiting for a slot or for the Cloud API).
+    pub replies_in_flight: IntGauge,
 }
 
 fn counter(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
@@ -88,6 +102,15 @@ impl Metrics {
         )
         .expect("valid metric definition");
         registry.register(Box::new(webhook_duplicates.clone())).expect("metric registered once");
+        let replies_in_flight =
+            IntGauge::new("whatsapp_replies_in_flight", "Replies being sent now.").expect("valid metric definition");
+        registry.register(Box::new(replies_in_flight.clone())).expect("metric registered once");
+        let send_rate = GaugeVec::new(
+            Opts::new("whatsapp_send_rate", "Sends per second a business number may make now."),
+            &["phone_number_id"],
+        )
+        .expect("valid metric definition");
+        registry.register(Box::new(send_rate.clone())).expect("metric registered once");
         let r = &registry;
         Self {
             messages_received: counter(
@@ -153,6 +176,24 @@ impl Metrics {
                 &["status"],
             ),
             webhook_duplicates,
+            outbound: counter(r, "whatsapp_outbound_total", "Reply attempts, by what became of them.", &["status"]),
+            send_duration: histogram(
+                r,
+                "whatsapp_send_duration_seconds",
+                "Cloud API call time, by result.",
+                &["result"],
+                vec![0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0],
+            ),
+            send_rate_wait: histogram(
+                r,
+                "whatsapp_send_rate_wait_seconds",
+                "Time a send waited for its rate-limit slot, by limit.",
+                &["limit"],
+                vec![0.0, 0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0],
+            ),
+            send_rate,
+            throttled: counter(r, "whatsapp_throttled_total", "Sends WhatsApp throttled, by error code.", &["code"]),
+            replies_in_flight,
             registry,
         }
     }

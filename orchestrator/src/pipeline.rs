@@ -16,7 +16,7 @@ use uuid::Uuid;
 use crate::breaker::{BreakerConfig, BreakerRegistry, CircuitBreaker};
 use crate::config::PipelineConfig;
 use crate::context::{Inbound, MessageContext};
-use crate::event::{DecodeError, Envelope, EventData, FailureType, MessageFailed, Priority, ResponseReady};
+use crate::event::{DecodeError, Envelope, EventData, FailureType, MessageFailed, Priority, ResponseReady, reply_meta};
 use crate::executor_registry::ExecutorRegistry;
 use crate::handler::{HandlerError, IntentOutcome};
 use crate::handler_registry::HandlerRegistry;
@@ -512,6 +512,7 @@ impl Orchestrator {
                     content: reply.content,
                     generated_at: Utc::now(),
                     priority: if outcome.escalate { Priority::Urgent } else { reply.priority },
+                    metadata: reply_metadata(&ctx),
                 });
                 // The reply goes into the outbox with the completion, in one transaction.
                 let outbox = response.as_ref().and_then(|r| serde_json::to_value(r).ok());
@@ -721,4 +722,15 @@ fn activities(ctx: &MessageContext, handler: &str, outcome: &IntentOutcome, step
         });
     }
     rows
+}
+
+/// A reply's routing details: the tenant, and the business number the
+/// message arrived on, which the reply goes out from.
+fn reply_metadata(ctx: &MessageContext) -> std::collections::BTreeMap<String, String> {
+    let mut metadata = std::collections::BTreeMap::new();
+    metadata.insert(reply_meta::TENANT_ID.to_owned(), ctx.tenant_id.clone());
+    if let Some(number) = ctx.inbound.business_number() {
+        metadata.insert(reply_meta::PHONE_NUMBER_ID.to_owned(), number.to_owned());
+    }
+    metadata
 }

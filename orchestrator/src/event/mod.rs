@@ -14,7 +14,7 @@ pub use ai::{AiProcessRequest, AiProcessResult};
 pub use envelope::{DecodeError, Envelope, EventData, EventMetadata, EventType, MAX_PAYLOAD_BYTES};
 pub use failure::{FailureType, MessageFailed};
 pub use inbound::{InteractionReceived, InteractionType, MessageContent, MessageReceived, MessageType, Selection};
-pub use response::{Button, ListRow, ListSection, Priority, ResponseContent, ResponseReady, ResponseType};
+pub use response::{Button, ListRow, ListSection, Priority, ResponseContent, ResponseReady, ResponseType, reply_meta};
 
 /// A typed event payload: which `event_type` it is and how it sits in [`EventData`].
 pub trait Event: Clone + Send + Sync + 'static {

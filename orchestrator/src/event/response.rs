@@ -1,5 +1,7 @@
 //! `ResponseReady`: a reply for the response sender to deliver.
 
+use std::collections::BTreeMap;
+
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
@@ -141,4 +143,38 @@ pub struct ResponseReady {
     /// Sending priority.
     #[serde(default)]
     pub priority: Priority,
+    /// Routing details (string map, optional on the wire): [`reply_meta::PHONE_NUMBER_ID`]
+    /// (the business number the inbound message reached, which the reply
+    /// goes out from), [`reply_meta::TENANT_ID`] and [`reply_meta::REPLY_INDEX`].
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub metadata: BTreeMap<String, String>,
+}
+
+/// Keys of [`ResponseReady::metadata`].
+pub mod reply_meta {
+    /// The WhatsApp business `phone_number_id` to send from.
+    pub const PHONE_NUMBER_ID: &str = "phone_number_id";
+    /// The tenant the reply belongs to.
+    pub const TENANT_ID: &str = "tenant_id";
+    /// Position of this reply among the replies to one message (`0` when absent):
+    /// a producer that answers one message several times numbers its replies,
+    /// since a reply is sent once per (tenant, original message, index).
+    pub const REPLY_INDEX: &str = "reply_index";
+}
+
+impl ResponseReady {
+    /// The business `phone_number_id` to send from, when the reply names one.
+    pub fn business_number(&self) -> Option<&str> {
+        self.metadata.get(reply_meta::PHONE_NUMBER_ID).map(String::as_str).filter(|v| !v.is_empty())
+    }
+
+    /// The tenant, when the reply names one.
+    pub fn tenant(&self) -> Option<&str> {
+        self.metadata.get(reply_meta::TENANT_ID).map(String::as_str).filter(|v| !v.is_empty())
+    }
+
+    /// The reply's position among the replies to its message (0 when unnumbered or unreadable).
+    pub fn reply_index(&self) -> u32 {
+        self.metadata.get(reply_meta::REPLY_INDEX).and_then(|v| v.trim().parse().ok()).unwrap_or(0)
+    }
 }

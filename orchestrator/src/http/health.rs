@@ -1,5 +1,5 @@
 //! `GET /health` (live probes of Kafka and the database, breaker states,
-//! worker counters; 503 when a probe fails) and `GET /health/live` (no probes).
+//! worker and reply-sender counters; 503 when a probe fails) and `GET /health/live` (no probes).
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -14,7 +14,7 @@ use sea_orm::{ConnectionTrait, DatabaseConnection};
 use serde_json::{Map, Value, json};
 
 use crate::breaker::{BreakerRegistry, BreakerState};
-use crate::kafka::{Publisher, RuntimeStats};
+use crate::kafka::{Publisher, ReplyStats, RuntimeStats};
 
 /// How long one probe may take before it counts as failed.
 const PROBE_TIMEOUT: Duration = Duration::from_secs(3);
@@ -30,6 +30,8 @@ pub struct HealthState {
     pub breakers: Option<Arc<BreakerRegistry>>,
     /// The consumer runtime's counters.
     pub stats: Option<Arc<RuntimeStats>>,
+    /// The reply sender's counters.
+    pub replies: Option<Arc<ReplyStats>>,
     started: Option<Instant>,
 }
 
@@ -106,6 +108,17 @@ async fn health(State(state): State<HealthState>) -> (StatusCode, Json<Value>) {
             "duplicates": duplicates,
         })
     });
+    let sender = state.replies.as_ref().map(|stats| {
+        let [sent, retried, deferred, dead_lettered, duplicates] = stats.snapshot();
+        json!({
+            "sent": sent,
+            "retried": retried,
+            "deferred": deferred,
+            "deadLettered": dead_lettered,
+            "duplicates": duplicates,
+            "inFlight": crate::metrics::metrics().replies_in_flight.get(),
+        })
+    });
     let (code, status) = match (failing.is_empty(), any_open) {
         (false, _) => (StatusCode::SERVICE_UNAVAILABLE, "unhealthy"),
         // A downstream is out, but this service works: messages wait for it.
@@ -120,6 +133,7 @@ async fn health(State(state): State<HealthState>) -> (StatusCode, Json<Value>) {
         "checks": checks,
         "circuit_breakers": breaker_states,
         "workers": workers,
+        "sender": sender,
     });
     if !failing.is_empty() {
         let reasons: Vec<String> = failing

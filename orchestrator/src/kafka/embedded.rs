@@ -16,8 +16,11 @@ pub const EMBEDDED_FETCH_WAIT_MS: u32 = 10;
 /// Topics the consumer runtime reads, each with a `.retry` and `.dlq` twin.
 pub const CONSUMED_TOPICS: [&str; 2] = [topics::MESSAGES, topics::INTERACTIONS];
 
+/// Every topic read with a `.retry` and `.dlq` twin: the runtime's and the reply sender's.
+pub const RETRIED_TOPICS: [&str; 3] = [topics::MESSAGES, topics::INTERACTIONS, topics::RESPONSES];
+
 /// Every topic of the design: the seven event topics, and for each consumed
-/// topic its `.retry` and `.dlq` topics.
+/// topic (replies too) its `.retry` and `.dlq` topics.
 pub fn all_topics() -> Vec<String> {
     let mut all: Vec<String> = [
         topics::MESSAGES,
@@ -31,7 +34,7 @@ pub fn all_topics() -> Vec<String> {
     .iter()
     .map(|t| (*t).to_owned())
     .collect();
-    for topic in CONSUMED_TOPICS {
+    for topic in RETRIED_TOPICS {
         all.push(format!("{topic}.retry"));
         all.push(format!("{topic}.dlq"));
     }

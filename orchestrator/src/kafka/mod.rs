@@ -5,24 +5,26 @@ use rdkafka::error::KafkaError;
 
 pub mod ai_route;
 pub mod bus;
-pub mod cloud_api;
 pub mod config;
 pub mod embedded;
 pub mod headers;
+pub mod intake;
 mod key_order;
 mod offsets;
 pub mod publisher;
+pub mod reply_sender;
 pub mod runtime;
-pub mod sender;
 
 pub use ai_route::{AiRouteSettings, IntentSource};
 pub use bus::{EventHandler, KafkaEventBus, ProcessingResult, Subscription, SubscriptionConfig};
-pub use cloud_api::{CloudApiConfig, CloudApiSender};
 pub use config::KafkaConfig;
 pub use embedded::{EMBEDDED_FETCH_WAIT_MS, EmbeddedKafka};
+pub use intake::{Intake, IntakeSettings, RecordHandler};
 pub use publisher::{PublishError, Publisher};
+pub use reply_sender::{ReplySettings, ReplyStats, ResponseSender};
 pub use runtime::{ConsumerRuntime, RuntimeError, RuntimeSettings, RuntimeStats};
-pub use sender::{DryRunSender, ResponseSender, SendError, WhatsAppSender};
+// The senders live in `crate::outbound`; re-exported where they used to be.
+pub use crate::outbound::{CloudApiConfig, CloudApiSender, DryRunSender, SendError, Sent, WhatsAppSender};
 
 /// Commits the stored offsets (nothing stored is fine), then leaves the
 /// group with [`leave_group`]; returns the commit's result.

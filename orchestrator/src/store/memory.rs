@@ -8,6 +8,9 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 
 use super::{
+    AttemptFailure, OutboundMessage, OutboundMessages, OutboundReply, OutboundStatus, ReplyKey, ReplyLease, SendClaim,
+};
+use super::{
     Claim, DeadLetter, DeadLetterQueue, DeliveryStatuses, DlqFilter, DlqStatus, KeyParking, Lease, MessageKey,
     NewActivity, NewDeadLetter, Page, ParkCheck, ParkedMessage, PendingClassification, PendingClassifications,
     StepRecord, Store, StoreError, to_chrono,
@@ -38,6 +41,15 @@ struct State {
     pending_ai: Vec<(PendingClassification, Option<DateTime<Utc>>)>,
     statuses: Vec<crate::webhook::DeliveryStatus>,
     lead_stages: HashMap<(String, String), String>,
+    outbound: HashMap<ReplyKey, OutboundRow>,
+}
+
+#[derive(Debug, Clone)]
+struct OutboundRow {
+    message: OutboundMessage,
+    lease_token: Option<i64>,
+    lease_expires_at: Option<DateTime<Utc>>,
+    dead_letter_id: Option<i64>,
 }
 
 /// Keeps everything in process memory; lost on exit.
@@ -169,6 +181,25 @@ impl Store for MemoryStore {
             row.dead_lettered = true;
             row.lease_expires_at = None;
         }
+        Ok(Self::file(&mut state, entry, now))
+    }
+
+    async fn set_lead_stage(&self, tenant_id: &str, lead_id: &str, stage: &str) -> Result<Option<String>, StoreError> {
+        let key = (tenant_id.to_owned(), lead_id.to_owned());
+        Ok(self.state().lead_stages.insert(key, stage.to_owned()))
+    }
+
+    async fn purge_expired(&self, now: DateTime<Utc>) -> Result<u64, StoreError> {
+        let mut state = self.state();
+        let before = state.claims.len();
+        state.claims.retain(|_, row| !(row.completed && row.expires_at < now));
+        Ok((before - state.claims.len()) as u64)
+    }
+}
+
+impl MemoryStore {
+    /// Files a dead-letter entry; returns its id.
+    fn file(state: &mut State, entry: &NewDeadLetter, now: DateTime<Utc>) -> i64 {
         let id = state.dead_letters.len() as i64 + 1;
         state.dead_letters.push(DeadLetter {
             id,
@@ -186,19 +217,16 @@ impl Store for MemoryStore {
             created_at: now,
             updated_at: now,
         });
-        Ok(id)
+        id
     }
 
-    async fn set_lead_stage(&self, tenant_id: &str, lead_id: &str, stage: &str) -> Result<Option<String>, StoreError> {
-        let key = (tenant_id.to_owned(), lead_id.to_owned());
-        Ok(self.state().lead_stages.insert(key, stage.to_owned()))
-    }
-
-    async fn purge_expired(&self, now: DateTime<Utc>) -> Result<u64, StoreError> {
-        let mut state = self.state();
-        let before = state.claims.len();
-        state.claims.retain(|_, row| !(row.completed && row.expires_at < now));
-        Ok((before - state.claims.len()) as u64)
+    /// The reply's row, if `lease` still holds it.
+    fn held_reply<'a>(state: &'a mut State, lease: &ReplyLease) -> Result<&'a mut OutboundRow, StoreError> {
+        state
+            .outbound
+            .get_mut(&lease.key)
+            .filter(|row| row.lease_token == Some(lease.token) && row.message.status == OutboundStatus::Queued)
+            .ok_or_else(|| StoreError::LeaseLost(lease.key.dead_letter_id()))
     }
 }
 
@@ -246,6 +274,14 @@ impl DeadLetterQueue for MemoryStore {
             row.attempt_count = 0;
             row.lease_expires_at = None;
         }
+        if status == DlqStatus::Replayed {
+            for row in state.outbound.values_mut() {
+                if row.dead_letter_id == Some(id) && row.message.status == OutboundStatus::Failed {
+                    row.message.status = OutboundStatus::Queued;
+                    row.message.attempt_count = 0;
+                }
+            }
+        }
         Ok(entry)
     }
 
@@ -258,6 +294,14 @@ impl DeadLetterQueue for MemoryStore {
         entry.replay_count = entry.replay_count.saturating_sub(1);
         entry.updated_at = Utc::now();
         let entry = entry.clone();
+        for row in state.outbound.values_mut() {
+            if row.dead_letter_id == Some(id)
+                && row.message.status == OutboundStatus::Queued
+                && row.lease_token.is_none()
+            {
+                row.message.status = OutboundStatus::Failed;
+            }
+        }
         if let (Some(tenant), Some(message)) = (&entry.tenant_id, &entry.message_id)
             && let Some(row) = state.claims.get_mut(&MessageKey::new(tenant, message))
             && !row.completed
@@ -399,6 +443,21 @@ impl DeliveryStatuses for MemoryStore {
         if !state.statuses.iter().any(|s| s.message_id == status.message_id && s.status == status.status) {
             state.statuses.push(status.clone());
         }
+        // The reply moves forward, never back (as the SQL store's update).
+        if let Some(next) = OutboundStatus::parse(&status.status)
+            && let Some(row) =
+                state.outbound.values_mut().find(|r| r.message.wamid.as_deref() == Some(&status.message_id))
+            && row.message.status != OutboundStatus::Failed
+            && row.message.status < next
+        {
+            row.message.status = next;
+            row.message.updated_at = Utc::now();
+            if status.error.is_some() {
+                row.message.error = status.error.clone();
+                row.message.error_code =
+                    status.error.as_deref().and_then(|e| e.split(':').next()).and_then(|c| c.trim().parse().ok());
+            }
+        }
         Ok(())
     }
 
@@ -406,5 +465,108 @@ impl DeliveryStatuses for MemoryStore {
         let mut found: Vec<_> = self.state().statuses.iter().filter(|s| s.message_id == message_id).cloned().collect();
         found.sort_by_key(|s| s.timestamp);
         Ok(found)
+    }
+}
+
+#[async_trait]
+impl OutboundMessages for MemoryStore {
+    async fn claim_send(&self, reply: &OutboundReply, lease: Duration) -> Result<SendClaim, StoreError> {
+        let now = Utc::now();
+        let mut state = self.state();
+        let id = state.outbound.len() as i64 + 1;
+        let row = state.outbound.entry(reply.key.clone()).or_insert_with(|| OutboundRow {
+            message: OutboundMessage {
+                id,
+                key: reply.key.clone(),
+                phone_number_id: reply.phone_number_id.clone(),
+                recipient_phone: reply.recipient_phone.clone(),
+                status: OutboundStatus::Queued,
+                attempt_count: 0,
+                wamid: None,
+                error_code: None,
+                error: None,
+                created_at: now,
+                updated_at: now,
+                sent_at: None,
+            },
+            lease_token: None,
+            lease_expires_at: None,
+            dead_letter_id: None,
+        });
+        match row.message.status {
+            OutboundStatus::Sent | OutboundStatus::Delivered | OutboundStatus::Read => {
+                return Ok(SendClaim::AlreadySent { wamid: row.message.wamid.clone() });
+            }
+            OutboundStatus::Failed => return Ok(SendClaim::Failed),
+            OutboundStatus::Queued => {}
+        }
+        if let Some(until) = row.lease_expires_at.filter(|until| *until >= now) {
+            return Ok(SendClaim::Busy { lease_expires_at: until });
+        }
+        let token = uuid::Uuid::new_v4().as_u64_pair().0 as i64;
+        row.lease_token = Some(token);
+        row.lease_expires_at = Some(now + to_chrono(lease));
+        row.message.attempt_count += 1;
+        row.message.updated_at = now;
+        let lease = ReplyLease { id: row.message.id, key: reply.key.clone(), token };
+        Ok(SendClaim::Acquired { lease, attempt: row.message.attempt_count })
+    }
+
+    async fn record_sent(&self, lease: &ReplyLease, wamid: Option<&str>) -> Result<(), StoreError> {
+        let mut state = self.state();
+        let row = Self::held_reply(&mut state, lease)?;
+        let now = Utc::now();
+        row.message.status = OutboundStatus::Sent;
+        row.message.wamid = wamid.map(str::to_owned);
+        row.message.sent_at = Some(now);
+        row.message.updated_at = now;
+        row.message.error = None;
+        row.message.error_code = None;
+        row.lease_token = None;
+        row.lease_expires_at = None;
+        Ok(())
+    }
+
+    async fn release_send(&self, lease: &ReplyLease, failure: &AttemptFailure<'_>) -> Result<(), StoreError> {
+        let mut state = self.state();
+        let row = Self::held_reply(&mut state, lease)?;
+        if failure.refund {
+            row.message.attempt_count = row.message.attempt_count.saturating_sub(1);
+        }
+        row.message.error_code = failure.code;
+        row.message.error = Some(failure.error.to_owned());
+        row.message.updated_at = Utc::now();
+        row.lease_token = None;
+        row.lease_expires_at = None;
+        Ok(())
+    }
+
+    async fn fail_send(
+        &self,
+        lease: Option<&ReplyLease>,
+        code: Option<i64>,
+        entry: &NewDeadLetter,
+    ) -> Result<i64, StoreError> {
+        let now = Utc::now();
+        let mut state = self.state();
+        if let Some(lease) = lease {
+            Self::held_reply(&mut state, lease)?;
+        }
+        let id = Self::file(&mut state, entry, now);
+        if let Some(lease) = lease {
+            let row = Self::held_reply(&mut state, lease)?;
+            row.message.status = OutboundStatus::Failed;
+            row.message.error_code = code;
+            row.message.error = Some(entry.error.clone());
+            row.message.updated_at = now;
+            row.dead_letter_id = Some(id);
+            row.lease_token = None;
+            row.lease_expires_at = None;
+        }
+        Ok(id)
+    }
+
+    async fn outbound(&self, key: &ReplyKey) -> Result<Option<OutboundMessage>, StoreError> {
+        Ok(self.state().outbound.get(key).map(|row| row.message.clone()))
     }
 }

@@ -1,5 +1,5 @@
 //! Durable state of the pipeline: dedupe claims, the saga log, the dead-letter
-//! queue and the lead audit trail.
+//! queue, the lead audit trail and the record of every reply sent.
 //!
 //! [`SqlStore`] keeps it in SQLite or PostgreSQL through sea-orm;
 //! [`MemoryStore`] keeps it in memory (tests, benchmarks, embedding without a
@@ -15,10 +15,14 @@ use crate::event::FailureType;
 
 mod guarded;
 mod memory;
+pub mod outbound;
 mod sql;
 
 pub use guarded::{DATABASE_BREAKER, DATABASE_BREAKER_CONFIG, GuardedStore};
 pub use memory::MemoryStore;
+pub use outbound::{
+    AttemptFailure, OutboundMessage, OutboundMessages, OutboundReply, OutboundStatus, ReplyKey, ReplyLease, SendClaim,
+};
 pub use sql::SqlStore;
 
 /// A std duration as a chrono one, saturating (leases, TTLs and delays are far below the limit).

@@ -13,11 +13,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::error::KafkaError;
 use rdkafka::message::{Message, OwnedMessage};
-use tokio::sync::Semaphore;
-use tokio::task::JoinSet;
 use tracing::Instrument as _;
 
 mod ai;
@@ -25,8 +22,7 @@ mod ai;
 use super::ai_route::{AiRoute, AiRouteSettings};
 use super::embedded::CONSUMED_TOPICS;
 use super::headers;
-use super::key_order::KeyChains;
-use super::offsets::OffsetTracker;
+use super::intake::{Intake, IntakeSettings, RecordHandler, until_ok};
 use super::{KafkaConfig, PublishError, Publisher};
 use crate::classifier::Classifier;
 use crate::event::{Envelope, EventData, ResponseReady, topics};
@@ -75,97 +71,23 @@ impl RuntimeStats {
     }
 }
 
-/// Tunables of the runtime.
-#[derive(Debug, Clone, PartialEq)]
-pub struct RuntimeSettings {
-    /// Messages processed at once (over all keys).
-    pub max_in_flight: usize,
-    /// How long shutdown waits for in-flight messages before abandoning them
-    /// (abandoned offsets are not committed: the messages are redelivered).
-    pub shutdown_grace: Duration,
-    /// How often librdkafka reports statistics (consumer lag for `/metrics`).
-    pub statistics_interval: Duration,
-}
-
-impl Default for RuntimeSettings {
-    fn default() -> Self {
-        Self {
-            max_in_flight: 1024,
-            shutdown_grace: Duration::from_secs(25),
-            statistics_interval: Duration::from_secs(5),
-        }
-    }
-}
+/// Tunables of the runtime (see [`IntakeSettings`]).
+pub type RuntimeSettings = IntakeSettings;
 
 /// Consumes the conversation topics and drives the [`Orchestrator`].
 pub struct ConsumerRuntime {
+    intake: Intake,
     worker: Worker,
-    settings: RuntimeSettings,
-}
-
-/// Keeps offset tracking in step with the group's assignment.
-struct RebalanceContext {
-    offsets: Arc<OffsetTracker>,
-}
-
-impl rdkafka::ClientContext for RebalanceContext {
-    /// librdkafka's statistics (every `statistics.interval.ms`): the lag of
-    /// each partition this consumer fetches, for `kafka_consumer_lag`.
-    fn stats(&self, statistics: rdkafka::Statistics) {
-        let lag = &crate::metrics::metrics().consumer_lag;
-        for (topic, stats) in &statistics.topics {
-            // Partition -1 is librdkafka's internal queue.
-            for (id, p) in stats.partitions.iter().filter(|(id, _)| **id >= 0) {
-                let labels = [topic.as_str(), &id.to_string()];
-                if p.fetch_state != "active" {
-                    // Not (or no longer) fetched here: another member reports it.
-                    let _ = lag.remove_label_values(&labels);
-                    continue;
-                }
-                // librdkafka's own `consumer_lag` is -1 until this member has a position;
-                // with none, everything from the log start is still to read.
-                let position = [p.app_offset, p.committed_offset].into_iter().find(|o| *o >= 0).unwrap_or(p.lo_offset);
-                if p.hi_offset >= 0 && position >= 0 {
-                    lag.with_label_values(&labels).set((p.hi_offset - position).max(0));
-                }
-            }
-        }
-    }
-}
-
-impl rdkafka::consumer::ConsumerContext for RebalanceContext {
-    fn pre_rebalance(&self, _: &rdkafka::consumer::BaseConsumer<Self>, rebalance: &rdkafka::consumer::Rebalance<'_>) {
-        // Revoked: messages still running there finish (their effects happen
-        // once, by dedupe and lease) but their offsets are not stored; the new
-        // owner gets them again and skips or defers them.
-        if let rdkafka::consumer::Rebalance::Revoke(partitions) = rebalance {
-            for element in partitions.elements() {
-                self.offsets.forget(element.topic(), element.partition());
-            }
-            tracing::info!(partitions = partitions.count(), "partitions revoked");
-        }
-    }
-
-    fn post_rebalance(&self, _: &rdkafka::consumer::BaseConsumer<Self>, rebalance: &rdkafka::consumer::Rebalance<'_>) {
-        if let rdkafka::consumer::Rebalance::Assign(partitions) = rebalance {
-            for element in partitions.elements() {
-                self.offsets.forget(element.topic(), element.partition());
-            }
-            tracing::info!(partitions = partitions.count(), "partitions assigned");
-        }
-    }
 }
 
 /// Everything a message task needs.
 struct Worker {
-    consumer: StreamConsumer<RebalanceContext>,
     publisher: Publisher,
     orchestrator: Arc<Orchestrator>,
     /// Classifies messages; with the AI route, only those whose result is overdue.
     classifier: Arc<dyn Classifier>,
     ai: Option<AiRoute>,
     parking: Arc<dyn KeyParking>,
-    offsets: Arc<OffsetTracker>,
     stats: Arc<RuntimeStats>,
     group_id: String,
 }
@@ -181,23 +103,17 @@ impl ConsumerRuntime {
         parking: Arc<dyn KeyParking>,
         settings: RuntimeSettings,
     ) -> Result<Self, RuntimeError> {
-        let offsets = Arc::new(OffsetTracker::default());
-        let context = RebalanceContext { offsets: offsets.clone() };
+        let intake = Intake::new(config, &config.consumer_group_id, settings)?;
         let worker = Worker {
-            consumer: config
-                .consumer_config(&config.consumer_group_id)
-                .set("statistics.interval.ms", settings.statistics_interval.as_millis().max(1).to_string())
-                .create_with_context(context)?,
             publisher: Publisher::new(config)?,
             orchestrator,
             classifier,
             ai: None,
             parking,
-            offsets,
             stats: Arc::new(RuntimeStats::default()),
             group_id: config.consumer_group_id.clone(),
         };
-        Ok(Self { worker, settings })
+        Ok(Self { intake, worker })
     }
 
     /// Takes intents from the external AI service (see [`super::ai_route`]):
@@ -229,98 +145,25 @@ impl ConsumerRuntime {
     /// finished and flushes the producer.
     pub async fn run(self, shutdown: impl std::future::Future<Output = ()>) -> Result<(), RuntimeError> {
         let topics = self.topics();
-        let Self { worker, settings } = self;
+        let Self { intake, worker } = self;
         let worker = Arc::new(worker);
-        let topic_refs: Vec<&str> = topics.iter().map(String::as_str).collect();
-        worker.consumer.subscribe(&topic_refs)?;
-        tracing::info!(topics = ?topics, group = %worker.group_id, "consumer subscribed");
-        let permits = Arc::new(Semaphore::new(settings.max_in_flight.max(1)));
-        let mut chains = KeyChains::default();
-        let mut tasks = JoinSet::new();
         let (stop_sweeping, sweeping) = tokio::sync::watch::channel(false);
-        if let Some(ai) = worker.ai.clone() {
-            tasks.spawn(worker.clone().sweep_overdue(ai, sweeping));
-        }
-        tokio::pin!(shutdown);
-        loop {
-            let permit = tokio::select! {
-                _ = &mut shutdown => break,
-                permit = permits.clone().acquire_owned() => match permit {
-                    Ok(permit) => permit,
-                    Err(_) => break,
-                },
-            };
-            let received = tokio::select! {
-                _ = &mut shutdown => break,
-                received = worker.consumer.recv() => received.map(|m| m.detach()),
-            };
-            let message = match received {
-                Ok(message) => message,
-                Err(error) => {
-                    tracing::warn!(%error, "kafka receive failed");
-                    tokio::time::sleep(Duration::from_millis(200)).await;
-                    continue;
-                }
-            };
-            worker.offsets.start(message.topic(), message.partition(), message.offset());
-            // Keyless messages are ordered per partition.
-            let key = match message.key() {
-                Some(key) => String::from_utf8_lossy(key).into_owned(),
-                None => format!("{}/{}", message.topic(), message.partition()),
-            };
-            let link = chains.append(&key);
-            let worker = worker.clone();
-            crate::metrics::metrics().in_flight.inc();
-            tasks.spawn(async move {
-                if let Some(previous) = link.previous {
-                    let _ = previous.await;
-                }
-                worker.handle(message).await;
-                crate::metrics::metrics().in_flight.dec();
-                let _ = link.done.send(());
-                drop(permit);
-            });
-            while let Some(joined) = tasks.try_join_next() {
-                if let Err(error) = joined {
-                    tracing::error!(%error, "message task failed");
-                }
-            }
-        }
-
-        tracing::info!(in_flight = worker.offsets.in_flight(), "shutting down: finishing in-flight messages");
-        let _ = stop_sweeping.send(true);
-        let drained =
-            tokio::time::timeout(settings.shutdown_grace, async { while tasks.join_next().await.is_some() {} }).await;
-        if drained.is_err() {
-            tracing::warn!(abandoned = tasks.len(), "grace period over: abandoning in-flight messages uncommitted");
-            tasks.shutdown().await;
+        let sweeper = worker.ai.clone().map(|ai| tokio::spawn(worker.clone().sweep_overdue(ai, sweeping)));
+        let shutdown = async move {
+            shutdown.await;
+            let _ = stop_sweeping.send(true);
+        };
+        let consumed = intake.run(&topics, worker.clone(), shutdown).await;
+        if let Some(sweeper) = sweeper {
+            let _ = sweeper.await;
         }
         // Every copy was acknowledged before its offset was stored; flush any stragglers.
         worker.publisher.flush(Duration::from_secs(10))?;
-        if let Err(error) = super::commit_and_leave(&worker.consumer).await {
+        if let Err(error) = consumed {
             tracing::warn!(%error, "final commit failed");
         }
         tracing::info!("consumer stopped");
         Ok(())
-    }
-}
-
-/// Infrastructure failures are retried in place with backoff: the message
-/// must not be skipped, and only its key waits.
-async fn until_ok<T, E: std::fmt::Display, F: std::future::Future<Output = Result<T, E>>>(
-    what: &str,
-    mut attempt: impl FnMut() -> F,
-) -> T {
-    let mut delay = Duration::from_millis(100);
-    loop {
-        match attempt().await {
-            Ok(value) => return value,
-            Err(error) => {
-                tracing::warn!(%error, ?delay, "{what} failed; trying again");
-                tokio::time::sleep(delay).await;
-                delay = (delay * 2).min(Duration::from_secs(5));
-            }
-        }
     }
 }
 
@@ -409,8 +252,17 @@ fn is_final(outcome: &Outcome) -> bool {
     matches!(outcome, Outcome::Completed(_) | Outcome::Duplicate(_) | Outcome::DeadLettered(_))
 }
 
-impl Worker {
+#[async_trait::async_trait]
+impl RecordHandler for Worker {
     async fn handle(&self, message: OwnedMessage) {
+        crate::metrics::metrics().in_flight.inc();
+        self.handle_traced(message).await;
+        crate::metrics::metrics().in_flight.dec();
+    }
+}
+
+impl Worker {
+    async fn handle_traced(&self, message: OwnedMessage) {
         let span = tracing::info_span!(
             "kafka.message",
             topic = message.topic(),
@@ -445,23 +297,6 @@ impl Worker {
             }
             self.deliver(Delivered::from_message(&message)).await;
         }
-        let (topic, partition, offset) = (message.topic(), message.partition(), message.offset());
-        if let Some(next) = self.offsets.finish(topic, partition, offset)
-            && let Err(error) = self.store_next_offset(topic, partition, next)
-        {
-            // The partition was revoked meanwhile: its new owner redelivers, the deduper skips.
-            tracing::debug!(%error, topic, partition, "offset not stored");
-        }
-    }
-
-    /// Stores `next`, the next offset to consume, for the background commit.
-    /// Not `Consumer::store_offset`: librdkafka's `rd_kafka_offset_store`
-    /// stores its argument plus one, which would skip a message at every
-    /// commit point; `store_offsets` stores a partition list as given.
-    fn store_next_offset(&self, topic: &str, partition: i32, next: i64) -> Result<(), KafkaError> {
-        let mut list = rdkafka::TopicPartitionList::with_capacity(1);
-        list.add_partition_offset(topic, partition, rdkafka::Offset::Offset(next))?;
-        self.consumer.store_offsets(&list)
     }
 
     /// Parks the message behind its phone's message in retry, or processes

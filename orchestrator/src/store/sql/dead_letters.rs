@@ -18,6 +18,12 @@ const COLUMNS: &str = r#"id, message_id, topic, "partition", "offset", "key", pa
   failure_type, error, attempt_count, status, replay_count, tenant_id, fingerprint, trace_context, created_at,
   updated_at"#;
 
+/// The insert's head; each row's values are [`row_values`] around the fixed status and replay count.
+const INSERT: &str = r#"INSERT INTO dead_letter_queue (message_id, topic, "partition", "offset", "key", payload,
+     payload_encoding, failure_type, error, attempt_count, status, replay_count, tenant_id,
+     fingerprint, trace_context, created_at, updated_at)
+   VALUES "#;
+
 /// One entry to park, with the lease of the claim it dead-letters (if any).
 pub(super) struct DlqWrite {
     pub(super) lease: Option<Lease>,
@@ -50,12 +56,7 @@ async fn insert_batch(db: &DatabaseConnection, batch: &[DlqWrite]) -> Result<Vec
     let rows = lost.iter().filter(|lost| lost.is_none()).count();
     let mut ids = Vec::with_capacity(rows);
     if rows > 0 {
-        let mut sql = String::from(
-            r#"INSERT INTO dead_letter_queue (message_id, topic, "partition", "offset", "key", payload,
-                 payload_encoding, failure_type, error, attempt_count, status, replay_count, tenant_id,
-                 fingerprint, trace_context, created_at, updated_at)
-               VALUES "#,
-        );
+        let mut sql = String::from(INSERT);
         push_rows(&mut sql, rows, "(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 'failed', 0, ?, ?, ?, ?, ?)");
         sql.push_str(" RETURNING id");
         let values: Vec<Value> = batch
@@ -84,6 +85,19 @@ async fn insert_batch(db: &DatabaseConnection, batch: &[DlqWrite]) -> Result<Vec
             Some(lease) => Err(StoreError::LeaseLost(lease.key.message_id.clone())),
         })
         .collect())
+}
+
+/// Files one entry on `db` (a transaction of the caller's); returns its id.
+pub(super) async fn insert_one(db: &impl ConnectionTrait, entry: &NewDeadLetter) -> Result<i64, StoreError> {
+    let row = db
+        .query_one_raw(stmt(
+            db.get_database_backend(),
+            &format!("{INSERT} (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 'failed', 0, ?, ?, ?, ?, ?) RETURNING id"),
+            row_values(entry, Utc::now()).to_vec(),
+        ))
+        .await?
+        .ok_or_else(|| corrupt("dead_letter_queue", "insert returned no id".into()))?;
+    Ok(row.try_get::<i64>("", "id")?)
 }
 
 /// One entry's values, in the column order of the insert.
@@ -203,6 +217,10 @@ pub(super) async fn mark(db: &DatabaseConnection, id: i64, status: DlqStatus) ->
     {
         claims::reopen(&txn, &MessageKey::new(tenant, message)).await?;
     }
+    if status == DlqStatus::Replayed {
+        // A reply's entry: the reply may be sent again.
+        super::outbound::reopen(&txn, id).await?;
+    }
     txn.commit().await?;
     Ok(entry)
 }
@@ -219,6 +237,9 @@ pub(super) async fn undo_replay(db: &DatabaseConnection, id: i64) -> Result<(), 
             vec![now.into(), id.into()],
         ))
         .await?;
+    if undone.rows_affected() == 1 {
+        super::outbound::unreopen(&txn, id).await?;
+    }
     if undone.rows_affected() == 1
         && let Some(entry) = get(&txn, id).await?
         && let (Some(tenant), Some(message)) = (&entry.tenant_id, &entry.message_id)

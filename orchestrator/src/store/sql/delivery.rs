@@ -1,13 +1,28 @@
-//! `delivery_statuses`: what WhatsApp reported about the messages we sent.
+//! `delivery_statuses`: what WhatsApp reported about the messages we sent;
+//! each status also moves its reply in `outbound_messages` forward.
 
 use chrono::Utc;
-use sea_orm::ConnectionTrait;
+use sea_orm::{ConnectionTrait, DatabaseConnection, TransactionTrait};
 
 use super::statement::stmt;
 use crate::store::StoreError;
+use crate::store::outbound::OutboundStatus;
 use crate::webhook::DeliveryStatus;
 
-pub(super) async fn record(db: &impl ConnectionTrait, status: &DeliveryStatus) -> Result<(), StoreError> {
+/// Keeps the status and moves the reply it is about (by `wamid`) forward, in one transaction.
+pub(super) async fn record(db: &DatabaseConnection, status: &DeliveryStatus) -> Result<(), StoreError> {
+    let txn = db.begin().await?;
+    insert(&txn, status).await?;
+    if let Some(state) = OutboundStatus::parse(&status.status) {
+        let code = status.error.as_deref().and_then(|e| e.split(':').next()).and_then(|c| c.trim().parse().ok());
+        super::outbound::apply_status(&txn, &status.message_id, state, status.timestamp, status.error.as_deref(), code)
+            .await?;
+    }
+    txn.commit().await?;
+    Ok(())
+}
+
+async fn insert(db: &impl ConnectionTrait, status: &DeliveryStatus) -> Result<(), StoreError> {
     db.execute_raw(stmt(
         db.get_database_backend(),
         "INSERT INTO delivery_statuses

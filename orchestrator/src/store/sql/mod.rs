@@ -17,8 +17,8 @@ use super::{
 };
 
 use super::{
-    DeliveryStatuses, KeyParking, Lease, ParkCheck, ParkedMessage, PendingClassification, PendingClassifications,
-    StageChange, StageMove,
+    AttemptFailure, DeliveryStatuses, KeyParking, Lease, OutboundMessage, OutboundMessages, OutboundReply, ParkCheck,
+    ParkedMessage, PendingClassification, PendingClassifications, ReplyKey, ReplyLease, StageChange, StageMove,
 };
 
 mod ai_pending;
@@ -26,6 +26,7 @@ mod batch;
 mod claims;
 mod dead_letters;
 mod delivery;
+mod outbound;
 mod parking;
 mod saga_log;
 mod statement;
@@ -53,6 +54,8 @@ struct Batches {
     completions: OnceLock<batch::Batched<claims::Completion, claims::PreviousStage>>,
     replies: OnceLock<batch::Batched<MessageKey, ()>>,
     dead_letters: OnceLock<batch::Batched<dead_letters::DlqWrite, i64>>,
+    reply_claims: OnceLock<batch::Batched<outbound::ClaimRequest, super::SendClaim>>,
+    replies_sent: OnceLock<batch::Batched<outbound::SentWrite, ()>>,
 }
 
 /// Writer tasks per coalesced write: a few batches in flight at once, within the connection pool.
@@ -306,5 +309,38 @@ impl DeliveryStatuses for SqlStore {
 
     async fn statuses_of(&self, message_id: &str) -> Result<Vec<crate::webhook::DeliveryStatus>, StoreError> {
         delivery::of_message(&self.db, message_id).await
+    }
+}
+
+#[async_trait]
+impl OutboundMessages for SqlStore {
+    async fn claim_send(&self, reply: &OutboundReply, lease: Duration) -> Result<super::SendClaim, StoreError> {
+        let claims = self
+            .coalesced(&self.batches.reply_claims, |db, batch| async move { outbound::claim_many(&db, batch).await });
+        batch::submit(claims, outbound::ClaimRequest { reply: reply.clone(), lease }).await
+    }
+
+    async fn record_sent(&self, lease: &ReplyLease, wamid: Option<&str>) -> Result<(), StoreError> {
+        let sent = self.coalesced(&self.batches.replies_sent, |db, batch| async move {
+            outbound::record_sent_many(&db, batch).await
+        });
+        batch::submit(sent, outbound::SentWrite { lease: lease.clone(), wamid: wamid.map(str::to_owned) }).await
+    }
+
+    async fn release_send(&self, lease: &ReplyLease, failure: &AttemptFailure<'_>) -> Result<(), StoreError> {
+        outbound::release(&self.db, lease, failure).await
+    }
+
+    async fn fail_send(
+        &self,
+        lease: Option<&ReplyLease>,
+        code: Option<i64>,
+        entry: &NewDeadLetter,
+    ) -> Result<i64, StoreError> {
+        outbound::fail(&self.db, lease, code, entry).await
+    }
+
+    async fn outbound(&self, key: &ReplyKey) -> Result<Option<OutboundMessage>, StoreError> {
+        outbound::get(&self.db, key).await
     }
 }

@@ -1,10 +1,13 @@
-//! Test support: the databases every store test runs against.
+//! Test support: the databases every store test runs against, and a fake
+//! WhatsApp Cloud API ([`fake_cloud_api`]).
 //!
 //! SQLite always (a fresh file per test); PostgreSQL too when
 //! `TEST_DATABASE_URL` (or a `postgres://` `DATABASE_URL`) is set, in a fresh
 //! schema per test so tests run in parallel.
 
 use std::path::PathBuf;
+
+pub mod fake_cloud_api;
 
 use sea_orm::{ConnectOptions, ConnectionTrait, Database, DatabaseConnection};
 
