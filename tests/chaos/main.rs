@@ -1,5 +1,6 @@
 //! The chaos suite: attacks a running system (crashes, rebalances, a
-//! database outage, broker faults, poison input, a webhook flood) and then
+//! database outage, broker faults, poison input, a webhook flood, a
+//! failing WhatsApp on the reply path) and then
 //! checks a ledger: every message accounted for exactly once, as completed
 //! (its side effects present once) or dead-lettered (with its reason), and
 //! each phone's messages finished in produced order.
@@ -13,6 +14,7 @@ mod consumer;
 mod database;
 mod faults;
 mod ledger;
+mod outbound;
 mod poison;
 mod proxy;
 mod report;
@@ -37,6 +39,7 @@ fn scenarios() -> Vec<(&'static str, Scenario)> {
         ("broker faults", || Box::pin(faults::broker_faults())),
         ("poison", || Box::pin(poison::bad_input_stream())),
         ("webhook under load and attack", || Box::pin(webhook::under_load_and_attack())),
+        ("outbound", || Box::pin(outbound::replies_through_outage_and_kills())),
     ]
 }
 
