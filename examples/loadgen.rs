@@ -9,42 +9,59 @@
 //! Kafka limit), and the same database rows written with one batched
 //! statement per batch (the database limit).
 //!
+//! With `--replies` it measures the reply path instead: `ResponseReady`
+//! events (10,000 recipients) to the embedded broker, sent by the
+//! `ResponseSender` to a fake Cloud API that answers in 100 ms and refuses
+//! sends above `WHATSAPP_MAX_SEND_RATE` per business number (130429), as
+//! WhatsApp does; each reply is timed from its produce call to its arrival
+//! at the fake.
+//!
 //! ```sh
 //! cargo run --release --example loadgen                         # 200,000 messages, as fast as they go
 //! LOADGEN_MESSAGES=20000 cargo run --release --example loadgen  # fewer
 //! cargo run --release --example loadgen -- --rate 5000          # open loop: 5,000 msg/s offered
 //! cargo run --release --example loadgen -- --noop               # no-op executors, in-memory dedupe
+//! cargo run --release --example loadgen -- --replies            # 20,000 replies, 80/s per number (250 s)
+//! WHATSAPP_MAX_SEND_RATE=2000 cargo run --release --example loadgen -- --replies  # a higher tier's limit
 //! ```
 //!
 //! The last line is machine-readable:
-//! `RESULT msgs_per_sec=.. p50_ms=.. p99_ms=.. bare_consume_ratio=.. db_limit_ratio=..`
+//! `RESULT msgs_per_sec=.. p50_ms=.. p99_ms=.. bare_consume_ratio=.. db_limit_ratio=..`, or with `--replies`
+//! `RESULT replies_per_sec=.. p50_ms=.. p99_ms=.. throttled_130429=.. max_concurrency=..`
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use chrono::Utc;
 use clap::Parser;
-use orchestrator::event::{Envelope, EventData, MessageContent, MessageReceived, MessageType, ResponseReady, topics};
-use orchestrator::kafka::{ConsumerRuntime, EmbeddedKafka, KafkaConfig, Publisher, RuntimeSettings};
+use orchestrator::event::{
+    Envelope, EventData, MessageContent, MessageReceived, MessageType, Priority, ResponseContent, ResponseReady,
+    ResponseType, reply_meta, topics,
+};
+use orchestrator::kafka::{
+    ConsumerRuntime, EmbeddedKafka, KafkaConfig, Publisher, ReplySettings, ResponseSender, RuntimeSettings,
+};
+use orchestrator::outbound::{CloudApiConfig, CloudApiSender};
 use orchestrator::store::KeyParking;
+use orchestrator::testing::fake_cloud_api::{FakeCloudApi, FakeSettings};
 use orchestrator::{
-    ActionContext, ActionError, ActionExecutor, ActionOutput, ExecutorRegistry, KeywordClassifier, MemoryStore,
-    Orchestrator, PipelineConfig, SqlStore, Store, async_trait,
+    ActionContext, ActionError, ActionExecutor, ActionOutput, BreakerConfig, ExecutorRegistry, KeywordClassifier,
+    MemoryStore, Orchestrator, PipelineConfig, SqlStore, Store, async_trait,
 };
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::{Message, TopicPartitionList};
 use sea_orm::{ConnectionTrait, DatabaseConnection, Statement, TransactionTrait};
 
-/// Load benchmark of the whole pipeline.
+/// Load benchmark of the whole pipeline, or of the reply path (`--replies`).
 #[derive(Debug, Parser)]
 struct Args {
-    /// Messages to send (default 200,000; `LOADGEN_MESSAGES` sets it too).
-    #[arg(long, env = "LOADGEN_MESSAGES", default_value_t = 200_000)]
+    /// Messages to send (default 200,000, 20,000 replies with `--replies`; `LOADGEN_MESSAGES` sets it too).
+    #[arg(long, env = "LOADGEN_MESSAGES", default_value_t = 200_000, default_value_if("replies", "true", "20000"))]
     messages: usize,
-    /// Distinct phones the messages come from.
-    #[arg(long, default_value_t = 1_000)]
+    /// Distinct phones the messages come from (default 1,000; with `--replies`, 10,000 the replies go to).
+    #[arg(long, default_value_t = 1_000, default_value_if("replies", "true", "10000"))]
     phones: usize,
     /// Open loop: offer this many messages per second instead of as many as possible.
     #[arg(long)]
@@ -52,8 +69,8 @@ struct Args {
     /// No-op executors and in-memory dedupe: the pipeline's own cost over Kafka's.
     #[arg(long)]
     noop: bool,
-    /// Partitions of each topic on the embedded broker.
-    #[arg(long, default_value_t = 8)]
+    /// Partitions of each topic on the embedded broker (32 with `--replies`).
+    #[arg(long, default_value_t = 8, default_value_if("replies", "true", "32"))]
     partitions: i32,
     /// Skip the bare-consumer and batched-database limit measurements.
     #[arg(long)]
@@ -63,6 +80,10 @@ struct Args {
     /// is set): what tracing costs. Without it no subscriber is installed.
     #[arg(long)]
     telemetry: bool,
+    /// The reply path instead: replies sent by the `ResponseSender` to a fake
+    /// Cloud API (100 ms per call, `WHATSAPP_MAX_SEND_RATE` enforced).
+    #[arg(long, conflicts_with = "noop")]
+    replies: bool,
 }
 
 /// What a message says, and how often (per 100 messages).
@@ -101,6 +122,33 @@ fn envelope(run: &str, i: usize, phones: usize) -> Envelope {
         "loadgen",
     )
 }
+
+/// The business number the replies go out from.
+const BUSINESS_NUMBER: &str = "1555000000";
+
+/// Reply `i` of `run` (the fake sees its index in the text).
+fn reply_envelope(run: &str, i: usize, phones: usize) -> Envelope {
+    Envelope::new(
+        EventData::ResponseReady(ResponseReady {
+            original_message_id: format!("wamid.lg.{run}.{i}"),
+            to_phone: format!("+1555{:07}", i % phones),
+            response_type: ResponseType::Text,
+            content: ResponseContent::text(format!("#{i} Got it: 2 tacos and 1 soda, ready in 20 minutes.")),
+            generated_at: Utc::now(),
+            priority: Priority::Normal,
+            metadata: BTreeMap::from([(reply_meta::PHONE_NUMBER_ID.to_owned(), BUSINESS_NUMBER.to_owned())]),
+        }),
+        "loadgen",
+    )
+}
+
+/// The index of a reply from its text.
+fn reply_index(text: &str) -> Option<usize> {
+    text.strip_prefix('#')?.split(' ').next()?.parse().ok()
+}
+
+/// Builds event `i` of a run over `phones` phones.
+type Make = fn(&str, usize, usize) -> Envelope;
 
 /// Messages sent and answered before the clock starts: the group join and
 /// the first connections are not part of the measurement.
@@ -230,7 +278,7 @@ fn spawn_reply_reader(
 }
 
 /// Produces every message, as fast as acknowledgements come or at `rate` per second.
-async fn produce(publisher: &Publisher, run: &str, args: &Args, timeline: &Timeline) {
+async fn produce(publisher: &Publisher, run: &str, args: &Args, make: Make, timeline: &Timeline) {
     let batch = 1_000usize;
     let started = Instant::now();
     let mut sent = 0usize;
@@ -241,18 +289,25 @@ async fn produce(publisher: &Publisher, run: &str, args: &Args, timeline: &Timel
             let due = started + Duration::from_secs_f64(sent as f64 / rate as f64);
             tokio::time::sleep_until(due.into()).await;
             let chunk = ((rate / 100).max(1) as usize).min(end - sent);
-            send(publisher, run, args.phones, sent..sent + chunk, timeline).await;
+            send(publisher, run, args.phones, sent..sent + chunk, make, timeline).await;
             sent += chunk;
         } else {
-            send(publisher, run, args.phones, sent..end, timeline).await;
+            send(publisher, run, args.phones, sent..end, make, timeline).await;
             sent = end;
         }
     }
 }
 
-async fn send(publisher: &Publisher, run: &str, phones: usize, range: std::ops::Range<usize>, timeline: &Timeline) {
+async fn send(
+    publisher: &Publisher,
+    run: &str,
+    phones: usize,
+    range: std::ops::Range<usize>,
+    make: Make,
+    timeline: &Timeline,
+) {
     let sends = range.map(|i| {
-        let envelope = envelope(run, i, phones);
+        let envelope = make(run, i, phones);
         async move {
             timeline.produced[i].store(timeline.now(), Ordering::Relaxed);
             publisher.publish(&envelope).await
@@ -368,6 +423,8 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let run = uuid::Uuid::new_v4().simple().to_string()[..8].to_owned();
     let mut kafka = KafkaConfig::from_env()?;
     let _embedded = match &kafka.bootstrap_servers {
+        // A new group reads the topic from its start: it would send every reply ever published there.
+        Some(_) if args.replies => return Err("--replies runs on the embedded broker only".into()),
         Some(_) => None,
         None => {
             let embedded = EmbeddedKafka::start(args.partitions)?;
@@ -380,6 +437,9 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         format!("sqlite://{}?mode=rwc", std::env::temp_dir().join(format!("loadgen-{run}.db")).display())
     });
     let db = orchestrator::db::connect(&url).await?;
+    if args.replies {
+        return replies(&args, &kafka, &run, Arc::new(SqlStore::new(db)), url.split('?').next().unwrap_or(&url)).await;
+    }
     let (store, parking): (Arc<dyn Store>, Arc<dyn KeyParking>) = if args.noop {
         let memory = Arc::new(MemoryStore::new());
         (memory.clone(), memory)
@@ -428,7 +488,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         let _ = stopped.await;
     }));
     let publisher = Publisher::new(&kafka)?;
-    send(&publisher, &run, args.phones, args.messages..args.messages + WARMUP, &timeline).await;
+    send(&publisher, &run, args.phones, args.messages..args.messages + WARMUP, envelope, &timeline).await;
     let warm = Instant::now();
     while timeline.replies.load(Ordering::Relaxed) < WARMUP {
         if warm.elapsed() > Duration::from_secs(60) {
@@ -440,7 +500,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
 
     let cpu_before = cpu_seconds();
     let started = Instant::now();
-    produce(&publisher, &run, &args, &timeline).await;
+    produce(&publisher, &run, &args, envelope, &timeline).await;
     let produced_in = started.elapsed();
     let limit = Duration::from_secs(600);
     while timeline.replies.load(Ordering::Relaxed) < args.messages && started.elapsed() < limit {
@@ -502,6 +562,157 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     );
     if replied < args.messages {
         return Err(format!("only {replied} of {} messages replied within {limit:?}", args.messages).into());
+    }
+    Ok(())
+}
+
+/// The reply path (`--replies`): replies produced to `conversation.responses`
+/// (all of them before the sender starts, or at `--rate` once it runs), sent
+/// by a [`ResponseSender`] to a fake Cloud API holding WhatsApp's limit.
+async fn replies(
+    args: &Args,
+    kafka: &KafkaConfig,
+    run: &str,
+    store: Arc<SqlStore>,
+    backend: &str,
+) -> Result<(), Box<dyn std::error::Error>> {
+    let settings = ReplySettings::from_env()?;
+    let max_rate = settings.rate.max_rate;
+    let fake = FakeCloudApi::start(FakeSettings {
+        latency: Duration::from_millis(100),
+        rate_limit: Some(max_rate),
+        server_error_rate: 0.0,
+        seed: 42,
+    })
+    .await?;
+    let config = CloudApiConfig {
+        token: "loadgen-token".to_owned(),
+        tokens: HashMap::new(),
+        phone_number_id: BUSINESS_NUMBER.to_owned(),
+        api_url: fake.url().to_owned(),
+        timeout: Duration::from_secs(10),
+    };
+    let whatsapp = Arc::new(CloudApiSender::new(config, BreakerConfig::default())?);
+    let mode = match args.rate {
+        Some(rate) => format!("open loop at {rate} replies/s offered"),
+        None => "closed loop, all produced before the sender starts".to_owned(),
+    };
+    eprintln!(
+        "loadgen: {} replies to {} phones, {mode}; limit {max_rate} msg/s, {} in flight; {backend}; {} CPUs",
+        args.messages,
+        args.phones,
+        settings.max_in_flight,
+        std::thread::available_parallelism().map_or(0, |n| n.get())
+    );
+
+    let timeline = Timeline::new(args.messages + WARMUP);
+    let publisher = Publisher::new(kafka)?;
+    let start_sender = || -> Result<_, Box<dyn std::error::Error>> {
+        let sender = ResponseSender::new(kafka, whatsapp.clone(), store.clone(), settings.clone())?;
+        let stats = sender.stats();
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let sending = tokio::spawn(sender.run(async {
+            let _ = stopped.await;
+        }));
+        Ok((stats, stop, sending))
+    };
+    let (cpu_before, started, produced_in, expected, (stats, stop, sending)) = if args.rate.is_none() {
+        let started = Instant::now();
+        produce(&publisher, run, args, reply_envelope, &timeline).await;
+        let produced_in = started.elapsed();
+        let (cpu_before, started) = (cpu_seconds(), Instant::now());
+        (cpu_before, started, produced_in, args.messages, start_sender()?)
+    } else {
+        // Warm-up replies (the indexes after the measured ones) wait for the group join.
+        let sender = start_sender()?;
+        send(&publisher, run, args.phones, args.messages..args.messages + WARMUP, reply_envelope, &timeline).await;
+        let warm = Instant::now();
+        while (fake.counts().accepted as usize) < WARMUP {
+            if warm.elapsed() > Duration::from_secs(60) {
+                return Err("the warm-up replies were not sent within 60 s".into());
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let (cpu_before, started) = (cpu_seconds(), Instant::now());
+        produce(&publisher, run, args, reply_envelope, &timeline).await;
+        (cpu_before, started, started.elapsed(), args.messages + WARMUP, sender)
+    };
+    let limit = Duration::from_secs_f64(120.0 + 3.0 * args.messages as f64 / max_rate);
+    while (fake.counts().accepted as usize) < expected && started.elapsed() < limit {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let cpu = cpu_before.zip(cpu_seconds()).map(|(b, a)| a - b);
+    let _ = stop.send(());
+    let _ = tokio::time::timeout(Duration::from_secs(30), sending).await;
+
+    // Each measured reply's first arrival at the fake; a second one is a reply sent twice.
+    let mut twice = 0usize;
+    let (mut first, mut last) = (None::<Instant>, None::<Instant>);
+    for send in fake.accepted() {
+        let Some(i) = reply_index(send.text()).filter(|&i| i < args.messages) else { continue };
+        let at = send.at.saturating_duration_since(timeline.start).as_micros().max(1) as u64;
+        if timeline.replied[i].swap(at, Ordering::Relaxed) != 0 {
+            twice += 1;
+            continue;
+        }
+        timeline.replies.fetch_add(1, Ordering::Relaxed);
+        first = Some(first.map_or(send.at, |f: Instant| f.min(send.at)));
+        last = Some(last.map_or(send.at, |l: Instant| l.max(send.at)));
+    }
+    let sent = timeline.replies.load(Ordering::Relaxed);
+    let span = first.zip(last).map_or(0.0, |(f, l)| l.duration_since(f).as_secs_f64());
+    let rate = if sent > 1 && span > 0.0 { (sent - 1) as f64 / span } else { f64::NAN };
+    let latencies = timeline.latencies(args.messages);
+    let counts = fake.counts();
+    let first_after = first.map_or(f64::NAN, |f| f.saturating_duration_since(started).as_secs_f64());
+    let how = match args.rate {
+        None => format!("the first {first_after:.2} s after the sender started; all produced before, in"),
+        Some(_) => format!("after {WARMUP} warm-up replies; produced in"),
+    };
+    println!(
+        "replies:     {sent} of {} sent, {span:.2} s from the first to the last ({how} {:.2} s)",
+        args.messages,
+        produced_in.as_secs_f64()
+    );
+    println!("throughput:  {rate:.0} replies/s (limit {max_rate} msg/s per business number)");
+    println!(
+        "latency:     p50 {:.1} ms, p95 {:.1} ms, p99 {:.1} ms, max {:.1} ms (produce call to arrival at the fake)",
+        percentile(&latencies, 0.50),
+        percentile(&latencies, 0.95),
+        percentile(&latencies, 0.99),
+        percentile(&latencies, 1.0)
+    );
+    println!(
+        "fake:        {} accepted, {} refused over the rate (130429), {} other errors; at most {} calls at once",
+        counts.accepted,
+        counts.over_rate,
+        counts.server_errors + counts.burst_throttled + counts.down + counts.scripted,
+        fake.max_concurrency()
+    );
+    let [sent_stat, retried, deferred, dead_lettered, duplicates] = stats.snapshot();
+    println!(
+        "sender:      {sent_stat} sent, {retried} retried, {deferred} deferred, {dead_lettered} dead-lettered, \
+         {duplicates} duplicates; {twice} sent twice"
+    );
+    match cpu {
+        Some(cpu) => {
+            println!("cpu:         {:.3} s per 1,000 replies ({cpu:.1} s in all)", cpu * 1000.0 / sent.max(1) as f64)
+        }
+        None => println!("cpu:         n/a"),
+    }
+    match peak_memory_mib() {
+        Some(mib) => println!("memory:      {mib:.0} MiB peak resident"),
+        None => println!("memory:      n/a"),
+    }
+    println!(
+        "RESULT replies_per_sec={rate:.0} p50_ms={:.2} p99_ms={:.2} throttled_130429={} max_concurrency={}",
+        percentile(&latencies, 0.50),
+        percentile(&latencies, 0.99),
+        counts.over_rate,
+        fake.max_concurrency()
+    );
+    if sent < args.messages {
+        return Err(format!("only {sent} of {} replies sent within {limit:?}", args.messages).into());
     }
     Ok(())
 }
