@@ -189,26 +189,18 @@ struct Delivery {
     key: Option<String>,
     payload: Vec<u8>,
     /// Where it first entered (a retry copy carries its original's coordinates).
-    origin: (String, String, String),
+    origin: headers::Origin,
 }
 
 impl Delivery {
     fn from_record(record: &OwnedMessage) -> Self {
-        let origin = match headers::value(record, headers::SOURCE_TOPIC) {
-            Some(topic) => (
-                topic,
-                headers::value(record, headers::SOURCE_PARTITION).unwrap_or_default(),
-                headers::value(record, headers::SOURCE_OFFSET).unwrap_or_default(),
-            ),
-            None => (record.topic().to_owned(), record.partition().to_string(), record.offset().to_string()),
-        };
         Self {
             topic: record.topic().to_owned(),
             partition: record.partition(),
             offset: record.offset(),
-            key: record.key().map(|k| String::from_utf8_lossy(k).replace('\0', "\u{FFFD}")),
+            key: headers::key_text(record),
             payload: record.payload().unwrap_or_default().to_vec(),
-            origin,
+            origin: headers::Origin::of(record),
         }
     }
 
@@ -219,7 +211,7 @@ impl Delivery {
             offset: parked.offset,
             key: parked.key.strip_prefix(PARK_PREFIX).map(str::to_owned),
             payload: parked.payload.as_bytes().to_vec(),
-            origin: (parked.topic.clone(), parked.partition.to_string(), parked.offset.to_string()),
+            origin: headers::Origin::at(&parked.topic, parked.partition, parked.offset),
         }
     }
 
@@ -559,13 +551,7 @@ impl ReplyWorker {
             _ => delivery.payload.clone(),
         };
         let due = (Utc::now() + crate::store::to_chrono(delay)).to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
-        let (source_topic, source_partition, source_offset) = &delivery.origin;
-        let retry_headers = [
-            (headers::DUE_AT, due.as_bytes()),
-            (headers::SOURCE_TOPIC, source_topic.as_bytes()),
-            (headers::SOURCE_PARTITION, source_partition.as_bytes()),
-            (headers::SOURCE_OFFSET, source_offset.as_bytes()),
-        ];
+        let retry_headers = delivery.origin.retry_headers(&due);
         let topic = format!("{}.retry", delivery.base_topic());
         until_ok("sending a reply's retry copy", || {
             self.publisher.send(&topic, Some(&reply.to_phone), &copy, &retry_headers)
@@ -591,15 +577,7 @@ impl ReplyWorker {
         let message_id = key.map(ReplyKey::dead_letter_id);
         let error = format!("{failure_type}: {reason}");
         let attempts_text = attempts.to_string();
-        let (source_topic, source_partition, source_offset) = &delivery.origin;
-        let dlq_headers = [
-            (headers::SOURCE_TOPIC, source_topic.as_bytes()),
-            (headers::SOURCE_PARTITION, source_partition.as_bytes()),
-            (headers::SOURCE_OFFSET, source_offset.as_bytes()),
-            (headers::CONSUMER_GROUP, self.group_id.as_bytes()),
-            (headers::ATTEMPTS, attempts_text.as_bytes()),
-            (headers::ERROR, error.as_bytes()),
-        ];
+        let dlq_headers = delivery.origin.dead_letter_headers(&self.group_id, &attempts_text, &error);
         let dlq_topic = format!("{}.dlq", delivery.base_topic());
         until_ok("dead-lettering a reply to Kafka", || {
             self.publisher.send(&dlq_topic, delivery.key.as_deref(), &delivery.payload, &dlq_headers)

@@ -454,8 +454,7 @@ impl DeliveryStatuses for MemoryStore {
             row.message.updated_at = Utc::now();
             if status.error.is_some() {
                 row.message.error = status.error.clone();
-                row.message.error_code =
-                    status.error.as_deref().and_then(|e| e.split(':').next()).and_then(|c| c.trim().parse().ok());
+                row.message.error_code = status.error_code();
             }
         }
         Ok(())

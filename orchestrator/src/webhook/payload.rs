@@ -78,6 +78,14 @@ pub struct DeliveryStatus {
     pub phone_number_id: Option<String>,
 }
 
+impl DeliveryStatus {
+    /// WhatsApp's code of the first error of a `failed` status (the `code`
+    /// that [`error`](Self::error) starts with), if it has one.
+    pub fn error_code(&self) -> Option<i64> {
+        self.error.as_deref()?.split(':').next()?.trim().parse().ok()
+    }
+}
+
 /// The body is not a notification we can use.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum PayloadError {

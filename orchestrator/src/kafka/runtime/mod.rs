@@ -175,29 +175,20 @@ struct Delivered {
     key: Option<String>,
     payload: Vec<u8>,
     /// Where it first entered (a retry copy carries its original's coordinates).
-    origin: (String, String, String),
+    origin: headers::Origin,
     /// The intent already decided for it (by the AI service), not to be asked again.
     intent: Option<Intent>,
 }
 
 impl Delivered {
     fn from_message(message: &OwnedMessage) -> Self {
-        let origin = match headers::value(message, headers::SOURCE_TOPIC) {
-            Some(topic) => (
-                topic,
-                headers::value(message, headers::SOURCE_PARTITION).unwrap_or_default(),
-                headers::value(message, headers::SOURCE_OFFSET).unwrap_or_default(),
-            ),
-            None => (message.topic().to_owned(), message.partition().to_string(), message.offset().to_string()),
-        };
         Self {
             topic: message.topic().to_owned(),
             partition: message.partition(),
             offset: message.offset(),
-            // Lossy, and without NUL: the key is stored (parking, DLQ) as text.
-            key: message.key().map(|k| String::from_utf8_lossy(k).replace('\0', "\u{FFFD}")),
+            key: headers::key_text(message),
             payload: message.payload().unwrap_or_default().to_vec(),
-            origin,
+            origin: headers::Origin::of(message),
             intent: headers::value(message, headers::INTENT).and_then(|json| serde_json::from_str(&json).ok()),
         }
     }
@@ -221,7 +212,7 @@ impl Delivered {
             offset,
             key: Some(key.to_owned()),
             payload: payload.as_bytes().to_vec(),
-            origin: (topic.to_owned(), partition.to_string(), offset.to_string()),
+            origin: headers::Origin::at(topic, partition, offset),
             intent: None,
         }
     }
@@ -461,22 +452,8 @@ impl Worker {
             Outcome::DeadLettered(dead) => {
                 let attempts = dead.event.attempt_count.to_string();
                 let error = format!("{}: {}", dead.failure_type, dead.reason);
-                let (source_topic, source_partition, source_offset) = &delivered.origin;
-                self.publisher
-                    .send(
-                        &format!("{base_topic}.dlq"),
-                        key,
-                        payload,
-                        &[
-                            (headers::SOURCE_TOPIC, source_topic.as_bytes()),
-                            (headers::SOURCE_PARTITION, source_partition.as_bytes()),
-                            (headers::SOURCE_OFFSET, source_offset.as_bytes()),
-                            (headers::CONSUMER_GROUP, self.group_id.as_bytes()),
-                            (headers::ATTEMPTS, attempts.as_bytes()),
-                            (headers::ERROR, error.as_bytes()),
-                        ],
-                    )
-                    .await?;
+                let dlq_headers = delivered.origin.dead_letter_headers(&self.group_id, &attempts, &error);
+                self.publisher.send(&format!("{base_topic}.dlq"), key, payload, &dlq_headers).await?;
                 let failed = Envelope::new(EventData::MessageFailed(dead.event.clone()), PROCESSED_BY);
                 self.publisher.publish(&failed).await?;
                 RuntimeStats::bump(&self.stats.failed);
@@ -508,13 +485,7 @@ impl Worker {
             self.parking.block(key, message_id).await?;
         }
         let due = due_at.to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
-        let (source_topic, source_partition, source_offset) = &delivered.origin;
-        let mut retry_headers = vec![
-            (headers::DUE_AT, due.as_bytes()),
-            (headers::SOURCE_TOPIC, source_topic.as_bytes()),
-            (headers::SOURCE_PARTITION, source_partition.as_bytes()),
-            (headers::SOURCE_OFFSET, source_offset.as_bytes()),
-        ];
+        let mut retry_headers = delivered.origin.retry_headers(&due);
         let decided = if self.ai.is_some() { serde_json::to_vec(intent).ok() } else { None };
         if let Some(decided) = &decided {
             retry_headers.push((headers::INTENT, decided.as_slice()));

@@ -14,8 +14,8 @@ pub(super) async fn record(db: &DatabaseConnection, status: &DeliveryStatus) -> 
     let txn = db.begin().await?;
     insert(&txn, status).await?;
     if let Some(state) = OutboundStatus::parse(&status.status) {
-        let code = status.error.as_deref().and_then(|e| e.split(':').next()).and_then(|c| c.trim().parse().ok());
-        super::outbound::apply_status(&txn, &status.message_id, state, status.timestamp, status.error.as_deref(), code)
+        let error = status.error.as_deref();
+        super::outbound::apply_status(&txn, &status.message_id, state, status.timestamp, error, status.error_code())
             .await?;
     }
     txn.commit().await?;
