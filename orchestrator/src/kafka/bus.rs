@@ -23,11 +23,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::error::KafkaError;
-use rdkafka::message::Message;
+use rdkafka::message::{Message, OwnedMessage};
 use tokio::sync::watch;
 
+use super::intake::{Intake, IntakeSettings, RecordHandler, until_ok};
 use super::{KafkaConfig, PublishError, Publisher, headers};
 use crate::event::{Envelope, Event};
 use crate::pipeline::PROCESSED_BY;
@@ -76,6 +76,10 @@ pub struct SubscriptionConfig {
     pub max_retries: u32,
     /// First retry delay; doubles each time.
     pub retry_delay: Duration,
+    /// Events handled at once. Events with the same key (the phone) always
+    /// run one after another in order; 1, the default, handles the whole
+    /// subscription in order.
+    pub max_in_flight: usize,
 }
 
 impl Default for SubscriptionConfig {
@@ -85,6 +89,7 @@ impl Default for SubscriptionConfig {
             topic: None,
             max_retries: 3,
             retry_delay: Duration::from_millis(500),
+            max_in_flight: 1,
         }
     }
 }
@@ -96,7 +101,8 @@ pub struct Subscription {
 }
 
 impl Subscription {
-    /// Stops consuming after the current event, commits, and returns the loop's result.
+    /// Stops fetching, lets the events in flight finish (up to the intake's
+    /// grace period), commits, leaves the group and returns the loop's result.
     pub async fn stop(self) -> Result<(), KafkaError> {
         let _ = self.stop.send(true);
         match self.task.await {
@@ -134,112 +140,103 @@ impl KafkaEventBus {
     }
 
     /// Runs `handler` for every event of type `E` on the subscription's
-    /// topic, one at a time, in order. Offsets are stored once an event is
-    /// handled (or dead-lettered); events of other types and undecodable
-    /// bytes are dead-lettered with the reason.
+    /// topic, on the same consumer machinery as the orchestrator's own
+    /// consumers ([`Intake`]): events with one key in order, up to
+    /// `max_in_flight` at once, offsets committed below the lowest unfinished
+    /// event, a graceful drain on stop. Events of other types and
+    /// undecodable bytes are dead-lettered to `<topic>.dlq` with the reason.
     pub fn subscribe<E, H>(&self, subscription: SubscriptionConfig, handler: H) -> Result<Subscription, KafkaError>
     where
         E: Event,
         H: EventHandler<E>,
     {
         let topic = subscription.topic.clone().unwrap_or_else(|| E::TYPE.topic().to_owned());
-        let consumer: StreamConsumer = self.config.consumer_config(&subscription.consumer_group).create()?;
-        consumer.subscribe(&[&topic])?;
-        let (stop, stopped) = watch::channel(false);
-        let worker = SubscriptionLoop {
-            consumer,
+        let settings = IntakeSettings { max_in_flight: subscription.max_in_flight.max(1), ..IntakeSettings::default() };
+        let intake = Intake::new(&self.config, &subscription.consumer_group, settings)?;
+        let (stop, mut stopped) = watch::channel(false);
+        let worker = Arc::new(SubscriptionWorker {
             publisher: self.publisher.clone(),
-            handler: Arc::new(handler),
+            handler,
             config: subscription,
-            topic,
+            topic: topic.clone(),
             _event: PhantomData::<fn() -> E>,
-        };
-        Ok(Subscription { stop, task: tokio::spawn(worker.run(stopped)) })
+        });
+        let task = tokio::spawn(async move {
+            let shutdown = async move {
+                let _ = stopped.wait_for(|stop| *stop).await;
+            };
+            intake.run(&[topic], worker, shutdown).await
+        });
+        Ok(Subscription { stop, task })
     }
 }
 
-struct SubscriptionLoop<E, H> {
-    consumer: StreamConsumer,
+/// One subscription's [`RecordHandler`]: decodes, runs the subscriber's
+/// handler with in-place retries, dead-letters what cannot be handled.
+struct SubscriptionWorker<E, H> {
     publisher: Publisher,
-    handler: Arc<H>,
+    handler: H,
     config: SubscriptionConfig,
     topic: String,
     _event: PhantomData<fn() -> E>,
 }
 
-impl<E: Event, H: EventHandler<E>> SubscriptionLoop<E, H> {
-    async fn run(self, mut stopped: watch::Receiver<bool>) -> Result<(), KafkaError> {
-        loop {
-            let received = tokio::select! {
-                _ = stopped.wait_for(|s| *s) => break,
-                received = self.consumer.recv() => received,
-            };
-            let message = match received {
-                Ok(message) => message,
-                Err(error) => {
-                    tracing::warn!(%error, topic = %self.topic, "subscription receive failed");
-                    tokio::time::sleep(Duration::from_millis(200)).await;
-                    continue;
-                }
-            };
-            let payload = message.payload().unwrap_or_default();
-            let key = message.key().map(|k| String::from_utf8_lossy(k).into_owned());
-            let result = match Envelope::decode(payload) {
-                Ok(envelope) => match E::from_data(envelope.data) {
-                    Some(event) => self.handle(event).await,
-                    None => ProcessingResult::DeadLetter(format!("expected {} events on {}", E::TYPE, self.topic)),
-                },
-                Err(error) => ProcessingResult::DeadLetter(error.to_string()),
-            };
-            if let ProcessingResult::DeadLetter(reason) = &result {
-                let offset = message.offset().to_string();
-                let partition = message.partition().to_string();
-                let sent = self
-                    .publisher
-                    .send(
-                        &format!("{}.dlq", self.topic),
-                        key.as_deref(),
-                        payload,
-                        &[
-                            (headers::SOURCE_TOPIC, self.topic.as_bytes()),
-                            (headers::SOURCE_PARTITION, partition.as_bytes()),
-                            (headers::SOURCE_OFFSET, offset.as_bytes()),
-                            (headers::CONSUMER_GROUP, self.config.consumer_group.as_bytes()),
-                            (headers::ERROR, reason.as_bytes()),
-                        ],
-                    )
-                    .await;
-                if let Err(error) = sent {
-                    // Not stored: the event comes back after a restart rather than being lost.
-                    tracing::error!(%error, "dead-lettering failed; stopping the subscription");
-                    break;
-                }
-            }
-            // store_offset_from_message stores offset + 1, the next to read.
-            if let Err(error) = self.consumer.store_offset_from_message(&message) {
-                tracing::debug!(%error, "subscription offset not stored");
-            }
+#[async_trait]
+impl<E: Event, H: EventHandler<E>> RecordHandler for SubscriptionWorker<E, H> {
+    async fn handle(&self, record: OwnedMessage) {
+        let payload = record.payload().unwrap_or_default();
+        let (result, attempts) = match Envelope::decode(payload) {
+            Ok(envelope) => match E::from_data(envelope.data) {
+                Some(event) => self.handle_event(event).await,
+                None => (ProcessingResult::DeadLetter(format!("expected {} events on {}", E::TYPE, self.topic)), 1),
+            },
+            Err(error) => (ProcessingResult::DeadLetter(error.to_string()), 1),
+        };
+        if let ProcessingResult::DeadLetter(reason) = result {
+            self.dead_letter(&record, attempts, &reason).await;
         }
-        super::commit_and_leave(&self.consumer).await
     }
+}
 
-    /// Runs the handler, retrying `Retry` results with doubling delays.
-    async fn handle(&self, event: E) -> ProcessingResult {
+impl<E: Event, H: EventHandler<E>> SubscriptionWorker<E, H> {
+    /// Runs the handler, retrying `Retry` results with doubling delays; the
+    /// result and the attempts it took.
+    async fn handle_event(&self, event: E) -> (ProcessingResult, u32) {
         let mut delay = self.config.retry_delay;
-        let mut retries = 0;
+        let mut attempts = 1;
         loop {
             match self.handler.handle(event.clone()).await {
-                ProcessingResult::Retry(reason) if retries >= self.config.max_retries => {
-                    return ProcessingResult::DeadLetter(format!("gave up after {retries} retries: {reason}"));
+                ProcessingResult::Retry(reason) if attempts > self.config.max_retries => {
+                    let retries = attempts - 1;
+                    return (
+                        ProcessingResult::DeadLetter(format!("gave up after {retries} retries: {reason}")),
+                        attempts,
+                    );
                 }
                 ProcessingResult::Retry(reason) => {
-                    tracing::info!(%reason, retries, "subscriber asked to retry");
+                    tracing::info!(%reason, attempts, topic = %self.topic, "subscriber asked to retry");
                     tokio::time::sleep(delay).await;
                     delay *= 2;
-                    retries += 1;
+                    attempts += 1;
                 }
-                other => return other,
+                other => return (other, attempts),
             }
         }
+    }
+
+    /// Copies the record to `<topic>.dlq` with where it came from and why;
+    /// retried until the broker takes it, so the offset is never committed
+    /// past an event that is neither handled nor dead-lettered.
+    async fn dead_letter(&self, record: &OwnedMessage, attempts: u32, reason: &str) {
+        let origin = headers::Origin::of(record);
+        let attempts = attempts.to_string();
+        let dlq_headers = origin.dead_letter_headers(&self.config.consumer_group, &attempts, reason);
+        let dlq_topic = format!("{}.dlq", self.topic);
+        let (key, payload) = (record.key().map(|k| String::from_utf8_lossy(k).into_owned()), record.payload());
+        until_ok("dead-lettering a subscriber's event", || {
+            self.publisher.send(&dlq_topic, key.as_deref(), payload.unwrap_or_default(), &dlq_headers)
+        })
+        .await;
+        tracing::warn!(topic = %self.topic, reason, "event dead-lettered");
     }
 }
