@@ -292,6 +292,9 @@ async fn run(demo: bool) -> Result<(), Box<dyn std::error::Error>> {
             Some(embedded)
         }
     };
+    // Every client gets these; secrets are masked.
+    let settings: Vec<String> = kafka.describe().into_iter().map(|(name, value)| format!("{name}={value}")).collect();
+    tracing::info!(settings = %settings.join(" "), "kafka client settings");
 
     let db = database().await?;
     let store = Arc::new(SqlStore::new(db.clone()));

@@ -190,18 +190,17 @@ fn inbound_data() -> impl Strategy<Value = EventData> {
 }
 
 fn envelope_with(data: impl Strategy<Value = EventData>) -> impl Strategy<Value = Envelope> {
-    (any::<u128>(), datetime(), text(), data, text(), datetime(), any::<u32>(), prop::option::of(any::<u32>()))
-        .prop_map(|(id, timestamp, version, data, processed_by, processing_timestamp, attempt_count, max_attempts)| {
-            Envelope {
-                event_id: uuid::Uuid::from_u128(id),
-                timestamp,
-                version,
-                data,
-                metadata: EventMetadata { processed_by, processing_timestamp },
-                attempt_count,
-                max_attempts,
-            }
-        })
+    (any::<u128>(), datetime(), text(), data, text(), datetime(), any::<u32>(), any::<u32>().prop_map(Some)).prop_map(
+        |(id, timestamp, version, data, processed_by, processing_timestamp, attempt_count, max_attempts)| Envelope {
+            event_id: uuid::Uuid::from_u128(id),
+            timestamp,
+            version,
+            data,
+            metadata: EventMetadata { processed_by, processing_timestamp },
+            attempt_count,
+            max_attempts,
+        },
+    )
 }
 
 /// Keys and strings the webhook parser looks for, so that random trees reach

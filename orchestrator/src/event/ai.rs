@@ -26,6 +26,7 @@ pub struct AiProcessRequest {
     #[serde(default)]
     pub tenant_id: Option<String>,
     /// When the request was made.
+    #[serde(deserialize_with = "super::timestamp::deserialize")]
     pub requested_at: DateTime<Utc>,
 }
 

@@ -135,7 +135,7 @@ pub struct EventMetadata {
     #[serde(default)]
     pub processed_by: String,
     /// When the producer handled it.
-    #[serde(default = "Utc::now")]
+    #[serde(default = "Utc::now", deserialize_with = "super::timestamp::deserialize")]
     pub processing_timestamp: DateTime<Utc>,
 }
 
@@ -172,8 +172,22 @@ pub struct Envelope {
     pub metadata: EventMetadata,
     /// 1 for the first delivery, raised on each retry.
     pub attempt_count: u32,
-    /// Attempts allowed before the dead-letter queue; `None` uses the retry policy's.
+    /// Attempts allowed before the dead-letter queue; `None` uses the retry
+    /// policy's. Always written on the wire (the integration guide's models
+    /// require it): `None` is written as [`default_max_attempts`].
     pub max_attempts: Option<u32>,
+}
+
+/// The `max_attempts` written for an envelope that sets none: the process's
+/// retry policy as the environment gives it (`MAX_RETRIES`, default 3,
+/// plus the first attempt), which is what the consumers of this process
+/// apply when they read it back.
+pub fn default_max_attempts() -> u32 {
+    static DEFAULT: std::sync::OnceLock<u32> = std::sync::OnceLock::new();
+    *DEFAULT.get_or_init(|| {
+        // An invalid MAX_RETRIES is reported when the retry policy is read at start.
+        crate::config::env_parse("MAX_RETRIES", 3u32).unwrap_or(3).saturating_add(1)
+    })
 }
 
 /// Why bytes could not be turned into an [`Envelope`]. Every variant is a
@@ -206,7 +220,8 @@ pub enum DecodeError {
 }
 
 impl Envelope {
-    /// A new envelope for `data`, with a fresh id, stamped now, first attempt.
+    /// A new envelope for `data`, with a fresh id, stamped now, first
+    /// attempt of [`default_max_attempts`].
     pub fn new(data: EventData, processed_by: impl Into<String>) -> Self {
         let now = Utc::now();
         Self {
@@ -216,7 +231,7 @@ impl Envelope {
             data,
             metadata: EventMetadata { processed_by: processed_by.into(), processing_timestamp: now },
             attempt_count: 1,
-            max_attempts: None,
+            max_attempts: Some(default_max_attempts()),
         }
     }
 
@@ -252,8 +267,7 @@ impl Serialize for Envelope {
             data: &'a EventData,
             metadata: &'a EventMetadata,
             attempt_count: u32,
-            #[serde(skip_serializing_if = "Option::is_none")]
-            max_attempts: Option<u32>,
+            max_attempts: u32,
         }
         Wire {
             event_id: &self.event_id,
@@ -263,7 +277,7 @@ impl Serialize for Envelope {
             data: &self.data,
             metadata: &self.metadata,
             attempt_count: self.attempt_count,
-            max_attempts: self.max_attempts,
+            max_attempts: self.max_attempts.unwrap_or_else(default_max_attempts),
         }
         .serialize(serializer)
     }
@@ -281,6 +295,7 @@ impl<'de> Deserialize<'de> for Envelope {
 #[derive(Deserialize)]
 struct RawEnvelope<'a, D> {
     event_id: Uuid,
+    #[serde(deserialize_with = "super::timestamp::deserialize")]
     timestamp: DateTime<Utc>,
     #[serde(borrow)]
     event_type: Cow<'a, str>,

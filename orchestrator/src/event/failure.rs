@@ -67,5 +67,6 @@ pub struct MessageFailed {
     /// Attempts made.
     pub attempt_count: u32,
     /// When it was dead-lettered.
+    #[serde(deserialize_with = "super::timestamp::deserialize")]
     pub failed_at: DateTime<Utc>,
 }

@@ -95,6 +95,7 @@ pub struct MessageReceived {
     /// The content.
     pub content: MessageContent,
     /// When WhatsApp received it.
+    #[serde(deserialize_with = "super::timestamp::deserialize")]
     pub received_at: DateTime<Utc>,
     /// Free string map; `context_message_id` when replying to a message,
     /// `tenant_id` to pick the tenant.
@@ -161,6 +162,7 @@ pub struct InteractionReceived {
     /// What was chosen.
     pub selection: Selection,
     /// When WhatsApp received it.
+    #[serde(deserialize_with = "super::timestamp::deserialize")]
     pub received_at: DateTime<Utc>,
     /// WhatsApp's id of the reply itself (optional, newer producers send it);
     /// the dedupe key when present.

@@ -9,9 +9,12 @@ mod envelope;
 mod failure;
 mod inbound;
 mod response;
+pub mod timestamp;
 
 pub use ai::{AiProcessRequest, AiProcessResult};
-pub use envelope::{DecodeError, Envelope, EventData, EventMetadata, EventType, MAX_PAYLOAD_BYTES};
+pub use envelope::{
+    DecodeError, Envelope, EventData, EventMetadata, EventType, MAX_PAYLOAD_BYTES, default_max_attempts,
+};
 pub use failure::{FailureType, MessageFailed};
 pub use inbound::{InteractionReceived, InteractionType, MessageContent, MessageReceived, MessageType, Selection};
 pub use response::{Button, ListRow, ListSection, Priority, ResponseContent, ResponseReady, ResponseType, reply_meta};

@@ -139,6 +139,7 @@ pub struct ResponseReady {
     /// What to send.
     pub content: ResponseContent,
     /// When the reply was generated.
+    #[serde(deserialize_with = "super::timestamp::deserialize")]
     pub generated_at: DateTime<Utc>,
     /// Sending priority.
     #[serde(default)]
