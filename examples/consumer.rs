@@ -20,6 +20,7 @@ use clap::{Args, Parser, Subcommand};
 use orchestrator::dlq::{BulkReplay, DlqService};
 use orchestrator::event::{Envelope, EventData, MessageContent, MessageReceived, MessageType};
 use orchestrator::http::{self, AdminState, HealthState, WebhookSettings, WebhookState};
+use orchestrator::kafka::topics::{self as kafka_topics, TopicCreation};
 use orchestrator::kafka::{
     AiRouteSettings, ConsumerRuntime, EmbeddedKafka, KafkaConfig, Publisher, ReplySettings, ResponseSender,
     RuntimeSettings,
@@ -52,6 +53,24 @@ enum Command {
     /// Operate the dead-letter queue.
     #[command(subcommand)]
     Dlq(DlqCommand),
+    /// Check or create the design's Kafka topics on KAFKA_BOOTSTRAP_SERVERS.
+    #[command(subcommand)]
+    Topics(TopicsCommand),
+}
+
+#[derive(Debug, Subcommand)]
+enum TopicsCommand {
+    /// Create every topic of the design (with its .retry and .dlq) that is missing.
+    Create {
+        /// Partitions of each new topic (-1: the cluster's default).
+        #[arg(long, default_value_t = 12, allow_negative_numbers = true)]
+        partitions: i32,
+        /// Replicas of each partition (-1: the cluster's default).
+        #[arg(long, default_value_t = -1, allow_negative_numbers = true)]
+        replication_factor: i32,
+    },
+    /// List the design's topics the cluster lacks; exits with 1 if any.
+    Check,
 }
 
 #[derive(Debug, Subcommand)]
@@ -134,6 +153,13 @@ impl FilterArgs {
 }
 
 /// Resolves on Ctrl-C or SIGTERM.
+/// `SHUTDOWN_GRACE_MS` (default 30000): how long a SIGTERM may take before
+/// the process exits regardless, even with Kafka or the database gone.
+fn shutdown_grace() -> Result<std::time::Duration, orchestrator::config::ConfigError> {
+    let millis = orchestrator::config::env_parse("SHUTDOWN_GRACE_MS", 30_000u64)?;
+    Ok(std::time::Duration::from_millis(millis.max(1)))
+}
+
 async fn termination() {
     let ctrl_c = tokio::signal::ctrl_c();
     #[cfg(unix)]
@@ -193,6 +219,7 @@ async fn main() -> std::process::ExitCode {
         Command::Run => run(cli.demo).await,
         Command::Migrate => database().await.map(|_| ()),
         Command::Dlq(command) => dlq(command).await,
+        Command::Topics(command) => topics(command).await,
     };
     telemetry.flush();
     match result {
@@ -203,6 +230,76 @@ async fn main() -> std::process::ExitCode {
             std::process::ExitCode::FAILURE
         }
     }
+}
+
+/// The `topics` subcommands.
+async fn topics(command: TopicsCommand) -> Result<(), Box<dyn std::error::Error>> {
+    let kafka = KafkaConfig::from_env()?;
+    if kafka.bootstrap_servers.is_none() {
+        return Err("KAFKA_BOOTSTRAP_SERVERS is not set (the embedded broker creates its topics itself)".into());
+    }
+    let all = kafka_topics::all_topics();
+    match command {
+        TopicsCommand::Check => {
+            let missing = kafka_topics::missing_topics(&kafka, &all, kafka.timeout.max(TOPIC_TIMEOUT)).await?;
+            if missing.is_empty() {
+                println!("all {} topics exist", all.len());
+                return Ok(());
+            }
+            Err(kafka_topics::MissingTopics(missing).into())
+        }
+        TopicsCommand::Create { partitions, replication_factor } => {
+            let created =
+                kafka_topics::create_topics(&kafka, &all, partitions, replication_factor, TOPIC_TIMEOUT).await?;
+            let mut failed = 0;
+            for (topic, outcome) in created {
+                match outcome {
+                    TopicCreation::Created => println!("created  {topic}"),
+                    TopicCreation::Existed => println!("exists   {topic}"),
+                    TopicCreation::Failed(reason) => {
+                        failed += 1;
+                        println!("FAILED   {topic}: {reason}");
+                    }
+                }
+            }
+            if failed > 0 { Err(format!("{failed} topic(s) not created").into()) } else { Ok(()) }
+        }
+    }
+}
+
+/// How long topic checks and creation may take.
+const TOPIC_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// On a real cluster: the design's topics must exist before consuming
+/// (`KAFKA_CREATE_TOPICS=true` creates the missing ones). A cluster that
+/// does not answer is not an error here: the clients keep trying to reach it.
+async fn ensure_topics(kafka: &KafkaConfig) -> Result<(), Box<dyn std::error::Error>> {
+    let all = kafka_topics::all_topics();
+    let missing = match kafka_topics::missing_topics(kafka, &all, kafka.timeout).await {
+        Ok(missing) => missing,
+        Err(error) => {
+            tracing::warn!(%error, "could not list the cluster's topics; starting anyway");
+            return Ok(());
+        }
+    };
+    if missing.is_empty() {
+        return Ok(());
+    }
+    if !orchestrator::config::env_parse("KAFKA_CREATE_TOPICS", false)? {
+        return Err(kafka_topics::MissingTopics(missing).into());
+    }
+    let partitions = orchestrator::config::env_parse("KAFKA_TOPIC_PARTITIONS", 12i32)?;
+    let replication = orchestrator::config::env_parse("KAFKA_TOPIC_REPLICATION_FACTOR", -1i32)?;
+    for (topic, outcome) in kafka_topics::create_topics(kafka, &missing, partitions, replication, TOPIC_TIMEOUT).await?
+    {
+        match outcome {
+            TopicCreation::Failed(reason) => {
+                return Err(format!("creating Kafka topic {topic} failed: {reason}").into());
+            }
+            _ => tracing::info!(%topic, partitions, "Kafka topic created (KAFKA_CREATE_TOPICS=true)"),
+        }
+    }
+    Ok(())
 }
 
 /// The `dlq` subcommands: print to stdout, fail with a readable message.
@@ -279,6 +376,7 @@ async fn run(demo: bool) -> Result<(), Box<dyn std::error::Error>> {
     let _embedded = match &kafka.bootstrap_servers {
         Some(servers) => {
             tracing::info!(%servers, "using the Kafka cluster from KAFKA_BOOTSTRAP_SERVERS");
+            ensure_topics(&kafka).await?;
             None
         }
         None => {
@@ -309,12 +407,15 @@ async fn run(demo: bool) -> Result<(), Box<dyn std::error::Error>> {
             .build()?,
     );
 
+    let grace = shutdown_grace()?;
+    // In-flight records get most of the grace period; closing the clients the rest.
+    let drain = grace.saturating_sub(grace / 5);
     let mut runtime = ConsumerRuntime::new(
         &kafka,
         orchestrator.clone(),
         Arc::new(KeywordClassifier),
         store.clone(),
-        RuntimeSettings::default(),
+        RuntimeSettings { shutdown_grace: drain, ..RuntimeSettings::default() },
     )?;
     match AiRouteSettings::from_env()? {
         Some(ai) => {
@@ -327,6 +428,7 @@ async fn run(demo: bool) -> Result<(), Box<dyn std::error::Error>> {
         }
         None => tracing::info!("intents from the built-in keyword classifier (INTENT_SOURCE=ai for the AI service)"),
     }
+    let mut cloud_api = None;
     let whatsapp: Arc<dyn WhatsAppSender> = match CloudApiConfig::from_env()? {
         Some(cloud) => {
             tracing::info!(
@@ -335,16 +437,17 @@ async fn run(demo: bool) -> Result<(), Box<dyn std::error::Error>> {
                 numbers_with_own_token = cloud.tokens.len(),
                 "sending replies through the WhatsApp Cloud API, from the number each message arrived on"
             );
-            let sender = CloudApiSender::new(cloud, orchestrator::BreakerConfig::default())?;
+            let sender = Arc::new(CloudApiSender::new(cloud, orchestrator::BreakerConfig::default())?);
             orchestrator.breakers().adopt(sender.breaker().clone());
-            Arc::new(sender)
+            cloud_api = Some(sender.clone());
+            sender
         }
         None => {
             tracing::info!("WHATSAPP_TOKEN / WHATSAPP_PHONE_NUMBER_ID not set: replies are logged, not sent (dry run)");
             Arc::new(DryRunSender)
         }
     };
-    let reply_settings = ReplySettings::from_env()?;
+    let reply_settings = ReplySettings { shutdown_grace: drain, ..ReplySettings::from_env()? };
     tracing::info!(
         max_send_rate = reply_settings.rate.max_rate,
         in_flight = reply_settings.max_in_flight,
@@ -365,6 +468,7 @@ async fn run(demo: bool) -> Result<(), Box<dyn std::error::Error>> {
     health.breakers = Some(orchestrator.breakers().clone());
     health.stats = Some(runtime.stats());
     health.replies = Some(reply_stats);
+    health.cloud_api = cloud_api;
     let webhook = WebhookState::new(WebhookSettings::from_env(), publisher.clone(), store.clone());
     if webhook.settings.app_secret.is_none() {
         tracing::warn!("WHATSAPP_APP_SECRET not set: webhook signatures are not checked");
@@ -397,15 +501,32 @@ async fn run(demo: bool) -> Result<(), Box<dyn std::error::Error>> {
         tracing::info!("demo: produced 4 messages and 1 malformed one to conversation.messages");
     }
 
-    let signal = tokio::spawn(async move {
-        termination().await;
-        tracing::info!("shutdown requested");
+    // Not aborted when run() returns: the watchdog also bounds the clients'
+    // own closing (a Kafka consumer whose broker is gone can block in close).
+    let (missing_tx, mut missing_rx) = watch::channel(None);
+    let _watchdog = tokio::spawn(async move {
+        tokio::select! {
+            _ = termination() => tracing::info!(?grace, "shutdown requested: finishing in-flight work"),
+            missing = kafka_topics::missing_at_runtime() => {
+                tracing::error!(%missing, "stopping: a publish cannot succeed until the topic exists");
+                let _ = missing_tx.send(Some(missing));
+            }
+        }
         let _ = stop.send(true);
+        tokio::time::sleep(grace).await;
+        tracing::error!(
+            ?grace,
+            "shutdown did not finish within SHUTDOWN_GRACE_MS (is Kafka or the database unreachable?): exiting; \
+             records not finished were not committed and will be redelivered"
+        );
+        std::process::exit(2);
     });
     runtime.run(wait(stopped)).await?;
     sender_task.await??;
     http_task.await??;
-    signal.abort();
     cleanup.abort();
-    Ok(())
+    match missing_rx.borrow_and_update().clone() {
+        Some(missing) => Err(missing.into()),
+        None => Ok(()),
+    }
 }

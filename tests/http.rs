@@ -85,14 +85,14 @@ async fn every_webhook_message_type_lands_on_its_topic_keyed_by_phone() {
             let (topic, id) = match &event {
                 InboundEvent::Message(m) => (topics::MESSAGES, m.message_id.clone()),
                 InboundEvent::Interaction(i) => (topics::INTERACTIONS, i.message_id.clone().unwrap()),
-                InboundEvent::Other(o) => (topics::WEBHOOK_INBOUND, o.message_id.clone()),
+                InboundEvent::Other(o) => (topics::WEBHOOK_UNHANDLED, o.message_id.clone()),
             };
             expected.entry(topic).or_default().insert(id, event.phone().to_owned());
         }
     }
     assert!(expected[topics::MESSAGES].len() >= 10, "fixtures cover the message types: {expected:?}");
     assert_eq!(expected[topics::INTERACTIONS].len(), 3, "button_reply, list_reply, button");
-    assert!(!expected[topics::WEBHOOK_INBOUND].is_empty(), "reaction kept as a raw event");
+    assert!(!expected[topics::WEBHOOK_UNHANDLED].is_empty(), "reaction kept as WhatsApp sent it");
 
     let mut types_seen = HashSet::new();
     for (topic, ids) in &expected {
@@ -118,10 +118,12 @@ async fn every_webhook_message_type_lands_on_its_topic_keyed_by_phone() {
                     }
                 }
                 Err(_) => {
-                    // The raw topic carries WhatsApp's message as sent.
+                    // The unhandled topic carries WhatsApp's message object as sent.
+                    assert_eq!(*topic, topics::WEBHOOK_UNHANDLED);
                     let raw: serde_json::Value = serde_json::from_slice(payload).unwrap();
-                    assert_eq!(raw["message"]["type"], "reaction");
-                    raw["message_id"].as_str().unwrap().to_owned()
+                    assert_eq!(raw["type"], "reaction");
+                    assert!(orchestrator::kafka::headers::value(message, "x-phone-number-id").is_some());
+                    raw["id"].as_str().unwrap().to_owned()
                 }
             };
             arrived.insert(id, key);
@@ -316,9 +318,16 @@ async fn a_webhook_delivered_twice_is_processed_once_and_health_and_metrics_repo
         assert_eq!(health["status"], "ok");
         assert_eq!(health["checks"]["kafka"]["status"], "ok");
         assert_eq!(health["checks"]["database"]["status"], "ok");
-        assert!(health["checks"]["database"]["latency_ms"].as_f64().is_some());
-        assert_eq!(health["workers"]["processed"], 1, "{}", t.label);
-        assert_eq!(health["workers"]["deadLettered"], 0);
+        // The webhook-worker design's shape, which monitors parse.
+        assert!(health["checks"]["database"]["latencyMs"].as_f64().is_some());
+        assert!(health["uptime"].as_f64().is_some_and(|u| u > 0.0), "{health}");
+        assert!(health["timestamp"].is_string());
+        assert_eq!(health["worker"]["running"], true);
+        assert_eq!(health["worker"]["metrics"]["processed"], 1, "{}", t.label);
+        assert_eq!(health["worker"]["metrics"]["deadLettered"], 0);
+        for counter in ["failed", "retried"] {
+            assert!(health["worker"]["metrics"][counter].is_u64(), "{counter}: {health}");
+        }
         assert_eq!(health["circuit_breakers"]["create_order"], "closed");
         assert_eq!(health["circuit_breakers"]["database"], "closed", "the store's calls go through a breaker");
         assert_eq!(client.get(format!("{url}/health/live")).send().await.unwrap().status(), 200);
@@ -382,4 +391,37 @@ async fn health_answers_503_naming_the_failing_probe() {
     assert_eq!(body["checks"]["database"]["status"], "failed", "{body}");
     assert_eq!(body["checks"]["kafka"]["status"], "ok", "{body}");
     assert!(body["reason"].as_str().unwrap().contains("database: "), "{body}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn health_probes_the_cloud_api_with_its_token_and_reports_its_status_code() {
+    use orchestrator::outbound::{CloudApiConfig, CloudApiSender};
+    use orchestrator::testing::fake_cloud_api::{FakeCloudApi, FakeSettings};
+    let api = FakeCloudApi::start(FakeSettings::default()).await.unwrap();
+    let config = CloudApiConfig {
+        token: "system-user-token".into(),
+        tokens: Default::default(),
+        phone_number_id: "123456".into(),
+        api_url: api.url().to_owned(),
+        timeout: Duration::from_secs(2),
+    };
+    let mut health = HealthState::new();
+    health.cloud_api = Some(Arc::new(CloudApiSender::new(config, orchestrator::BreakerConfig::default()).unwrap()));
+    let url = serve(http::health::routes(health)).await;
+    let client = common::http_client();
+
+    let answer = client.get(format!("{url}/health")).send().await.unwrap();
+    assert_eq!(answer.status(), 200);
+    let body: serde_json::Value = answer.json().await.unwrap();
+    assert_eq!(body["checks"]["whatsapp_cloud_api"]["status"], "ok", "{body}");
+    assert!(body["checks"]["whatsapp_cloud_api"]["latencyMs"].as_f64().is_some());
+
+    api.set_down(true);
+    let answer = client.get(format!("{url}/health")).send().await.unwrap();
+    assert_eq!(answer.status(), 503);
+    let body: serde_json::Value = answer.json().await.unwrap();
+    let check = &body["checks"]["whatsapp_cloud_api"];
+    assert_eq!((check["status"].as_str(), check["statusCode"].as_u64()), (Some("failed"), Some(503)), "{body}");
+    assert!(check["error"].as_str().unwrap().contains("503"), "{body}");
+    assert_eq!(api.accepted().len(), 0, "the probe sends nothing");
 }

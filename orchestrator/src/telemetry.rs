@@ -40,6 +40,9 @@ pub struct TelemetryConfig {
     pub otlp_endpoint: Option<String>,
     /// `LOG_FORMAT=json`: one JSON object per line, else human-readable.
     pub json_logs: bool,
+    /// Colour escape codes in human-readable logs: only when stderr is a
+    /// terminal and `NO_COLOR` is unset (a log file or a collector gets plain text).
+    pub ansi: bool,
     /// `RUST_LOG`, else this filter.
     pub default_filter: String,
 }
@@ -52,6 +55,7 @@ impl TelemetryConfig {
             service_name: var("OTEL_SERVICE_NAME").unwrap_or_else(|| service_name.to_owned()),
             otlp_endpoint: var("OTEL_EXPORTER_OTLP_ENDPOINT"),
             json_logs: var("LOG_FORMAT").is_some_and(|f| f.eq_ignore_ascii_case("json")),
+            ansi: std::io::IsTerminal::is_terminal(&std::io::stderr()) && var("NO_COLOR").is_none(),
             default_filter: "info,rdkafka=warn,sqlx=warn".to_owned(),
         }
     }
@@ -119,7 +123,7 @@ pub fn init(config: &TelemetryConfig) -> Result<Telemetry, TelemetryError> {
             .with_writer(std::io::stderr);
         registry.with(json).try_init()
     } else {
-        registry.with(tracing_subscriber::fmt::layer().with_writer(std::io::stderr)).try_init()
+        registry.with(tracing_subscriber::fmt::layer().with_ansi(config.ansi).with_writer(std::io::stderr)).try_init()
     };
     installed.map_err(|e| TelemetryError::AlreadyInstalled(e.to_string()))?;
     if let Some(endpoint) = &config.otlp_endpoint {

@@ -68,6 +68,8 @@ pub mod topics {
     pub const AI_REQUEST: &str = "ai.process.request";
     /// Results of the external AI service.
     pub const AI_RESULT: &str = "ai.process.result";
-    /// Raw webhook notifications.
+    /// Raw webhook requests an edge function publishes (`{id, headers, body, timestamp}`).
     pub const WEBHOOK_INBOUND: &str = "whatsapp.webhook.inbound";
+    /// Message types the orchestrator does not handle, as WhatsApp sent them.
+    pub const WEBHOOK_UNHANDLED: &str = "whatsapp.webhook.unhandled";
 }

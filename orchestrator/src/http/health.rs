@@ -1,5 +1,12 @@
-//! `GET /health` (live probes of Kafka and the database, breaker states,
-//! worker and reply-sender counters; 503 when a probe fails) and `GET /health/live` (no probes).
+//! `GET /health` (live probes of Kafka, the database and the Cloud API,
+//! breaker states, worker and reply-sender counters; 503 when a probe
+//! fails) and `GET /health/live` (no probes).
+//!
+//! The body has the webhook-worker design's shape, which monitors already
+//! parse: `{"status", "timestamp", "uptime", "checks": {name: {"status",
+//! "latencyMs", "error"?, "statusCode"?}}, "worker": {"running", "metrics":
+//! {"processed", "failed", "retried", "deadLettered"}}}`, plus
+//! `circuit_breakers`, `sender` and `version`.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -15,6 +22,7 @@ use serde_json::{Map, Value, json};
 
 use crate::breaker::{BreakerRegistry, BreakerState};
 use crate::kafka::{Publisher, ReplyStats, RuntimeStats};
+use crate::outbound::{CloudApiSender, ProbeFailure};
 
 /// How long one probe may take before it counts as failed.
 const PROBE_TIMEOUT: Duration = Duration::from_secs(3);
@@ -32,6 +40,8 @@ pub struct HealthState {
     pub stats: Option<Arc<RuntimeStats>>,
     /// The reply sender's counters.
     pub replies: Option<Arc<ReplyStats>>,
+    /// The WhatsApp Cloud API, probed with an authenticated GET of the default number.
+    pub cloud_api: Option<Arc<CloudApiSender>>,
     started: Option<Instant>,
 }
 
@@ -51,42 +61,66 @@ async fn live() -> Json<Value> {
     Json(json!({ "status": "ok", "timestamp": Utc::now() }))
 }
 
-/// A probe's result: latency on success, the error on failure.
-async fn probe<F, E>(check: F) -> (bool, Value)
+/// Why a probe failed: the error, and the upstream status when there was one.
+struct Failure {
+    error: String,
+    status_code: Option<u16>,
+}
+
+impl<E: std::fmt::Display> From<E> for Failure {
+    fn from(error: E) -> Self {
+        Self { error: error.to_string(), status_code: None }
+    }
+}
+
+/// A probe's result: latency on success, the error (and upstream status) on failure.
+async fn probe<F>(check: F) -> (bool, Value)
 where
-    F: std::future::Future<Output = Result<(), E>>,
-    E: std::fmt::Display,
+    F: std::future::Future<Output = Result<(), Failure>>,
 {
     let started = Instant::now();
     let result = tokio::time::timeout(PROBE_TIMEOUT, check).await;
     let latency_ms = started.elapsed().as_secs_f64() * 1000.0;
-    match result {
-        Ok(Ok(())) => (true, json!({ "status": "ok", "latency_ms": latency_ms })),
-        Ok(Err(error)) => (false, json!({ "status": "failed", "latency_ms": latency_ms, "error": error.to_string() })),
-        Err(_) => (
-            false,
-            json!({ "status": "failed", "latency_ms": latency_ms, "error": format!("no answer within {PROBE_TIMEOUT:?}") }),
-        ),
+    let failure = match result {
+        Ok(Ok(())) => return (true, json!({ "status": "ok", "latencyMs": latency_ms })),
+        Ok(Err(failure)) => failure,
+        Err(_) => Failure { error: format!("no answer within {PROBE_TIMEOUT:?}"), status_code: None },
+    };
+    let mut detail = json!({ "status": "failed", "latencyMs": latency_ms, "error": failure.error });
+    if let Some(code) = failure.status_code {
+        detail["statusCode"] = Value::from(code);
     }
+    (false, detail)
 }
 
 async fn health(State(state): State<HealthState>) -> (StatusCode, Json<Value>) {
     let kafka = async {
         match &state.kafka {
-            Some(publisher) => Some(probe(publisher.probe(PROBE_TIMEOUT)).await),
+            Some(publisher) => Some(probe(async { Ok(publisher.probe(PROBE_TIMEOUT).await?) }).await),
             None => None,
         }
     };
     let database = async {
         match &state.database {
-            Some(db) => Some(probe(async { db.execute_unprepared("SELECT 1").await.map(|_| ()) }).await),
+            Some(db) => Some(probe(async { Ok(db.execute_unprepared("SELECT 1").await.map(|_| ())?) }).await),
             None => None,
         }
     };
-    let (kafka, database) = tokio::join!(kafka, database);
+    let cloud_api = async {
+        match &state.cloud_api {
+            Some(api) => Some(
+                probe(async {
+                    api.probe().await.map_err(|ProbeFailure { status_code, error }| Failure { error, status_code })
+                })
+                .await,
+            ),
+            None => None,
+        }
+    };
+    let (kafka, database, cloud_api) = tokio::join!(kafka, database, cloud_api);
     let mut checks = Map::new();
     let mut failing = Vec::new();
-    for (name, result) in [("kafka", kafka), ("database", database)] {
+    for (name, result) in [("kafka", kafka), ("database", database), ("whatsapp_cloud_api", cloud_api)] {
         if let Some((ok, detail)) = result {
             if !ok {
                 failing.push(name);
@@ -98,14 +132,17 @@ async fn health(State(state): State<HealthState>) -> (StatusCode, Json<Value>) {
     let any_open = breakers.iter().any(|(_, s)| *s != BreakerState::Closed);
     let breaker_states: Map<String, Value> =
         breakers.into_iter().map(|(name, s)| (name, Value::from(s.as_str()))).collect();
-    let workers = state.stats.as_ref().map(|stats| {
+    let worker = state.stats.as_ref().map(|stats| {
         let [processed, failed, retried, dead_lettered, duplicates] = stats.snapshot();
         json!({
-            "processed": processed,
-            "failed": failed,
-            "retried": retried,
-            "deadLettered": dead_lettered,
-            "duplicates": duplicates,
+            "running": stats.is_running(),
+            "metrics": {
+                "processed": processed,
+                "failed": failed,
+                "retried": retried,
+                "deadLettered": dead_lettered,
+                "duplicates": duplicates,
+            },
         })
     });
     let sender = state.replies.as_ref().map(|stats| {
@@ -128,11 +165,11 @@ async fn health(State(state): State<HealthState>) -> (StatusCode, Json<Value>) {
     let mut body = json!({
         "status": status,
         "timestamp": Utc::now(),
-        "uptime_seconds": state.started.map_or(0.0, |s| s.elapsed().as_secs_f64()),
+        "uptime": state.started.map_or(0.0, |s| s.elapsed().as_secs_f64()),
         "version": env!("CARGO_PKG_VERSION"),
         "checks": checks,
         "circuit_breakers": breaker_states,
-        "workers": workers,
+        "worker": worker,
         "sender": sender,
     });
     if !failing.is_empty() {

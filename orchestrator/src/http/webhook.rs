@@ -15,7 +15,6 @@ use axum::body::Bytes;
 use axum::extract::{DefaultBodyLimit, Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::routing::get;
-use chrono::Utc;
 use tracing::Instrument as _;
 
 use crate::config::env_parse;
@@ -224,18 +223,12 @@ async fn publish(publisher: &Publisher, event: &InboundEvent) -> Result<(), Stri
             publisher.publish(&Envelope::new(EventData::InteractionReceived(interaction.clone()), PROCESSED_BY)).await
         }
         InboundEvent::Other(other) => {
-            // No event type models it: kept as WhatsApp sent it, for whoever consumes the raw topic.
-            let raw = serde_json::json!({
-                "message_id": other.message_id,
-                "from_phone": other.from_phone,
-                "message_type": other.message_type,
-                "received_at": other.received_at,
-                "metadata": other.metadata,
-                "message": other.raw,
-                "published_at": Utc::now(),
-            });
-            let bytes = serde_json::to_vec(&raw).map_err(|e| e.to_string())?;
-            publisher.send(topics::WEBHOOK_INBOUND, Some(&other.from_phone), &bytes, &[]).await
+            // No event type models it: WhatsApp's message object as sent, on a
+            // topic of its own; the business number it reached rides in a header.
+            let bytes = serde_json::to_vec(&other.raw).map_err(|e| e.to_string())?;
+            let number = other.metadata.get("phone_number_id").map(String::as_bytes).unwrap_or_default();
+            let headers = [(crate::kafka::headers::PHONE_NUMBER_ID, number)];
+            publisher.send(topics::WEBHOOK_UNHANDLED, Some(&other.from_phone), &bytes, &headers).await
         }
     };
     result.map(|_| ()).map_err(|e| e.to_string())

@@ -8,38 +8,10 @@ use rdkafka::mocking::MockCluster;
 use rdkafka::producer::DefaultProducerContext;
 
 use super::KafkaConfig;
-use crate::event::topics;
+use super::topics::all_topics;
 
 /// Fetch wait for clients of the embedded broker (see [`EmbeddedKafka::configure`]).
 pub const EMBEDDED_FETCH_WAIT_MS: u32 = 10;
-
-/// Topics the consumer runtime reads, each with a `.retry` and `.dlq` twin.
-pub const CONSUMED_TOPICS: [&str; 2] = [topics::MESSAGES, topics::INTERACTIONS];
-
-/// Every topic read with a `.retry` and `.dlq` twin: the runtime's and the reply sender's.
-pub const RETRIED_TOPICS: [&str; 3] = [topics::MESSAGES, topics::INTERACTIONS, topics::RESPONSES];
-
-/// Every topic of the design: the seven event topics, and for each consumed
-/// topic (replies too) its `.retry` and `.dlq` topics.
-pub fn all_topics() -> Vec<String> {
-    let mut all: Vec<String> = [
-        topics::MESSAGES,
-        topics::INTERACTIONS,
-        topics::RESPONSES,
-        topics::FAILURES,
-        topics::AI_REQUEST,
-        topics::AI_RESULT,
-        topics::WEBHOOK_INBOUND,
-    ]
-    .iter()
-    .map(|t| (*t).to_owned())
-    .collect();
-    for topic in RETRIED_TOPICS {
-        all.push(format!("{topic}.retry"));
-        all.push(format!("{topic}.dlq"));
-    }
-    all
-}
 
 /// A running in-process broker; it stops when dropped.
 pub struct EmbeddedKafka {

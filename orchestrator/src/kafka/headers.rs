@@ -23,6 +23,8 @@ pub const CONSUMER_GROUP: &str = "x-consumer-group";
 pub const ATTEMPTS: &str = "x-attempts";
 /// Why it was dead-lettered (`failure_type: error`).
 pub const ERROR: &str = "x-error";
+/// The business `phone_number_id` a message reached (on `whatsapp.webhook.unhandled`).
+pub const PHONE_NUMBER_ID: &str = "x-phone-number-id";
 /// The intent a retry copy was classified with (JSON), so the AI service is not asked again.
 pub const INTENT: &str = "x-intent";
 

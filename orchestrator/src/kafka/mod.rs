@@ -14,6 +14,7 @@ mod offsets;
 pub mod publisher;
 pub mod reply_sender;
 pub mod runtime;
+pub mod topics;
 
 pub use ai_route::{AiRouteSettings, IntentSource};
 pub use bus::{EventHandler, KafkaEventBus, ProcessingResult, Subscription, SubscriptionConfig};
@@ -23,6 +24,7 @@ pub use intake::{Intake, IntakeSettings, RecordHandler};
 pub use publisher::{PublishError, Publisher};
 pub use reply_sender::{ReplySettings, ReplyStats, ResponseSender};
 pub use runtime::{ConsumerRuntime, RuntimeError, RuntimeSettings, RuntimeStats};
+pub use topics::{MissingTopics, all_topics};
 // The senders live in `crate::outbound`; re-exported where they used to be.
 pub use crate::outbound::{CloudApiConfig, CloudApiSender, DryRunSender, SendError, Sent, WhatsAppSender};
 

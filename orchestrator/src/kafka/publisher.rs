@@ -20,6 +20,15 @@ pub struct PublishError {
     pub source: KafkaError,
 }
 
+impl PublishError {
+    /// The cluster does not have the topic (auto-creation off): retrying
+    /// cannot help until someone creates it.
+    pub fn is_missing_topic(&self) -> bool {
+        use rdkafka::types::RDKafkaErrorCode::{UnknownTopic, UnknownTopicOrPartition};
+        matches!(self.source, KafkaError::MessageProduction(UnknownTopic | UnknownTopicOrPartition))
+    }
+}
+
 /// An idempotent producer (acks and compression per [`KafkaConfig`]).
 #[derive(Clone)]
 pub struct Publisher {
@@ -63,11 +72,16 @@ impl Publisher {
         if let Some(key) = key {
             record = record.key(key);
         }
-        self.producer
-            .send(record, self.timeout)
-            .await
-            .map(|delivery| (delivery.partition, delivery.offset))
-            .map_err(|(source, _)| PublishError { topic: topic.to_owned(), source })
+        self.producer.send(record, self.timeout).await.map(|delivery| (delivery.partition, delivery.offset)).map_err(
+            |(source, _)| {
+                let error = PublishError { topic: topic.to_owned(), source };
+                if error.is_missing_topic() {
+                    tracing::error!(topic, "Kafka topic does not exist: create it with `consumer topics create`");
+                    super::topics::report_missing(topic);
+                }
+                error
+            },
+        )
     }
 
     /// Asks the cluster for its metadata (the health check's Kafka probe).

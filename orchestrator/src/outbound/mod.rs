@@ -15,6 +15,6 @@ pub mod cloud_api;
 pub mod rate;
 mod send;
 
-pub use cloud_api::{CloudApiConfig, CloudApiSender};
+pub use cloud_api::{CloudApiConfig, CloudApiSender, ProbeFailure};
 pub use rate::{RateSettings, SendLimits};
 pub use send::{DryRunSender, SendError, Sent, WhatsAppSender};

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
-use axum::routing::post;
+use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde_json::{Value, json};
 
@@ -130,7 +130,10 @@ impl FakeCloudApi {
             max_in_flight: AtomicUsize::new(0),
             next_id: AtomicU64::new(1),
         });
-        let app = Router::new().route("/{phone_number_id}/messages", post(messages)).with_state(fake.clone());
+        let app = Router::new()
+            .route("/{phone_number_id}/messages", post(messages))
+            .route("/{phone_number_id}", get(phone_number))
+            .with_state(fake.clone());
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
         let url = format!("http://{}", listener.local_addr()?);
         let server = tokio::spawn(async move {
@@ -234,6 +237,23 @@ impl Fake {
         *state ^= *state << 17;
         (*state >> 11) as f64 / (1u64 << 53) as f64
     }
+}
+
+/// `GET /{phone_number_id}`: the number's details (the health probe).
+/// 503 while down, 401 (code 190) without a bearer token.
+async fn phone_number(
+    State(fake): State<Arc<Fake>>,
+    Path(phone_number_id): Path<String>,
+    headers: HeaderMap,
+) -> (StatusCode, Json<Value>) {
+    if fake.down.load(Ordering::Acquire) {
+        return error(503, Some(2), "Service temporarily unavailable");
+    }
+    let bearer = headers.get("authorization").and_then(|v| v.to_str().ok()).and_then(|v| v.strip_prefix("Bearer "));
+    if bearer.is_none_or(str::is_empty) {
+        return error(401, Some(190), "Invalid OAuth access token");
+    }
+    (StatusCode::OK, Json(json!({ "id": phone_number_id, "display_phone_number": "+1 555-000-0000" })))
 }
 
 async fn messages(

@@ -20,9 +20,9 @@ use tracing::Instrument as _;
 mod ai;
 
 use super::ai_route::{AiRoute, AiRouteSettings};
-use super::embedded::CONSUMED_TOPICS;
 use super::headers;
 use super::intake::{Intake, IntakeSettings, RecordHandler, until_ok};
+use super::topics::CONSUMED_TOPICS;
 use super::{KafkaConfig, PublishError, Publisher};
 use crate::classifier::Classifier;
 use crate::event::{Envelope, EventData, ResponseReady, topics};
@@ -57,11 +57,18 @@ pub struct RuntimeStats {
     pub ai_requests: AtomicU64,
     /// Messages finished with the fallback classifier because the AI service did not answer in time.
     pub ai_timeouts: AtomicU64,
+    /// Whether the runtime is consuming (from `run` until it drained).
+    running: std::sync::atomic::AtomicBool,
 }
 
 impl RuntimeStats {
     fn bump(counter: &AtomicU64) {
         counter.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Whether the runtime is consuming now.
+    pub fn is_running(&self) -> bool {
+        self.running.load(Ordering::Relaxed)
     }
 
     /// `(processed, failed, retried, dead_lettered, duplicates)` now.
@@ -147,6 +154,7 @@ impl ConsumerRuntime {
         let topics = self.topics();
         let Self { intake, worker } = self;
         let worker = Arc::new(worker);
+        worker.stats.running.store(true, Ordering::Relaxed);
         let (stop_sweeping, sweeping) = tokio::sync::watch::channel(false);
         let sweeper = worker.ai.clone().map(|ai| tokio::spawn(worker.clone().sweep_overdue(ai, sweeping)));
         let shutdown = async move {
@@ -154,6 +162,7 @@ impl ConsumerRuntime {
             let _ = stop_sweeping.send(true);
         };
         let consumed = intake.run(&topics, worker.clone(), shutdown).await;
+        worker.stats.running.store(false, Ordering::Relaxed);
         if let Some(sweeper) = sweeper {
             let _ = sweeper.await;
         }
