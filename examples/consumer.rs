@@ -23,7 +23,7 @@ use orchestrator::http::{self, AdminState, HealthState, WebhookSettings, Webhook
 use orchestrator::kafka::topics::{self as kafka_topics, TopicCreation};
 use orchestrator::kafka::{
     AiRouteSettings, ConsumerRuntime, EmbeddedKafka, KafkaConfig, Publisher, ReplySettings, ResponseSender,
-    RuntimeSettings,
+    RuntimeSettings, WebhookIngest,
 };
 use orchestrator::outbound::{CloudApiConfig, CloudApiSender, DryRunSender, WhatsAppSender};
 use orchestrator::store::{DlqFilter, Page};
@@ -473,6 +473,14 @@ async fn run(demo: bool) -> Result<(), Box<dyn std::error::Error>> {
     if webhook.settings.app_secret.is_none() {
         tracing::warn!("WHATSAPP_APP_SECRET not set: webhook signatures are not checked");
     }
+    // The edge-function path: raw webhook requests from whatsapp.webhook.inbound, handled like POSTs.
+    let ingest_task = if orchestrator::config::env_parse("WEBHOOK_INBOUND_ENABLED", true)? {
+        let ingest = WebhookIngest::new(&kafka, webhook.clone(), store.clone())?;
+        tracing::info!("reading edge-function webhook requests from whatsapp.webhook.inbound");
+        Some(tokio::spawn(ingest.run(wait(stopped.clone()))))
+    } else {
+        None
+    };
     let mut app = http::webhook::routes(webhook)
         .merge(http::health::routes(health))
         .merge(http::metrics::routes(Some(orchestrator.breakers().clone())));
@@ -523,6 +531,9 @@ async fn run(demo: bool) -> Result<(), Box<dyn std::error::Error>> {
     });
     runtime.run(wait(stopped)).await?;
     sender_task.await??;
+    if let Some(ingest) = ingest_task {
+        ingest.await??;
+    }
     http_task.await??;
     cleanup.abort();
     match missing_rx.borrow_and_update().clone() {

@@ -15,6 +15,7 @@ pub mod publisher;
 pub mod reply_sender;
 pub mod runtime;
 pub mod topics;
+pub mod webhook_ingest;
 
 pub use ai_route::{AiRouteSettings, IntentSource};
 pub use bus::{EventHandler, KafkaEventBus, ProcessingResult, Subscription, SubscriptionConfig};
@@ -25,6 +26,7 @@ pub use publisher::{PublishError, Publisher};
 pub use reply_sender::{ReplySettings, ReplyStats, ResponseSender};
 pub use runtime::{ConsumerRuntime, RuntimeError, RuntimeSettings, RuntimeStats};
 pub use topics::{MissingTopics, all_topics};
+pub use webhook_ingest::WebhookIngest;
 // The senders live in `crate::outbound`; re-exported where they used to be.
 pub use crate::outbound::{CloudApiConfig, CloudApiSender, DryRunSender, SendError, Sent, WhatsAppSender};
 
