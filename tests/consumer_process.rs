@@ -14,19 +14,10 @@ use orchestrator::event::topics;
 use orchestrator::kafka::{EmbeddedKafka, KafkaConfig, Publisher};
 use rdkafka::mocking::MockCluster;
 
-/// The compiled `consumer` example next to this test binary.
-fn consumer_binary() -> PathBuf {
-    let exe = std::env::current_exe().unwrap();
-    let profile = exe.parent().and_then(Path::parent).expect("the test binary lives in <target>/<profile>/deps");
-    let binary = profile.join("examples").join(format!("consumer{}", std::env::consts::EXE_SUFFIX));
-    assert!(binary.is_file(), "{} is missing: run `cargo build --example consumer`", binary.display());
-    binary
-}
-
 /// A consumer command against `servers`, with its own SQLite file and a free HTTP port.
 fn consumer(dir: &Path, servers: &str) -> (Command, String) {
     let http = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().to_string();
-    let mut command = Command::new(consumer_binary());
+    let mut command = Command::new(common::consumer_binary());
     command
         .env("KAFKA_BOOTSTRAP_SERVERS", servers)
         .env("DATABASE_URL", format!("sqlite://{}?mode=rwc", dir.join("orchestrator.db").display()))

@@ -91,9 +91,7 @@ async fn the_guides_python_and_node_clients_read_our_events_and_their_replies_ar
     let http = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().to_string();
 
     // The example consumer, as deployed: its defaults (gzip), a real Cloud API URL, an app secret.
-    let exe = std::env::current_exe().unwrap();
-    let binary = exe.parent().and_then(Path::parent).unwrap().join("examples/consumer");
-    let mut consumer = tokio::process::Command::new(&binary)
+    let mut consumer = tokio::process::Command::new(common::consumer_binary())
         .env("KAFKA_BOOTSTRAP_SERVERS", &servers)
         .env("DATABASE_URL", format!("sqlite://{}?mode=rwc", dir.join("orchestrator.db").display()))
         .env("HTTP_ADDR", &http)
@@ -137,9 +135,11 @@ async fn the_guides_python_and_node_clients_read_our_events_and_their_replies_ar
     let topics = "conversation.messages,conversation.responses";
     let wanted = "MessageReceived,ResponseReady";
     // Python: validates what we publish, and its reply (naive timestamps) is delivered.
-    let (ok, out) = run(python(&python_bin, &["consume", "--bootstrap", &servers, "--topics", topics, "--want", wanted])).await;
+    let (ok, out) =
+        run(python(&python_bin, &["consume", "--bootstrap", &servers, "--topics", topics, "--want", wanted])).await;
     assert!(ok, "python consumer: {out}");
-    let reply = ["reply", "--bootstrap", &servers, "--to", "+15551230002", "--original", "py-1", "--text", "from python"];
+    let reply =
+        ["reply", "--bootstrap", &servers, "--to", "+15551230002", "--original", "py-1", "--text", "from python"];
     let (ok, out) = run(python(&python_bin, &reply)).await;
     assert!(ok, "python producer: {out}");
     delivered(&api, "15551230002", "from python", &log).await;

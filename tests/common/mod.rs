@@ -346,3 +346,18 @@ pub async fn read(
 ) -> Vec<rdkafka::message::OwnedMessage> {
     read_within(kafka, topic, want, Duration::from_secs(60)).await
 }
+
+/// The compiled `consumer` example next to the running test binary
+/// (`<target>/<profile>/deps/<test>` -> `<target>/<profile>/examples/consumer`).
+pub fn consumer_binary() -> std::path::PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    let profile =
+        exe.parent().and_then(std::path::Path::parent).expect("the test binary lives in <target>/<profile>/deps");
+    let binary = profile.join("examples").join(format!("consumer{}", std::env::consts::EXE_SUFFIX));
+    assert!(
+        binary.is_file(),
+        "{} is missing: run `cargo build --example consumer` (plain `cargo test` builds it too)",
+        binary.display()
+    );
+    binary
+}
