@@ -4,10 +4,12 @@
 //! uses a listener that answers the SASL handshake as a broker would and
 //! records what the client authenticates with.
 
-use std::io::{Read, Write};
+mod common;
+
 use std::net::TcpListener;
 use std::time::Duration;
 
+use common::kafka_wire::{Request, api_versions_answer, parse_request, read_frame, write_frame};
 use orchestrator::kafka::KafkaConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::producer::FutureProducer;
@@ -46,30 +48,6 @@ fn a_client_is_created_for_every_protocol_and_mechanism() {
     }
 }
 
-/// Reads one size-prefixed Kafka frame.
-fn read_frame(stream: &mut std::net::TcpStream) -> Vec<u8> {
-    let mut size = [0u8; 4];
-    stream.read_exact(&mut size).unwrap();
-    let mut frame = vec![0u8; i32::from_be_bytes(size) as usize];
-    stream.read_exact(&mut frame).unwrap();
-    frame
-}
-
-/// Writes one size-prefixed response frame.
-fn write_frame(stream: &mut std::net::TcpStream, correlation: &[u8], body: &[u8]) {
-    stream.write_all(&((correlation.len() + body.len()) as i32).to_be_bytes()).unwrap();
-    stream.write_all(correlation).unwrap();
-    stream.write_all(body).unwrap();
-}
-
-/// A request's api key, version, correlation id and body (after a v1 header).
-fn parse_request(frame: &[u8]) -> (i16, i16, Vec<u8>, &[u8]) {
-    let key = i16::from_be_bytes([frame[0], frame[1]]);
-    let version = i16::from_be_bytes([frame[2], frame[3]]);
-    let client_id_len = i16::from_be_bytes([frame[8], frame[9]]).max(0) as usize;
-    (key, version, frame[4..8].to_vec(), &frame[10 + client_id_len..])
-}
-
 /// What a SASL/PLAIN broker sees: ApiVersions (answered with SaslHandshake
 /// v1 and SaslAuthenticate v0), the handshake, then the authenticate request.
 /// Returns the mechanism and the PLAIN token.
@@ -78,27 +56,12 @@ fn fake_sasl_broker(listener: TcpListener) -> (String, Vec<u8>) {
     stream.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
     let mut mechanism = String::new();
     loop {
-        let frame = read_frame(&mut stream);
-        let (key, version, correlation, body) = parse_request(&frame);
+        let frame = read_frame(&mut stream).expect("the client stays until authenticated");
+        let Request { key, version, correlation, body } = parse_request(&frame);
         match key {
             18 => {
-                // ApiVersions; v3+ answers in the compact (flexible) form.
-                let supported: [(i16, i16, i16); 3] = [(18, 0, 3), (17, 0, 1), (36, 0, 0)];
-                let mut answer = 0i16.to_be_bytes().to_vec();
-                if version >= 3 {
-                    answer.push(supported.len() as u8 + 1);
-                    for (k, min, max) in supported {
-                        answer.extend([k.to_be_bytes(), min.to_be_bytes(), max.to_be_bytes()].concat());
-                        answer.push(0);
-                    }
-                    answer.extend(0i32.to_be_bytes());
-                    answer.push(0);
-                } else {
-                    answer.extend((supported.len() as i32).to_be_bytes());
-                    for (k, min, max) in supported {
-                        answer.extend([k.to_be_bytes(), min.to_be_bytes(), max.to_be_bytes()].concat());
-                    }
-                }
+                // ApiVersions: SaslHandshake v0-1 and SaslAuthenticate v0.
+                let answer = api_versions_answer(version, &[(18, 0, 3), (17, 0, 1), (36, 0, 0)]);
                 write_frame(&mut stream, &correlation, &answer);
             }
             17 => {
