@@ -395,17 +395,19 @@ async fn run(demo: bool) -> Result<(), Box<dyn std::error::Error>> {
     tracing::info!(settings = %settings.join(" "), "kafka client settings");
 
     let db = database().await?;
-    let store = Arc::new(SqlStore::new(db.clone()));
-    let cleanup = orchestrator::maintenance::spawn_dedupe_cleanup(store.clone(), std::time::Duration::from_secs(3600));
+    let raw_store = Arc::new(SqlStore::new(db.clone()));
     let orchestrator = Arc::new(
         Orchestrator::builder()
             .handlers(handlers::builtin())
             .executors(executors::builtin(&db))
-            .store(store.clone())
+            .store(raw_store.clone())
             .retry_policy(RetryPolicy::from_env()?)
             .config(PipelineConfig::from_env()?)
             .build()?,
     );
+    // Every other use of the database goes through the pipeline's breaker too.
+    let store = orchestrator.guard(raw_store);
+    let cleanup = orchestrator::maintenance::spawn_dedupe_cleanup(store.clone(), std::time::Duration::from_secs(3600));
 
     let grace = shutdown_grace()?;
     // In-flight records get most of the grace period; closing the clients the rest.

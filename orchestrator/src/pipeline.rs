@@ -317,6 +317,15 @@ impl Orchestrator {
         &self.breakers
     }
 
+    /// `store` behind the pipeline's database breaker: hand this, not the
+    /// raw store, to everything else that uses the database (parking, the AI
+    /// route, the webhook, the DLQ service, the reply sender), so one outage
+    /// opens one breaker for all of them.
+    pub fn guard<S: ?Sized>(&self, store: Arc<S>) -> Arc<GuardedStore<S>> {
+        // The builder adopted the database breaker under this name: `get` returns it.
+        Arc::new(GuardedStore::new(store, self.breakers.get(DATABASE_BREAKER)))
+    }
+
     /// The handler table.
     pub fn handlers(&self) -> &HandlerRegistry {
         &self.handlers

@@ -1,4 +1,8 @@
-//! The pipeline's store behind a circuit breaker.
+//! The store behind the database's circuit breaker: every store trait
+//! ([`Store`], [`KeyParking`], [`PendingClassifications`],
+//! [`DeliveryStatuses`], [`DeadLetterQueue`], [`OutboundMessages`]) goes
+//! through the same breaker, so parking, the AI route, the webhook, the DLQ
+//! service and the reply sender see an outage the way the pipeline does.
 //!
 //! The database is an external call like any executor's: when it is down,
 //! every key's retry loop would otherwise wait on the connection pool in
@@ -14,10 +18,16 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use serde_json::Value;
 
+use super::outbound::{
+    AttemptFailure, OutboundMessage, OutboundMessages, OutboundReply, ReplyKey, ReplyLease, SendClaim,
+};
 use super::{
-    Claim, Lease, MessageKey, NewActivity, NewDeadLetter, StageChange, StageMove, StepRecord, Store, StoreError,
+    Claim, DeadLetter, DeadLetterQueue, DeliveryStatuses, DlqFilter, DlqStatus, FailureGroup, KeyParking, Lease,
+    MessageKey, NewActivity, NewDeadLetter, Page, ParkCheck, ParkedMessage, PendingClassification,
+    PendingClassifications, StageChange, StageMove, StepRecord, Store, StoreError,
 };
 use crate::breaker::{BreakerConfig, BreakerError, CircuitBreaker};
+use crate::webhook::DeliveryStatus;
 
 /// The name of the database's breaker in health checks and metrics.
 pub const DATABASE_BREAKER: &str = "database";
@@ -28,15 +38,22 @@ pub const DATABASE_BREAKER: &str = "database";
 pub const DATABASE_BREAKER_CONFIG: BreakerConfig =
     BreakerConfig { failure_threshold: 5, open_timeout: Duration::from_secs(1) };
 
-/// A [`Store`] whose calls go through a circuit breaker.
-pub struct GuardedStore {
-    inner: Arc<dyn Store>,
+/// A store whose calls go through a circuit breaker; it implements every
+/// store trait `S` implements.
+pub struct GuardedStore<S: ?Sized = dyn Store> {
+    inner: Arc<S>,
     breaker: Arc<CircuitBreaker>,
 }
 
-impl GuardedStore {
+impl<S: ?Sized> Clone for GuardedStore<S> {
+    fn clone(&self) -> Self {
+        Self { inner: self.inner.clone(), breaker: self.breaker.clone() }
+    }
+}
+
+impl<S: ?Sized> GuardedStore<S> {
     /// Guards `inner` with `breaker`.
-    pub fn new(inner: Arc<dyn Store>, breaker: Arc<CircuitBreaker>) -> Self {
+    pub fn new(inner: Arc<S>, breaker: Arc<CircuitBreaker>) -> Self {
         Self { inner, breaker }
     }
 
@@ -54,7 +71,7 @@ impl GuardedStore {
 }
 
 #[async_trait]
-impl Store for GuardedStore {
+impl<S: Store + ?Sized> Store for GuardedStore<S> {
     async fn claim(&self, key: &MessageKey, lease: Duration) -> Result<Claim, StoreError> {
         self.guard(self.inner.claim(key, lease)).await
     }
@@ -118,6 +135,122 @@ impl Store for GuardedStore {
 
     async fn set_lead_stage(&self, tenant_id: &str, lead_id: &str, stage: &str) -> Result<Option<String>, StoreError> {
         self.guard(self.inner.set_lead_stage(tenant_id, lead_id, stage)).await
+    }
+}
+
+#[async_trait]
+impl<S: KeyParking + ?Sized> KeyParking for GuardedStore<S> {
+    async fn park_if_blocked(&self, message: &ParkedMessage) -> Result<ParkCheck, StoreError> {
+        self.guard(self.inner.park_if_blocked(message)).await
+    }
+
+    async fn block(&self, key: &str, message_id: &str) -> Result<(), StoreError> {
+        self.guard(self.inner.block(key, message_id)).await
+    }
+
+    async fn next_parked(&self, key: &str) -> Result<Option<ParkedMessage>, StoreError> {
+        self.guard(self.inner.next_parked(key)).await
+    }
+
+    async fn unpark(&self, id: i64) -> Result<(), StoreError> {
+        self.guard(self.inner.unpark(id)).await
+    }
+
+    async fn unblock_if_empty(&self, key: &str) -> Result<bool, StoreError> {
+        self.guard(self.inner.unblock_if_empty(key)).await
+    }
+
+    async fn holder(&self, key: &str) -> Result<Option<String>, StoreError> {
+        self.guard(self.inner.holder(key)).await
+    }
+
+    async fn stale_blocks(&self, before: DateTime<Utc>, limit: u32) -> Result<Vec<(String, String)>, StoreError> {
+        self.guard(self.inner.stale_blocks(before, limit)).await
+    }
+}
+
+#[async_trait]
+impl<S: PendingClassifications + ?Sized> PendingClassifications for GuardedStore<S> {
+    async fn register(&self, pending: &PendingClassification) -> Result<(PendingClassification, bool), StoreError> {
+        self.guard(self.inner.register(pending)).await
+    }
+
+    async fn take(&self, processing_id: &str, hold: Duration) -> Result<Option<PendingClassification>, StoreError> {
+        self.guard(self.inner.take(processing_id, hold)).await
+    }
+
+    async fn overdue(&self, before: DateTime<Utc>, limit: u32) -> Result<Vec<PendingClassification>, StoreError> {
+        self.guard(self.inner.overdue(before, limit)).await
+    }
+
+    async fn resolve(&self, processing_id: &str) -> Result<(), StoreError> {
+        self.guard(self.inner.resolve(processing_id)).await
+    }
+
+    async fn waiting(&self, key: &str, message_id: &str) -> Result<bool, StoreError> {
+        self.guard(self.inner.waiting(key, message_id)).await
+    }
+}
+
+#[async_trait]
+impl<S: DeliveryStatuses + ?Sized> DeliveryStatuses for GuardedStore<S> {
+    async fn record_status(&self, status: &DeliveryStatus) -> Result<(), StoreError> {
+        self.guard(self.inner.record_status(status)).await
+    }
+
+    async fn statuses_of(&self, message_id: &str) -> Result<Vec<DeliveryStatus>, StoreError> {
+        self.guard(self.inner.statuses_of(message_id)).await
+    }
+}
+
+#[async_trait]
+impl<S: DeadLetterQueue + ?Sized> DeadLetterQueue for GuardedStore<S> {
+    async fn list(&self, filter: &DlqFilter, page: Page) -> Result<Vec<DeadLetter>, StoreError> {
+        self.guard(self.inner.list(filter, page)).await
+    }
+
+    async fn get(&self, id: i64) -> Result<Option<DeadLetter>, StoreError> {
+        self.guard(self.inner.get(id)).await
+    }
+
+    async fn mark(&self, id: i64, status: DlqStatus) -> Result<DeadLetter, StoreError> {
+        self.guard(self.inner.mark(id, status)).await
+    }
+
+    async fn undo_replay(&self, id: i64) -> Result<(), StoreError> {
+        self.guard(self.inner.undo_replay(id)).await
+    }
+
+    async fn groups(&self, filter: &DlqFilter, limit: u64) -> Result<Vec<FailureGroup>, StoreError> {
+        self.guard(self.inner.groups(filter, limit)).await
+    }
+}
+
+#[async_trait]
+impl<S: OutboundMessages + ?Sized> OutboundMessages for GuardedStore<S> {
+    async fn claim_send(&self, reply: &OutboundReply, lease: Duration) -> Result<SendClaim, StoreError> {
+        self.guard(self.inner.claim_send(reply, lease)).await
+    }
+
+    async fn record_sent(&self, lease: &ReplyLease, wamid: Option<&str>) -> Result<(), StoreError> {
+        self.guard(self.inner.record_sent(lease, wamid)).await
+    }
+
+    async fn release_send(&self, lease: &ReplyLease, failure: &AttemptFailure<'_>) -> Result<(), StoreError> {
+        self.guard(self.inner.release_send(lease, failure)).await
+    }
+
+    async fn fail_send(
+        &self,
+        lease: Option<&ReplyLease>,
+        code: Option<i64>,
+        entry: &NewDeadLetter,
+    ) -> Result<i64, StoreError> {
+        self.guard(self.inner.fail_send(lease, code, entry)).await
+    }
+
+    async fn outbound(&self, key: &ReplyKey) -> Result<Option<OutboundMessage>, StoreError> {
+        self.guard(self.inner.outbound(key)).await
     }
 }
 
@@ -196,7 +329,8 @@ mod tests {
 
     fn guarded(flaky: &Arc<Flaky>) -> GuardedStore {
         let config = BreakerConfig { failure_threshold: 3, open_timeout: Duration::from_millis(200) };
-        GuardedStore::new(flaky.clone(), Arc::new(CircuitBreaker::new(DATABASE_BREAKER, config)))
+        let inner: Arc<dyn Store> = flaky.clone();
+        GuardedStore::new(inner, Arc::new(CircuitBreaker::new(DATABASE_BREAKER, config)))
     }
 
     fn key() -> MessageKey {
@@ -232,5 +366,27 @@ mod tests {
             assert!(matches!(store.claim(&key(), Duration::from_secs(5)).await, Err(StoreError::LeaseLost(_))));
         }
         assert_eq!(store.breaker().state(), BreakerState::Closed);
+    }
+
+    #[tokio::test]
+    async fn one_outage_opens_the_breaker_for_every_store_trait() {
+        let flaky = Flaky::new(outage);
+        let pipeline = guarded(&flaky);
+        // Parking, the DLQ service, the webhook and the reply sender share the pipeline's breaker.
+        let rest = GuardedStore::new(Arc::new(MemoryStore::new()), pipeline.breaker().clone());
+        assert_eq!(rest.holder("phone").await.unwrap(), None, "closed: calls pass");
+        for _ in 0..3 {
+            let _ = pipeline.claim(&key(), Duration::from_secs(5)).await;
+        }
+        assert_eq!(rest.breaker().state(), BreakerState::Open);
+        assert!(matches!(rest.holder("phone").await, Err(StoreError::Unavailable { .. })));
+        assert!(matches!(
+            rest.list(&DlqFilter::default(), Page { limit: 1, offset: 0 }).await,
+            Err(StoreError::Unavailable { .. })
+        ));
+        assert!(matches!(rest.statuses_of("wamid.1").await, Err(StoreError::Unavailable { .. })));
+        assert!(matches!(rest.resolve("p1").await, Err(StoreError::Unavailable { .. })));
+        let reply = ReplyKey { tenant_id: "t".into(), original_message_id: "wamid.1".into(), reply_index: 0 };
+        assert!(matches!(rest.outbound(&reply).await, Err(StoreError::Unavailable { .. })));
     }
 }
