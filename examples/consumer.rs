@@ -471,7 +471,8 @@ async fn run(demo: bool) -> Result<(), Box<dyn std::error::Error>> {
     health.stats = Some(runtime.stats());
     health.replies = Some(reply_stats);
     health.cloud_api = cloud_api;
-    let webhook = WebhookState::new(WebhookSettings::from_env(), publisher.clone(), store.clone());
+    let webhook = WebhookState::new(WebhookSettings::from_env(), publisher.clone(), store.clone())
+        .with_dead_letters(store.clone());
     if webhook.settings.app_secret.is_none() {
         tracing::warn!("WHATSAPP_APP_SECRET not set: webhook signatures are not checked");
     }

@@ -2,7 +2,8 @@
 //! like POSTs to `/webhook` (signature, parsing, statuses, unhandled types),
 //! a message published by either path is published once, and bad records
 //! go to `whatsapp.webhook.inbound.dlq` and the DLQ table with their reason
-//! while later records flow.
+//! while later records flow; unreadable entries of a readable notification
+//! are filed in the DLQ table by either path while their siblings flow.
 
 mod common;
 
@@ -57,7 +58,7 @@ async fn edge_function_records_are_handled_like_webhook_posts() {
     let config = kafka_config(&kafka, "orchestrator");
     let publisher = Publisher::new(&config).unwrap();
     let settings = WebhookSettings { app_secret: Some(SECRET.into()), ..WebhookSettings::default() };
-    let webhook = WebhookState::new(settings, publisher.clone(), store.clone());
+    let webhook = WebhookState::new(settings, publisher.clone(), store.clone()).with_dead_letters(store.clone());
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let ingest = WebhookIngest::new(&config, webhook.clone(), store.clone()).unwrap();
     let running = tokio::spawn(ingest.run(async move {
@@ -86,6 +87,18 @@ async fn edge_function_records_are_handled_like_webhook_posts() {
     });
     send("wh-7", serde_json::to_vec(&as_string).unwrap()).await;
 
+    // A notification with an unreadable entry beside a good one, by record and by POST.
+    let partial = |id: &str| {
+        json!({"object":"whatsapp_business_account","entry":[{"id":"1","changes":[{"field":"messages","value":{
+            "messaging_product":"whatsapp","metadata":{"display_phone_number":"15550000000","phone_number_id":"123456"},
+            "messages":[
+                {"id":format!("wamid.nofrom-{id}"),"timestamp":"1700000000","type":"text","text":{"body":"who am I"}},
+                {"from":"15557770000","id":format!("wamid.good-{id}"),"timestamp":"1700000001","type":"text","text":{"body":"hi"}}
+            ]}}]}]})
+        .to_string()
+    };
+    send("wh-8", edge_record("wh-8", &partial("record"), SECRET)).await;
+
     // The text message once, although wh-1 and wh-7 carry it and it is POSTed too.
     let messages = read_within(&kafka, topics::MESSAGES, 1, Duration::from_secs(30)).await;
     assert_eq!(messages.len(), 1);
@@ -103,6 +116,16 @@ async fn edge_function_records_are_handled_like_webhook_posts() {
         .await
         .unwrap();
     assert_eq!(posted.status(), 200);
+    let body = partial("post");
+    let posted = common::http_client()
+        .post(format!("{url}/webhook"))
+        .header("content-type", "application/json")
+        .header("x-hub-signature-256", sign(SECRET.as_bytes(), body.as_bytes()))
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(posted.status(), 200, "the good entry is published, the bad one filed");
 
     // The reaction, as WhatsApp sent it, on the unhandled topic.
     let unhandled = read_within(&kafka, topics::WEBHOOK_UNHANDLED, 1, Duration::from_secs(30)).await;
@@ -127,15 +150,25 @@ async fn edge_function_records_are_handled_like_webhook_posts() {
     let mut rows = Vec::new();
     for _ in 0..100 {
         rows = store.list(&DlqFilter::default(), Page { limit: 10, offset: 0 }).await.unwrap();
-        if rows.len() == 3 {
+        if rows.len() == 5 {
             break;
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    let mut ids: Vec<String> = rows.iter().map(|r| r.message_id.clone().unwrap_or_default()).collect();
+    let (refused, skipped): (Vec<_>, Vec<_>) = rows.iter().partition(|r| r.message_id.is_some());
+    let mut ids: Vec<String> = refused.iter().map(|r| r.message_id.clone().unwrap_or_default()).collect();
     ids.sort();
     assert_eq!(ids, ["wh-2", "wh-3", "wh-4"], "{rows:?}");
-    assert!(rows.iter().all(|r| r.source.as_ref().is_some_and(|s| s.topic == topics::WEBHOOK_INBOUND)));
+    assert!(refused.iter().all(|r| r.source.as_ref().is_some_and(|s| s.topic == topics::WEBHOOK_INBOUND)));
+    // The unreadable entries, once per path, with the whole body to look at.
+    assert_eq!(skipped.len(), 2, "{rows:?}");
+    for row in &skipped {
+        assert!(row.error.contains("missing `from`") && row.error.contains("wamid.nofrom-"), "{}", row.error);
+        let body: Value = serde_json::from_slice(&row.payload).unwrap();
+        assert_eq!(body["object"], "whatsapp_business_account");
+    }
+    let by_record = skipped.iter().filter(|r| r.source.as_ref().is_some_and(|s| s.topic == topics::WEBHOOK_INBOUND));
+    assert_eq!(by_record.count(), 1, "the record's entry names its record; the POST's has no source");
 
     // Statuses from a record are stored like those of a POST.
     let mut stored = Vec::new();
@@ -149,8 +182,16 @@ async fn edge_function_records_are_handled_like_webhook_posts() {
     assert!(!stored.is_empty(), "the status of wh-6 was not stored");
 
     // A new reader waits about 3 s for its assignment: give it time to see a second copy.
-    let more = read_within(&kafka, topics::MESSAGES, 2, Duration::from_secs(10)).await;
-    assert_eq!(more.len(), 1, "published once across both paths");
+    let more = read_within(&kafka, topics::MESSAGES, 4, Duration::from_secs(10)).await;
+    let ids: std::collections::BTreeSet<String> = more
+        .iter()
+        .map(|m| match Envelope::decode(m.payload().unwrap()).unwrap().data {
+            EventData::MessageReceived(m) => m.message_id,
+            other => panic!("{other:?}"),
+        })
+        .collect();
+    assert_eq!(more.len(), 3, "the text once across both paths, and each good sibling: {ids:?}");
+    assert!(ids.contains("wamid.good-record") && ids.contains("wamid.good-post"), "{ids:?}");
     let _ = stop.send(());
     running.await.unwrap().unwrap();
 }

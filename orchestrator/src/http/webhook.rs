@@ -19,7 +19,7 @@ use axum::routing::get;
 use tracing::Instrument as _;
 
 pub use crate::webhook::forward::{PROCESSED_BY, WebhookSettings, WebhookState};
-use crate::webhook::forward::{Refusal, check, forward};
+use crate::webhook::forward::{Refusal, check, file_rejected, forward};
 
 /// Largest body accepted (WhatsApp's notifications are far smaller).
 pub const MAX_BODY_BYTES: usize = 1024 * 1024;
@@ -82,7 +82,11 @@ async fn handle(state: &WebhookState, headers: &HeaderMap, body: &[u8]) -> (Stat
             return (StatusCode::BAD_REQUEST, "malformed body");
         }
     };
-    let forwarded = tokio::time::timeout(state.settings.publish_timeout, forward(state, &notification))
+    let stored = async {
+        forward(state, &notification).await?;
+        file_rejected(state, &notification, body, None).await
+    };
+    let forwarded = tokio::time::timeout(state.settings.publish_timeout, stored)
         .await
         .unwrap_or_else(|_| Err(format!("Kafka did not acknowledge within {:?}", state.settings.publish_timeout)));
     match forwarded {

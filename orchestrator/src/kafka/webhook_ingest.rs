@@ -29,7 +29,7 @@ use super::intake::{Intake, IntakeSettings, RecordHandler, until_ok};
 use super::{KafkaConfig, headers};
 use crate::event::{FailureType, topics};
 use crate::store::{NewDeadLetter, SourceInfo, Store};
-use crate::webhook::forward::{Refusal, WebhookState, check, forward};
+use crate::webhook::forward::{Refusal, WebhookState, check, file_rejected, forward};
 
 /// Records handled at once (different webhook ids run concurrently).
 const MAX_IN_FLIGHT: usize = 64;
@@ -123,6 +123,11 @@ impl RecordHandler for IngestWorker {
             }
         };
         until_ok("forwarding an edge-function webhook request", || forward(&self.webhook, &notification)).await;
+        let source = Some(source_of(&record));
+        until_ok("filing skipped webhook entries", || {
+            file_rejected(&self.webhook, &notification, &carried.body, source.clone())
+        })
+        .await;
         tracing::debug!(webhook_id = %carried.id, events = notification.events.len(), "edge-function request forwarded");
     }
 }
@@ -142,14 +147,9 @@ impl IngestWorker {
         })
         .await;
         let entry = NewDeadLetter {
-            message_id: id.or_else(|| key.clone()),
+            message_id: id.or(key),
             tenant_id: None,
-            source: Some(SourceInfo {
-                topic: record.topic().to_owned(),
-                partition: record.partition(),
-                offset: record.offset(),
-                key,
-            }),
+            source: Some(source_of(record)),
             payload: payload.to_vec(),
             failure_type,
             error: reason,
@@ -159,6 +159,16 @@ impl IngestWorker {
         let id = until_ok("filing an edge-function request in the DLQ", || self.store.dead_letter(None, &entry)).await;
         tracing::warn!(dlq_id = id, failure = %failure_type, error = %entry.error, "edge-function request dead-lettered");
         crate::metrics::metrics().dead_lettered.with_label_values(&[failure_type.as_str()]).inc();
+    }
+}
+
+/// Where a record sits, for the dead-letter queue.
+fn source_of(record: &OwnedMessage) -> SourceInfo {
+    SourceInfo {
+        topic: record.topic().to_owned(),
+        partition: record.partition(),
+        offset: record.offset(),
+        key: headers::key_text(record),
     }
 }
 

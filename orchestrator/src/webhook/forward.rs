@@ -6,9 +6,9 @@
 use std::sync::Arc;
 
 use crate::config::env_parse;
-use crate::event::{Envelope, EventData, topics};
+use crate::event::{Envelope, EventData, FailureType, topics};
 use crate::kafka::Publisher;
-use crate::store::DeliveryStatuses;
+use crate::store::{DeliveryStatuses, NewDeadLetter, SourceInfo, Store};
 use crate::webhook::recent::{Claim, RecentMessageIds};
 use crate::webhook::{InboundEvent, Notification, PayloadError, SignatureError, parse, verify_signature};
 
@@ -53,12 +53,21 @@ pub struct WebhookState {
     /// Ids of the messages recently published (or being published), so a
     /// redelivered message is published once; shared by clones of the state.
     pub recent: Arc<RecentMessageIds>,
+    /// Where entries of a notification that could not be read are filed
+    /// (the `dead_letter_queue` table); without one they are only logged.
+    pub dead_letters: Option<Arc<dyn Store>>,
 }
 
 impl WebhookState {
     /// A state with an empty [`RecentMessageIds`] of the default capacity.
     pub fn new(settings: WebhookSettings, publisher: Publisher, statuses: Arc<dyn DeliveryStatuses>) -> Self {
-        Self { settings, publisher, statuses, recent: Arc::default() }
+        Self { settings, publisher, statuses, recent: Arc::default(), dead_letters: None }
+    }
+
+    /// Files unreadable entries in `store`'s dead-letter queue.
+    pub fn with_dead_letters(mut self, store: Arc<dyn Store>) -> Self {
+        self.dead_letters = Some(store);
+        self
     }
 }
 
@@ -89,6 +98,36 @@ pub fn check(state: &WebhookState, signature: Option<&str>, body: &[u8]) -> Resu
         tracing::warn!(%reason, "webhook message entry skipped");
     }
     Ok(notification)
+}
+
+/// Files a notification with entries that could not be read (a message
+/// without `from`, a status without `id`...) in the dead-letter queue: the
+/// whole body, with every reason, so the skipped entries are not lost
+/// while their siblings flow on. `source` names the record it came in, for
+/// the edge-function path.
+pub async fn file_rejected(
+    state: &WebhookState,
+    notification: &Notification,
+    body: &[u8],
+    source: Option<SourceInfo>,
+) -> Result<(), String> {
+    let Some(store) = state.dead_letters.as_ref().filter(|_| !notification.rejected.is_empty()) else {
+        return Ok(());
+    };
+    let entry = NewDeadLetter {
+        message_id: None,
+        tenant_id: None,
+        source,
+        payload: body.to_vec(),
+        failure_type: FailureType::ValidationError,
+        error: format!("webhook entries skipped: {}", notification.rejected.join("; ")),
+        attempt_count: 1,
+        trace_context: crate::telemetry::current_traceparent(),
+    };
+    let id = store.dead_letter(None, &entry).await.map_err(|e| e.to_string())?;
+    tracing::warn!(dlq_id = id, skipped = notification.rejected.len(), "webhook entries dead-lettered");
+    crate::metrics::metrics().dead_lettered.with_label_values(&[FailureType::ValidationError.as_str()]).inc();
+    Ok(())
 }
 
 /// Publishes every message not published yet and records every status; all
