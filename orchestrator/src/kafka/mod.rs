@@ -37,8 +37,16 @@ where
     C: rdkafka::consumer::ConsumerContext + 'static,
 {
     use rdkafka::consumer::Consumer as _;
+    use rdkafka::types::RDKafkaErrorCode::{IllegalGeneration, NoOffset, RebalanceInProgress, UnknownMemberId};
     let committed = match consumer.commit_consumer_state(rdkafka::consumer::CommitMode::Sync) {
-        Ok(()) | Err(KafkaError::ConsumerCommit(rdkafka::types::RDKafkaErrorCode::NoOffset)) => Ok(()),
+        Ok(()) | Err(KafkaError::ConsumerCommit(NoOffset)) => Ok(()),
+        // The group is moving (another member joined or left as this one
+        // stops): the partitions' new owners get the uncommitted records
+        // again and dedupe skips what finished. Not a failed shutdown.
+        Err(KafkaError::ConsumerCommit(code @ (RebalanceInProgress | IllegalGeneration | UnknownMemberId))) => {
+            tracing::warn!(%code, "final commit refused while the group rebalances; the new owners redeliver");
+            Ok(())
+        }
         Err(error) => Err(error),
     };
     leave_group(consumer).await;
