@@ -12,6 +12,7 @@ pub mod intake;
 mod key_order;
 mod offsets;
 pub mod publisher;
+mod received;
 pub mod reply_sender;
 pub mod runtime;
 pub mod topics;

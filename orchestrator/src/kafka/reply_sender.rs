@@ -34,6 +34,7 @@ use rdkafka::message::{Message, OwnedMessage};
 use tracing::Instrument as _;
 
 use super::intake::{Intake, IntakeSettings, RecordHandler, until_ok};
+use super::received::Received;
 use super::{KafkaConfig, Publisher, headers};
 use crate::event::{Envelope, EventData, FailureType, MessageFailed, ResponseReady, topics};
 use crate::outbound::rate::Slot;
@@ -42,7 +43,7 @@ use crate::pipeline::PROCESSED_BY;
 use crate::retry::{RetryDecision, RetryPolicy};
 use crate::store::{
     AttemptFailure, KeyParking, NewDeadLetter, OutboundMessages, OutboundReply, ParkCheck, ParkedMessage, ReplyKey,
-    ReplyLease, SendClaim, SourceInfo, StoreError,
+    ReplyLease, SendClaim, StoreError,
 };
 
 /// How the reply sender runs.
@@ -181,58 +182,21 @@ impl ResponseSender {
     }
 }
 
-/// A reply record, fresh from Kafka or drained from the parked table.
-struct Delivery {
-    topic: String,
-    partition: i32,
-    offset: i64,
-    key: Option<String>,
-    payload: Vec<u8>,
-    /// Where it first entered (a retry copy carries its original's coordinates).
-    origin: headers::Origin,
+/// A reply parked behind its recipient's reply in retry, as it was consumed.
+fn from_parked(parked: &ParkedMessage) -> Received {
+    let key = parked.key.strip_prefix(PARK_PREFIX).map(str::to_owned);
+    Received::stored(&parked.topic, parked.partition, parked.offset, key, &parked.payload)
 }
 
-impl Delivery {
-    fn from_record(record: &OwnedMessage) -> Self {
-        Self {
-            topic: record.topic().to_owned(),
-            partition: record.partition(),
-            offset: record.offset(),
-            key: headers::key_text(record),
-            payload: record.payload().unwrap_or_default().to_vec(),
-            origin: headers::Origin::of(record),
-        }
-    }
-
-    fn from_parked(parked: &ParkedMessage) -> Self {
-        Self {
-            topic: parked.topic.clone(),
-            partition: parked.partition,
-            offset: parked.offset,
-            key: parked.key.strip_prefix(PARK_PREFIX).map(str::to_owned),
-            payload: parked.payload.as_bytes().to_vec(),
-            origin: headers::Origin::at(&parked.topic, parked.partition, parked.offset),
-        }
-    }
-
-    fn base_topic(&self) -> &str {
-        self.topic.trim_end_matches(".retry")
-    }
-
-    fn source(&self) -> SourceInfo {
-        SourceInfo { topic: self.topic.clone(), partition: self.partition, offset: self.offset, key: self.key.clone() }
-    }
-
-    /// The reply it carries, or why it is not one.
-    fn decode(&self) -> Result<(ResponseReady, Option<u32>), (FailureType, String)> {
-        match Envelope::decode(&self.payload) {
-            Ok(Envelope { data: EventData::ResponseReady(reply), max_attempts, .. }) => Ok((reply, max_attempts)),
-            Ok(other) => Err((
-                FailureType::ValidationError,
-                format!("{} events are not replies (on {})", other.event_type(), self.topic),
-            )),
-            Err(error) => Err((FailureType::SerializationError, error.to_string())),
-        }
+/// The reply a delivery carries, or why it is not one.
+fn decode(delivery: &Received) -> Result<(ResponseReady, Option<u32>), (FailureType, String)> {
+    match Envelope::decode(&delivery.payload) {
+        Ok(Envelope { data: EventData::ResponseReady(reply), max_attempts, .. }) => Ok((reply, max_attempts)),
+        Ok(other) => Err((
+            FailureType::ValidationError,
+            format!("{} events are not replies (on {})", other.event_type(), delivery.topic),
+        )),
+        Err(error) => Err((FailureType::SerializationError, error.to_string())),
     }
 }
 
@@ -272,7 +236,7 @@ impl RecordHandler for ReplyWorker {
         crate::telemetry::continue_trace(&span, traceparent.as_deref());
         span.record("trace_id", crate::telemetry::trace_id_of(&span));
         let due = headers::value(&record, headers::DUE_AT).and_then(|v| DateTime::parse_from_rfc3339(&v).ok());
-        let delivery = Delivery::from_record(&record);
+        let delivery = Received::of(&record);
         async {
             if let Some(due) = due {
                 // A retry copy waits for its due time; only its recipient waits with it.
@@ -306,8 +270,8 @@ async fn stored<T, F: std::future::Future<Output = Result<T, StoreError>>>(
 impl ReplyWorker {
     /// Parks the reply behind its recipient's reply in retry, or settles it;
     /// a holder that finished releases the replies parked behind it.
-    async fn deliver(&self, delivery: Delivery) {
-        let (reply, max_attempts) = match delivery.decode() {
+    async fn deliver(&self, delivery: Received) {
+        let (reply, max_attempts) = match decode(&delivery) {
             Ok(decoded) => decoded,
             Err((failure_type, reason)) => {
                 tracing::warn!(%reason, "undeliverable record on the responses topic dead-lettered");
@@ -352,8 +316,8 @@ impl ReplyWorker {
                 }
                 continue;
             };
-            let delivery = Delivery::from_parked(&parked);
-            let settled = match delivery.decode() {
+            let delivery = from_parked(&parked);
+            let settled = match decode(&delivery) {
                 Ok((reply, max_attempts)) => self.settle(&delivery, &reply, max_attempts).await,
                 Err((failure_type, reason)) => {
                     self.dead_letter(&delivery, None, None, None, failure_type, reason, 1).await;
@@ -376,7 +340,7 @@ impl ReplyWorker {
     }
 
     /// Claims the reply and makes one attempt to send it.
-    async fn settle(&self, delivery: &Delivery, reply: &ResponseReady, max_attempts: Option<u32>) -> Settled {
+    async fn settle(&self, delivery: &Received, reply: &ResponseReady, max_attempts: Option<u32>) -> Settled {
         let key = self.reply_key(reply);
         if reply.to_phone.trim().is_empty() || key.original_message_id.is_empty() {
             let reason = "a reply needs `to_phone` and `original_message_id`".to_owned();
@@ -409,7 +373,7 @@ impl ReplyWorker {
 
     async fn attempt(
         &self,
-        delivery: &Delivery,
+        delivery: &Received,
         reply: &ResponseReady,
         lease: ReplyLease,
         attempt: u32,
@@ -516,7 +480,7 @@ impl ReplyWorker {
     /// its claim, if held, with the reason).
     async fn defer(
         &self,
-        delivery: &Delivery,
+        delivery: &Received,
         key: &ReplyKey,
         reply: &ResponseReady,
         wait: Duration,
@@ -534,7 +498,7 @@ impl ReplyWorker {
     /// sends the retry copy, due after `delay`, with `attempt` as its count.
     async fn send_retry(
         &self,
-        delivery: &Delivery,
+        delivery: &Received,
         key: &ReplyKey,
         reply: &ResponseReady,
         delay: Duration,
@@ -566,7 +530,7 @@ impl ReplyWorker {
     #[allow(clippy::too_many_arguments)]
     async fn dead_letter(
         &self,
-        delivery: &Delivery,
+        delivery: &Received,
         lease: Option<&ReplyLease>,
         key: Option<&ReplyKey>,
         code: Option<i64>,

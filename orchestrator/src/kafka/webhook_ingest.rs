@@ -26,9 +26,10 @@ use serde_json::Value;
 use serde_json::value::RawValue;
 
 use super::intake::{Intake, IntakeSettings, RecordHandler, until_ok};
+use super::received::source_of;
 use super::{KafkaConfig, headers};
 use crate::event::{FailureType, topics};
-use crate::store::{NewDeadLetter, SourceInfo, Store};
+use crate::store::{NewDeadLetter, Store};
 use crate::webhook::forward::{Refusal, WebhookState, check, file_rejected, forward};
 
 /// Records handled at once (different webhook ids run concurrently).
@@ -159,16 +160,6 @@ impl IngestWorker {
         let id = until_ok("filing an edge-function request in the DLQ", || self.store.dead_letter(None, &entry)).await;
         tracing::warn!(dlq_id = id, failure = %failure_type, error = %entry.error, "edge-function request dead-lettered");
         crate::metrics::metrics().dead_lettered.with_label_values(&[failure_type.as_str()]).inc();
-    }
-}
-
-/// Where a record sits, for the dead-letter queue.
-fn source_of(record: &OwnedMessage) -> SourceInfo {
-    SourceInfo {
-        topic: record.topic().to_owned(),
-        partition: record.partition(),
-        offset: record.offset(),
-        key: headers::key_text(record),
     }
 }
 

@@ -67,7 +67,7 @@ impl Worker {
                     Ok(envelope) => format!("{} event on {}", envelope.event_type(), topics::AI_RESULT),
                 };
                 tracing::warn!(%reason, "unusable AI result dead-lettered");
-                let source = Delivered::from_message(message).source();
+                let source = crate::kafka::received::source_of(message);
                 let failure = crate::event::FailureType::SerializationError;
                 until_ok("dead-lettering an unusable AI result", || {
                     self.orchestrator.reject(payload, Some(source.clone()), failure, reason.clone())

@@ -22,15 +22,14 @@ mod ai;
 use super::ai_route::{AiRoute, AiRouteSettings};
 use super::headers;
 use super::intake::{Intake, IntakeSettings, RecordHandler, until_ok};
+use super::received::Received;
 use super::topics::CONSUMED_TOPICS;
 use super::{KafkaConfig, PublishError, Publisher};
 use crate::classifier::Classifier;
 use crate::event::{Envelope, EventData, ResponseReady, topics};
 use crate::intent::Intent;
 use crate::pipeline::{DuplicateOf, Incoming, Orchestrator, Outcome, PROCESSED_BY, PipelineError};
-use crate::store::{
-    KeyParking, MessageKey, ParkCheck, ParkedMessage, PendingClassification, PendingClassifications, SourceInfo,
-};
+use crate::store::{KeyParking, MessageKey, ParkCheck, ParkedMessage, PendingClassification, PendingClassifications};
 
 /// The runtime could not start or keep consuming.
 #[derive(Debug, thiserror::Error)]
@@ -178,28 +177,23 @@ impl ConsumerRuntime {
 
 /// A message to handle, fresh from Kafka or drained from the parked table.
 struct Delivered {
-    topic: String,
-    partition: i32,
-    offset: i64,
-    key: Option<String>,
-    payload: Vec<u8>,
-    /// Where it first entered (a retry copy carries its original's coordinates).
-    origin: headers::Origin,
+    record: Received,
     /// The intent already decided for it (by the AI service), not to be asked again.
     intent: Option<Intent>,
 }
 
+impl std::ops::Deref for Delivered {
+    type Target = Received;
+
+    fn deref(&self) -> &Received {
+        &self.record
+    }
+}
+
 impl Delivered {
     fn from_message(message: &OwnedMessage) -> Self {
-        Self {
-            topic: message.topic().to_owned(),
-            partition: message.partition(),
-            offset: message.offset(),
-            key: headers::key_text(message),
-            payload: message.payload().unwrap_or_default().to_vec(),
-            origin: headers::Origin::of(message),
-            intent: headers::value(message, headers::INTENT).and_then(|json| serde_json::from_str(&json).ok()),
-        }
+        let intent = headers::value(message, headers::INTENT).and_then(|json| serde_json::from_str(&json).ok());
+        Self { record: Received::of(message), intent }
     }
 
     fn from_parked(parked: &ParkedMessage) -> Self {
@@ -215,24 +209,7 @@ impl Delivered {
 
     /// A message kept in the database (parked or pending), by its first coordinates.
     fn stored(topic: &str, partition: i32, offset: i64, key: &str, payload: &str) -> Self {
-        Self {
-            topic: topic.to_owned(),
-            partition,
-            offset,
-            key: Some(key.to_owned()),
-            payload: payload.as_bytes().to_vec(),
-            origin: headers::Origin::at(topic, partition, offset),
-            intent: None,
-        }
-    }
-
-    /// The topic without its `.retry` suffix.
-    fn base_topic(&self) -> &str {
-        self.topic.trim_end_matches(".retry")
-    }
-
-    fn source(&self) -> SourceInfo {
-        SourceInfo { topic: self.topic.clone(), partition: self.partition, offset: self.offset, key: self.key.clone() }
+        Self { record: Received::stored(topic, partition, offset, Some(key.to_owned()), payload), intent: None }
     }
 }
 
