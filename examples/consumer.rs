@@ -308,11 +308,10 @@ async fn dlq(command: DlqCommand) -> Result<(), Box<dyn std::error::Error>> {
     let replays = matches!(command, DlqCommand::Replay { .. });
     // Replaying needs a broker that outlives this command: a real cluster, or
     // the embedded broker of a running consumer (its address is in its log).
-    let publisher = match (&KafkaConfig::from_env()?.bootstrap_servers, replays) {
-        (Some(_), true) => Some(Publisher::new(&KafkaConfig::from_env()?)?),
-        _ => None,
+    let service = match (&KafkaConfig::from_env()?.bootstrap_servers, replays) {
+        (Some(_), true) => DlqService::new(store).with_publisher(Publisher::new(&KafkaConfig::from_env()?)?),
+        _ => DlqService::new(store),
     };
-    let service = DlqService::new(store, publisher);
     match command {
         DlqCommand::List { filter, groups: true, .. } => {
             print!("{}", orchestrator::dlq::groups_table(&service.groups(&filter.filter()?, filter.limit).await?));
@@ -464,13 +463,13 @@ async fn run(demo: bool) -> Result<(), Box<dyn std::error::Error>> {
     let sender_task = tokio::spawn(sender.run(wait(stopped.clone())));
 
     let publisher = Publisher::new(&kafka)?;
-    let mut health = HealthState::new();
-    health.kafka = Some(publisher.clone());
-    health.database = Some(db.clone());
+    let mut health = HealthState::new().probe("kafka", publisher.clone()).probe("database", db.clone());
+    if let Some(cloud_api) = cloud_api {
+        health = health.probe("whatsapp_cloud_api", cloud_api);
+    }
     health.breakers = Some(orchestrator.breakers().clone());
     health.stats = Some(runtime.stats());
     health.replies = Some(reply_stats);
-    health.cloud_api = cloud_api;
     let webhook = WebhookState::new(WebhookSettings::from_env(), publisher.clone(), store.clone())
         .with_dead_letters(store.clone());
     if webhook.settings.app_secret.is_none() {
@@ -489,7 +488,7 @@ async fn run(demo: bool) -> Result<(), Box<dyn std::error::Error>> {
         .merge(http::metrics::routes(Some(orchestrator.breakers().clone())));
     match std::env::var("ADMIN_TOKEN").ok().map(|t| t.trim().to_owned()).filter(|t| !t.is_empty()) {
         Some(token) => {
-            let dlq = DlqService::new(store.clone(), Some(publisher.clone()));
+            let dlq = DlqService::new(store.clone()).with_publisher(publisher.clone());
             app = app.merge(http::admin::routes(AdminState { dlq, token }));
         }
         None => tracing::info!("ADMIN_TOKEN not set: the /admin/dlq routes are off"),

@@ -15,9 +15,9 @@ use std::time::Duration;
 use chrono::Utc;
 use orchestrator::event::{Envelope, EventData, MessageContent, MessageReceived, MessageType, ResponseContent};
 use orchestrator::kafka::{
-    ConsumerRuntime, EmbeddedKafka, KafkaConfig, Publisher, ReplySettings, ResponseSender, RuntimeSettings, SendError,
-    Sent, WhatsAppSender,
+    ConsumerRuntime, EmbeddedKafka, KafkaConfig, Publisher, ReplySettings, ResponseSender, RuntimeSettings,
 };
+use orchestrator::outbound::{SendError, Sent, WhatsAppSender};
 use orchestrator::{
     ActionContext, ActionError, ActionExecutor, ActionOutput, Classifier, ClassifyError, HandlerError, Inbound, Intent,
     IntentHandler, IntentOutcome, KeywordClassifier, MessageContext, Orchestrator, Reply, SqlStore, async_trait,

@@ -40,7 +40,11 @@ async fn serve(app: Router) -> String {
 
 /// The admin routes over `store`, replaying with `publisher`, behind `token`.
 async fn admin_server(store: Arc<SqlStore>, publisher: Option<Publisher>, token: &str) -> String {
-    serve(http::admin::routes(AdminState { dlq: DlqService::new(store, publisher), token: token.to_owned() })).await
+    let dlq = match publisher {
+        Some(publisher) => DlqService::new(store).with_publisher(publisher),
+        None => DlqService::new(store),
+    };
+    serve(http::admin::routes(AdminState { dlq, token: token.to_owned() })).await
 }
 
 /// Percent-encodes a query-string value (reqwest is built without its `query` feature).

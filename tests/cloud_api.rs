@@ -293,7 +293,7 @@ async fn refused_and_undecodable_replies_are_dead_lettered_and_a_replay_sends_th
     assert!(fake.accepted().is_empty());
 
     // Once the customer writes again (the window reopens), the operator replays it.
-    let service = DlqService::new(stage.store.clone(), Some(stage.publisher.clone()));
+    let service = DlqService::new(stage.store.clone()).with_publisher(stage.publisher.clone());
     service.replay(refused.id).await.unwrap();
     wait_until("the replayed reply sent", Duration::from_secs(30), || fake.accepted().len() == 1).await;
     assert_eq!(fake.accepted()[0].text(), "+15550002222 #1");

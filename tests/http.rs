@@ -251,7 +251,7 @@ async fn a_message_delivered_again_is_published_once_unless_its_first_publish_fa
         .with_bootstrap_servers("127.0.0.1:9");
     let down = WebhookState {
         settings: WebhookSettings { publish_timeout: Duration::from_millis(800), ..signed_settings() },
-        publisher: Publisher::new(&unreachable).unwrap(),
+        publisher: Arc::new(Publisher::new(&unreachable).unwrap()),
         ..state.clone()
     };
     let down_url = serve(http::webhook::routes(down)).await;
@@ -286,9 +286,7 @@ async fn a_webhook_delivered_twice_is_processed_once_and_health_and_metrics_repo
         let running = Running::start(runtime);
 
         let publisher = Publisher::new(&config).unwrap();
-        let mut health = HealthState::new();
-        health.kafka = Some(publisher.clone());
-        health.database = Some(t.db.clone());
+        let mut health = HealthState::new().probe("kafka", publisher.clone()).probe("database", t.db.clone());
         health.breakers = Some(orch.breakers().clone());
         health.stats = Some(stats.clone());
         let app = webhook_app(publisher.clone(), store.clone(), WebhookSettings::default())
@@ -365,9 +363,8 @@ async fn health_answers_503_naming_the_failing_probe() {
     let t = testing::sqlite().await;
     let unreachable = KafkaConfig { timeout: Duration::from_millis(300), ..KafkaConfig::default() }
         .with_bootstrap_servers("127.0.0.1:9");
-    let mut health = HealthState::new();
-    health.kafka = Some(Publisher::new(&unreachable).unwrap());
-    health.database = Some(t.db.clone());
+    let health =
+        HealthState::new().probe("kafka", Publisher::new(&unreachable).unwrap()).probe("database", t.db.clone());
     let url = serve(http::health::routes(health)).await;
     let answer = common::http_client().get(format!("{url}/health")).send().await.unwrap();
     assert_eq!(answer.status(), 503);
@@ -379,9 +376,9 @@ async fn health_answers_503_naming_the_failing_probe() {
 
     // The database gone: its probe fails too, and says so.
     let kafka = EmbeddedKafka::start(1).unwrap();
-    let mut health = HealthState::new();
-    health.kafka = Some(Publisher::new(&kafka_config(&kafka, "health")).unwrap());
-    health.database = Some(t.db.clone());
+    let health = HealthState::new()
+        .probe("kafka", Publisher::new(&kafka_config(&kafka, "health")).unwrap())
+        .probe("database", t.db.clone());
     let url = serve(http::health::routes(health)).await;
     assert_eq!(common::http_client().get(format!("{url}/health")).send().await.unwrap().status(), 200);
     t.db.clone().close().await.unwrap();
@@ -405,8 +402,8 @@ async fn health_probes_the_cloud_api_with_its_token_and_reports_its_status_code(
         api_url: api.url().to_owned(),
         timeout: Duration::from_secs(2),
     };
-    let mut health = HealthState::new();
-    health.cloud_api = Some(Arc::new(CloudApiSender::new(config, orchestrator::BreakerConfig::default()).unwrap()));
+    let sender = CloudApiSender::new(config, orchestrator::BreakerConfig::default()).unwrap();
+    let health = HealthState::new().probe("whatsapp_cloud_api", sender);
     let url = serve(http::health::routes(health)).await;
     let client = common::http_client();
 

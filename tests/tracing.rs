@@ -16,9 +16,8 @@ use axum::routing::post;
 use common::{Running, Scripted, count, fast_config, kafka_config};
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 use orchestrator::http::{self, WebhookSettings, WebhookState};
-use orchestrator::kafka::{
-    ConsumerRuntime, DryRunSender, EmbeddedKafka, Publisher, ReplySettings, ResponseSender, RuntimeSettings,
-};
+use orchestrator::kafka::{ConsumerRuntime, EmbeddedKafka, Publisher, ReplySettings, ResponseSender, RuntimeSettings};
+use orchestrator::outbound::DryRunSender;
 use orchestrator::telemetry::{self, TelemetryConfig};
 use orchestrator::{ActionError, KeywordClassifier, Orchestrator, SqlStore};
 use prost::Message as _;
@@ -139,7 +138,7 @@ async fn one_trace_runs_from_the_webhook_through_kafka_and_the_saga_to_the_reply
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     // Replayed (notify_sales works again), the failed message continues its own trace.
-    let dlq = orchestrator::dlq::DlqService::new(store.clone(), Some(publisher));
+    let dlq = orchestrator::dlq::DlqService::new(store.clone()).with_publisher(publisher);
     let filter = orchestrator::store::DlqFilter::default();
     let entries = dlq.list(&filter, orchestrator::store::Page::default()).await.unwrap();
     let entry = entries.iter().find(|e| e.message_id.as_deref() == Some("wamid.trace-fail")).unwrap();

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::event::Envelope;
-use crate::kafka::{PublishError, Publisher};
+use crate::publish::{Publish, PublishError};
 use crate::store::{DeadLetter, DeadLetterQueue, DlqFilter, DlqStatus, FailureGroup, Page, StoreError};
 
 /// Header on a replayed copy: the dead-letter entry it came from.
@@ -28,7 +28,7 @@ pub enum DlqError {
         /// The status asked for.
         to: &'static str,
     },
-    /// Replaying needs Kafka, and none was configured.
+    /// Replaying needs a publisher (Kafka), and none was configured.
     #[error("replaying needs a Kafka connection (set KAFKA_BOOTSTRAP_SERVERS)")]
     NoPublisher,
     /// The entry has nowhere to go: no source topic and a payload that is not an envelope.
@@ -86,13 +86,19 @@ pub struct BulkReport {
 #[derive(Clone)]
 pub struct DlqService {
     store: Arc<dyn DeadLetterQueue>,
-    publisher: Option<Publisher>,
+    publisher: Option<Arc<dyn Publish>>,
 }
 
 impl DlqService {
-    /// Operations on `store`; replaying publishes with `publisher`.
-    pub fn new(store: Arc<dyn DeadLetterQueue>, publisher: Option<Publisher>) -> Self {
-        Self { store, publisher }
+    /// Operations on `store`; replaying needs [`with_publisher`](Self::with_publisher).
+    pub fn new(store: Arc<dyn DeadLetterQueue>) -> Self {
+        Self { store, publisher: None }
+    }
+
+    /// Replays by publishing with `publisher`.
+    pub fn with_publisher(mut self, publisher: impl Publish + 'static) -> Self {
+        self.publisher = Some(Arc::new(publisher));
+        self
     }
 
     /// Entries matching `filter`, newest first.
@@ -146,7 +152,7 @@ impl DlqService {
         if let Some(traceparent) = &entry.trace_context {
             headers.push((crate::telemetry::TRACEPARENT, traceparent.as_bytes()));
         }
-        let sent = publisher.send(&topic, key.as_deref(), &payload, &headers).await;
+        let sent = publisher.send_record(&topic, key.as_deref(), &payload, &headers).await;
         if let Err(error) = sent {
             self.store.undo_replay(id).await?;
             return Err(error.into());

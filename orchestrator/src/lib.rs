@@ -30,16 +30,21 @@ pub mod executor;
 pub mod executor_registry;
 pub mod handler;
 pub mod handler_registry;
+pub mod health;
+#[cfg(feature = "http")]
 pub mod http;
 pub mod intent;
+#[cfg(feature = "kafka")]
 pub mod kafka;
 pub mod maintenance;
 mod mask;
 pub mod metrics;
 pub mod outbound;
 pub mod pipeline;
+pub mod publish;
 pub mod retry;
 pub mod saga;
+pub mod stats;
 pub mod store;
 pub mod telemetry;
 #[cfg(any(test, feature = "testing"))]

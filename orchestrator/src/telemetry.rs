@@ -84,19 +84,33 @@ impl Drop for Telemetry {
 /// Builds the tracer provider for `config` (exporting over OTLP when an endpoint is set).
 pub fn tracer_provider(config: &TelemetryConfig) -> Result<SdkTracerProvider, TelemetryError> {
     let resource = opentelemetry_sdk::Resource::builder().with_service_name(config.service_name.clone()).build();
-    let mut builder = SdkTracerProvider::builder().with_resource(resource);
-    if let Some(endpoint) = &config.otlp_endpoint {
-        use opentelemetry_otlp::WithExportConfig as _;
-        // reqwest is built without a default TLS provider: use ring's (an https collector needs it).
-        let _ = rustls::crypto::ring::default_provider().install_default();
-        let exporter = opentelemetry_otlp::SpanExporter::builder()
-            .with_http()
-            .with_endpoint(format!("{}/v1/traces", endpoint.trim_end_matches('/')))
-            .build()
-            .map_err(|e| TelemetryError::Exporter(e.to_string()))?;
-        builder = builder.with_batch_exporter(exporter);
-    }
+    let builder = SdkTracerProvider::builder().with_resource(resource);
+    let builder = match &config.otlp_endpoint {
+        None => builder,
+        #[cfg(feature = "otlp")]
+        Some(endpoint) => builder.with_batch_exporter(otlp_exporter(endpoint)?),
+        // Without the exporter an endpoint is a configuration error, not a silent no-op.
+        #[cfg(not(feature = "otlp"))]
+        Some(endpoint) => {
+            return Err(TelemetryError::Exporter(format!(
+                "OTEL_EXPORTER_OTLP_ENDPOINT is {endpoint}, but this build has no `otlp` feature"
+            )));
+        }
+    };
     Ok(builder.build())
+}
+
+/// The OTLP/HTTP span exporter to `{endpoint}/v1/traces`.
+#[cfg(feature = "otlp")]
+fn otlp_exporter(endpoint: &str) -> Result<opentelemetry_otlp::SpanExporter, TelemetryError> {
+    use opentelemetry_otlp::WithExportConfig as _;
+    // reqwest is built without a default TLS provider: use ring's (an https collector needs it).
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    opentelemetry_otlp::SpanExporter::builder()
+        .with_http()
+        .with_endpoint(format!("{}/v1/traces", endpoint.trim_end_matches('/')))
+        .build()
+        .map_err(|e| TelemetryError::Exporter(e.to_string()))
 }
 
 /// Installs the global subscriber (logs + OpenTelemetry layer) and the W3C

@@ -7,6 +7,7 @@
 mod ai;
 mod envelope;
 mod failure;
+pub mod headers;
 mod inbound;
 mod response;
 pub mod timestamp;

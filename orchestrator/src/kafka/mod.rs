@@ -18,18 +18,17 @@ pub mod runtime;
 pub mod topics;
 pub mod webhook_ingest;
 
+pub use crate::stats::{ReplyStats, RuntimeStats};
 pub use ai_route::{AiRouteSettings, IntentSource};
 pub use bus::{EventHandler, KafkaEventBus, ProcessingResult, Subscription, SubscriptionConfig};
 pub use config::KafkaConfig;
 pub use embedded::{EMBEDDED_FETCH_WAIT_MS, EmbeddedKafka};
 pub use intake::{Intake, IntakeSettings, RecordHandler};
 pub use publisher::{PublishError, Publisher};
-pub use reply_sender::{ReplySettings, ReplyStats, ResponseSender};
-pub use runtime::{ConsumerRuntime, RuntimeError, RuntimeSettings, RuntimeStats};
+pub use reply_sender::{ReplySettings, ResponseSender};
+pub use runtime::{ConsumerRuntime, RuntimeError, RuntimeSettings};
 pub use topics::{MissingTopics, all_topics};
 pub use webhook_ingest::WebhookIngest;
-// The senders live in `crate::outbound`; re-exported where they used to be.
-pub use crate::outbound::{CloudApiConfig, CloudApiSender, DryRunSender, SendError, Sent, WhatsAppSender};
 
 /// Commits the stored offsets (nothing stored is fine), then leaves the
 /// group with [`leave_group`]; returns the commit's result.

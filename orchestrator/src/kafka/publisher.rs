@@ -8,26 +8,9 @@ use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 
 use super::KafkaConfig;
 use crate::event::Envelope;
-
-/// A publish was not acknowledged by Kafka.
-#[derive(Debug, thiserror::Error)]
-#[error("publishing to {topic} failed: {source}")]
-pub struct PublishError {
-    /// The topic.
-    pub topic: String,
-    /// The cause.
-    #[source]
-    pub source: KafkaError,
-}
-
-impl PublishError {
-    /// The cluster does not have the topic (auto-creation off): retrying
-    /// cannot help until someone creates it.
-    pub fn is_missing_topic(&self) -> bool {
-        use rdkafka::types::RDKafkaErrorCode::{UnknownTopic, UnknownTopicOrPartition};
-        matches!(self.source, KafkaError::MessageProduction(UnknownTopic | UnknownTopicOrPartition))
-    }
-}
+use crate::health::{Probe, ProbeFailure};
+use crate::publish::Publish;
+pub use crate::publish::PublishError;
 
 /// An idempotent producer (acks and compression per [`KafkaConfig`]).
 #[derive(Clone)]
@@ -74,8 +57,10 @@ impl Publisher {
         }
         self.producer.send(record, self.timeout).await.map(|delivery| (delivery.partition, delivery.offset)).map_err(
             |(source, _)| {
-                let error = PublishError { topic: topic.to_owned(), source };
-                if error.is_missing_topic() {
+                use rdkafka::types::RDKafkaErrorCode::{UnknownTopic, UnknownTopicOrPartition};
+                let missing = matches!(source, KafkaError::MessageProduction(UnknownTopic | UnknownTopicOrPartition));
+                let error = PublishError::new(topic, source, missing);
+                if missing {
                     tracing::error!(topic, "Kafka topic does not exist: create it with `consumer topics create`");
                     super::topics::report_missing(topic);
                 }
@@ -96,6 +81,26 @@ impl Publisher {
     /// Waits for everything queued to be acknowledged.
     pub fn flush(&self, timeout: Duration) -> Result<(), KafkaError> {
         self.producer.flush(timeout)
+    }
+}
+
+#[async_trait::async_trait]
+impl Publish for Publisher {
+    async fn send_record(
+        &self,
+        topic: &str,
+        key: Option<&str>,
+        payload: &[u8],
+        headers: &[(&str, &[u8])],
+    ) -> Result<(), PublishError> {
+        self.send(topic, key, payload, headers).await.map(|_| ())
+    }
+}
+
+#[async_trait::async_trait]
+impl Probe for Publisher {
+    async fn probe(&self) -> Result<(), ProbeFailure> {
+        Publisher::probe(self, crate::health::PROBE_TIMEOUT).await.map_err(ProbeFailure::of)
     }
 }
 

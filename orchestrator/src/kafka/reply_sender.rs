@@ -41,6 +41,7 @@ use crate::outbound::rate::Slot;
 use crate::outbound::{RateSettings, SendError, SendLimits, WhatsAppSender};
 use crate::pipeline::PROCESSED_BY;
 use crate::retry::{RetryDecision, RetryPolicy};
+use crate::stats::ReplyStats;
 use crate::store::{
     AttemptFailure, KeyParking, NewDeadLetter, OutboundMessages, OutboundReply, ParkCheck, ParkedMessage, ReplyKey,
     ReplyLease, SendClaim, StoreError,
@@ -92,29 +93,6 @@ impl ReplySettings {
             rate: RateSettings::from_env()?,
             ..defaults
         })
-    }
-}
-
-/// The reply sender's counters (for `/health`).
-#[derive(Debug, Default)]
-pub struct ReplyStats {
-    /// Replies WhatsApp accepted.
-    pub sent: AtomicU64,
-    /// Attempts that failed and were scheduled again.
-    pub retried: AtomicU64,
-    /// Replies put off without spending an attempt (open breaker, rate limit, busy).
-    pub deferred: AtomicU64,
-    /// Replies dead-lettered.
-    pub dead_lettered: AtomicU64,
-    /// Redeliveries of replies already sent or dead-lettered, skipped.
-    pub duplicates: AtomicU64,
-}
-
-impl ReplyStats {
-    /// `(sent, retried, deferred, dead_lettered, duplicates)` now.
-    pub fn snapshot(&self) -> [u64; 5] {
-        [&self.sent, &self.retried, &self.deferred, &self.dead_lettered, &self.duplicates]
-            .map(|c| c.load(Ordering::Relaxed))
     }
 }
 

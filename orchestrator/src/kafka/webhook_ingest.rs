@@ -144,7 +144,7 @@ impl IngestWorker {
         let dlq_headers = origin.dead_letter_headers(&self.group_id, "1", &error);
         let dlq_topic = format!("{}.dlq", topics::WEBHOOK_INBOUND);
         until_ok("dead-lettering an edge-function request to Kafka", || {
-            self.webhook.publisher.send(&dlq_topic, key.as_deref(), payload, &dlq_headers)
+            self.webhook.publisher.send_record(&dlq_topic, key.as_deref(), payload, &dlq_headers)
         })
         .await;
         let entry = NewDeadLetter {

@@ -15,6 +15,7 @@ use serde_json::{Value, json};
 use super::send::{SendError, Sent, WhatsAppSender};
 use crate::breaker::{BreakerConfig, BreakerError, CircuitBreaker};
 use crate::event::{ResponseContent, ResponseReady};
+use crate::health::{Probe, ProbeFailure};
 
 /// The Graph API base used when `WHATSAPP_API_URL` is unset.
 pub const DEFAULT_API_URL: &str = "https://graph.facebook.com/v21.0";
@@ -131,28 +132,6 @@ impl CloudApiSender {
         &self.breaker
     }
 
-    /// A cheap authenticated request (`GET /{phone_number_id}?fields=id`
-    /// with the default number's token), for `/health`: the API's upstream
-    /// status code when it fails.
-    pub async fn probe(&self) -> Result<(), ProbeFailure> {
-        let number = &self.config.phone_number_id;
-        let endpoint = format!("{}/{}?fields=id", self.config.api_url.trim_end_matches('/'), number);
-        let response = self
-            .client
-            .get(&endpoint)
-            .bearer_auth(self.config.token_for(number))
-            .send()
-            .await
-            .map_err(|e| ProbeFailure { status_code: None, error: format!("Cloud API unreachable: {e}") })?;
-        let status = response.status().as_u16();
-        if response.status().is_success() {
-            return Ok(());
-        }
-        let answer: Value = response.json().await.unwrap_or(Value::Null);
-        let detail = answer["error"]["message"].as_str().unwrap_or("no error message");
-        Err(ProbeFailure { status_code: Some(status), error: format!("Cloud API answered {status}: {detail}") })
-    }
-
     async fn post(&self, phone_number_id: &str, body: &Value) -> Result<Sent, SendError> {
         let endpoint = format!("{}/{}/messages", self.config.api_url.trim_end_matches('/'), phone_number_id);
         let response = self
@@ -177,14 +156,29 @@ impl CloudApiSender {
     }
 }
 
-/// A failed [`CloudApiSender::probe`].
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("{error}")]
-pub struct ProbeFailure {
-    /// The upstream HTTP status, when the API answered.
-    pub status_code: Option<u16>,
-    /// What went wrong.
-    pub error: String,
+#[async_trait]
+impl Probe for CloudApiSender {
+    /// A cheap authenticated request (`GET /{phone_number_id}?fields=id`
+    /// with the default number's token), for `/health`: the API's upstream
+    /// status code when it fails.
+    async fn probe(&self) -> Result<(), ProbeFailure> {
+        let number = &self.config.phone_number_id;
+        let endpoint = format!("{}/{}?fields=id", self.config.api_url.trim_end_matches('/'), number);
+        let response = self
+            .client
+            .get(&endpoint)
+            .bearer_auth(self.config.token_for(number))
+            .send()
+            .await
+            .map_err(|e| ProbeFailure { status_code: None, error: format!("Cloud API unreachable: {e}") })?;
+        let status = response.status().as_u16();
+        if response.status().is_success() {
+            return Ok(());
+        }
+        let answer: Value = response.json().await.unwrap_or(Value::Null);
+        let detail = answer["error"]["message"].as_str().unwrap_or("no error message");
+        Err(ProbeFailure { status_code: Some(status), error: format!("Cloud API answered {status}: {detail}") })
+    }
 }
 
 /// What a failed send means, by WhatsApp's error `code` first and the HTTP

@@ -11,10 +11,12 @@
 //! the record of every reply is the `outbound_messages` table
 //! ([`crate::store::OutboundMessages`]).
 
+#[cfg(feature = "cloud-api")]
 pub mod cloud_api;
 pub mod rate;
 mod send;
 
-pub use cloud_api::{CloudApiConfig, CloudApiSender, ProbeFailure};
+#[cfg(feature = "cloud-api")]
+pub use cloud_api::{CloudApiConfig, CloudApiSender};
 pub use rate::{RateSettings, SendLimits};
 pub use send::{DryRunSender, SendError, Sent, WhatsAppSender};

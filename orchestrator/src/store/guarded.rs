@@ -27,7 +27,7 @@ use super::{
     PendingClassifications, StageChange, StageMove, StepRecord, Store, StoreError,
 };
 use crate::breaker::{BreakerConfig, BreakerError, CircuitBreaker};
-use crate::webhook::DeliveryStatus;
+use crate::store::DeliveryStatus;
 
 /// The name of the database's breaker in health checks and metrics.
 pub const DATABASE_BREAKER: &str = "database";

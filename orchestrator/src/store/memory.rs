@@ -39,7 +39,7 @@ struct State {
     next_parked_id: i64,
     /// Waiting classifications and the time each is held until.
     pending_ai: Vec<(PendingClassification, Option<DateTime<Utc>>)>,
-    statuses: Vec<crate::webhook::DeliveryStatus>,
+    statuses: Vec<crate::store::DeliveryStatus>,
     lead_stages: HashMap<(String, String), String>,
     outbound: HashMap<ReplyKey, OutboundRow>,
 }
@@ -438,7 +438,7 @@ impl PendingClassifications for MemoryStore {
 
 #[async_trait]
 impl DeliveryStatuses for MemoryStore {
-    async fn record_status(&self, status: &crate::webhook::DeliveryStatus) -> Result<(), StoreError> {
+    async fn record_status(&self, status: &crate::store::DeliveryStatus) -> Result<(), StoreError> {
         let mut state = self.state();
         if !state.statuses.iter().any(|s| s.message_id == status.message_id && s.status == status.status) {
             state.statuses.push(status.clone());
@@ -460,7 +460,7 @@ impl DeliveryStatuses for MemoryStore {
         Ok(())
     }
 
-    async fn statuses_of(&self, message_id: &str) -> Result<Vec<crate::webhook::DeliveryStatus>, StoreError> {
+    async fn statuses_of(&self, message_id: &str) -> Result<Vec<crate::store::DeliveryStatus>, StoreError> {
         let mut found: Vec<_> = self.state().statuses.iter().filter(|s| s.message_id == message_id).cloned().collect();
         found.sort_by_key(|s| s.timestamp);
         Ok(found)

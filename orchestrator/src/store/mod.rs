@@ -13,11 +13,13 @@ use serde_json::Value;
 
 use crate::event::FailureType;
 
+mod delivery;
 mod guarded;
 mod memory;
 pub mod outbound;
 mod sql;
 
+pub use delivery::{DeliveryStatus, DeliveryStatuses};
 pub use guarded::{DATABASE_BREAKER, DATABASE_BREAKER_CONFIG, GuardedStore};
 pub use memory::MemoryStore;
 pub use outbound::{
@@ -706,16 +708,6 @@ pub trait PendingClassifications: Send + Sync {
 
     /// Whether the message (`key`, `message_id`) still waits for its classification.
     async fn waiting(&self, key: &str, message_id: &str) -> Result<bool, StoreError>;
-}
-
-/// Delivery statuses reported by the webhook for messages we sent.
-#[async_trait]
-pub trait DeliveryStatuses: Send + Sync {
-    /// Records a status; the same status of the same message again is a no-op (webhook retries).
-    async fn record_status(&self, status: &crate::webhook::DeliveryStatus) -> Result<(), StoreError>;
-
-    /// The statuses of one message, oldest first.
-    async fn statuses_of(&self, message_id: &str) -> Result<Vec<crate::webhook::DeliveryStatus>, StoreError>;
 }
 
 /// Operator access to the dead-letter queue (admin API, CLI).

@@ -7,6 +7,7 @@
 
 use std::path::PathBuf;
 
+#[cfg(feature = "http")]
 pub mod fake_cloud_api;
 
 use sea_orm::{ConnectOptions, ConnectionTrait, Database, DatabaseConnection};

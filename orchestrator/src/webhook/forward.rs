@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use crate::config::env_parse;
 use crate::event::{Envelope, EventData, FailureType, topics};
-use crate::kafka::Publisher;
+use crate::publish::Publish;
 use crate::store::{DeliveryStatuses, NewDeadLetter, SourceInfo, Store};
 use crate::webhook::recent::{Claim, RecentMessageIds};
 use crate::webhook::{InboundEvent, Notification, PayloadError, SignatureError, parse, verify_signature};
@@ -47,7 +47,7 @@ pub struct WebhookState {
     /// Its secrets.
     pub settings: WebhookSettings,
     /// Publishes the events.
-    pub publisher: Publisher,
+    pub publisher: Arc<dyn Publish>,
     /// Keeps delivery statuses.
     pub statuses: Arc<dyn DeliveryStatuses>,
     /// Ids of the messages recently published (or being published), so a
@@ -60,8 +60,12 @@ pub struct WebhookState {
 
 impl WebhookState {
     /// A state with an empty [`RecentMessageIds`] of the default capacity.
-    pub fn new(settings: WebhookSettings, publisher: Publisher, statuses: Arc<dyn DeliveryStatuses>) -> Self {
-        Self { settings, publisher, statuses, recent: Arc::default(), dead_letters: None }
+    pub fn new(
+        settings: WebhookSettings,
+        publisher: impl Publish + 'static,
+        statuses: Arc<dyn DeliveryStatuses>,
+    ) -> Self {
+        Self { settings, publisher: Arc::new(publisher), statuses, recent: Arc::default(), dead_letters: None }
     }
 
     /// Files unreadable entries in `store`'s dead-letter queue.
@@ -151,11 +155,11 @@ pub async fn forward(state: &WebhookState, notification: &Notification) -> Resul
 /// (the POST timed out, the client left) or failed, the reservation is
 /// dropped, which releases the id for Meta's redelivery.
 async fn publish_once(state: &WebhookState, event: &InboundEvent) -> Result<(), String> {
-    let Some(id) = message_id(event) else { return publish(&state.publisher, event).await };
+    let Some(id) = message_id(event) else { return publish(state.publisher.as_ref(), event).await };
     loop {
         let published = match state.recent.reserve(id) {
             Claim::Reserved(reservation) => {
-                publish(&state.publisher, event).await?;
+                publish(state.publisher.as_ref(), event).await?;
                 reservation.confirm();
                 return Ok(());
             }
@@ -183,7 +187,7 @@ fn message_id(event: &InboundEvent) -> Option<&str> {
     .filter(|id| !id.is_empty())
 }
 
-async fn publish(publisher: &Publisher, event: &InboundEvent) -> Result<(), String> {
+async fn publish(publisher: &dyn Publish, event: &InboundEvent) -> Result<(), String> {
     let business = match event {
         InboundEvent::Message(m) => m.metadata.get("phone_number_id").map(String::as_str),
         InboundEvent::Other(o) => o.metadata.get("phone_number_id").map(String::as_str),
@@ -195,18 +199,20 @@ async fn publish(publisher: &Publisher, event: &InboundEvent) -> Result<(), Stri
         .inc();
     let result = match event {
         InboundEvent::Message(message) => {
-            publisher.publish(&Envelope::new(EventData::MessageReceived(message.clone()), PROCESSED_BY)).await
+            publisher.publish_event(&Envelope::new(EventData::MessageReceived(message.clone()), PROCESSED_BY)).await
         }
         InboundEvent::Interaction(interaction) => {
-            publisher.publish(&Envelope::new(EventData::InteractionReceived(interaction.clone()), PROCESSED_BY)).await
+            publisher
+                .publish_event(&Envelope::new(EventData::InteractionReceived(interaction.clone()), PROCESSED_BY))
+                .await
         }
         InboundEvent::Other(other) => {
             // No event type models it: WhatsApp's message object as sent, on a
             // topic of its own; the business number it reached rides in a header.
             let bytes = serde_json::to_vec(&other.raw).map_err(|e| e.to_string())?;
             let number = other.metadata.get("phone_number_id").map(String::as_bytes).unwrap_or_default();
-            let headers = [(crate::kafka::headers::PHONE_NUMBER_ID, number)];
-            publisher.send(topics::WEBHOOK_UNHANDLED, Some(&other.from_phone), &bytes, &headers).await
+            let headers = [(crate::event::headers::PHONE_NUMBER_ID, number)];
+            publisher.send_record(topics::WEBHOOK_UNHANDLED, Some(&other.from_phone), &bytes, &headers).await
         }
     };
     result.map(|_| ()).map_err(|e| e.to_string())

@@ -8,6 +8,7 @@ use serde::Deserialize;
 use serde_json::{Map, Value};
 
 use crate::event::{InteractionReceived, InteractionType, MessageContent, MessageReceived, MessageType, Selection};
+pub use crate::store::DeliveryStatus;
 
 /// What one webhook POST carried.
 #[derive(Debug, Clone, PartialEq, Default)]
@@ -59,31 +60,6 @@ pub struct OtherMessage {
     pub raw: serde_json::Value,
     /// The same metadata a [`MessageReceived`] gets.
     pub metadata: HashMap<String, String>,
-}
-
-/// The status of a message we sent (`statuses[]`).
-#[derive(Debug, Clone, PartialEq)]
-pub struct DeliveryStatus {
-    /// Our message's WhatsApp id.
-    pub message_id: String,
-    /// Who it was sent to, E.164 with `+`.
-    pub recipient_phone: String,
-    /// `sent`, `delivered`, `read`, `failed` (others kept as sent).
-    pub status: String,
-    /// When it happened.
-    pub timestamp: DateTime<Utc>,
-    /// For `failed`: the errors, as `code: title (details)` joined by `; `.
-    pub error: Option<String>,
-    /// Our business number's id (`metadata.phone_number_id`).
-    pub phone_number_id: Option<String>,
-}
-
-impl DeliveryStatus {
-    /// WhatsApp's code of the first error of a `failed` status (the `code`
-    /// that [`error`](Self::error) starts with), if it has one.
-    pub fn error_code(&self) -> Option<i64> {
-        self.error.as_deref()?.split(':').next()?.trim().parse().ok()
-    }
 }
 
 /// The body is not a notification we can use.

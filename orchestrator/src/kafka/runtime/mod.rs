@@ -9,7 +9,6 @@
 //! `ai.process.result` and finishes messages with the AI's intents.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
@@ -29,6 +28,7 @@ use crate::classifier::Classifier;
 use crate::event::{Envelope, EventData, ResponseReady, topics};
 use crate::intent::Intent;
 use crate::pipeline::{DuplicateOf, Incoming, Orchestrator, Outcome, PROCESSED_BY, PipelineError};
+use crate::stats::RuntimeStats;
 use crate::store::{KeyParking, MessageKey, ParkCheck, ParkedMessage, PendingClassification, PendingClassifications};
 
 /// The runtime could not start or keep consuming.
@@ -37,44 +37,6 @@ pub enum RuntimeError {
     /// A Kafka client failed.
     #[error("kafka: {0}")]
     Kafka(#[from] KafkaError),
-}
-
-/// Worker counters (for health checks and logs).
-#[derive(Debug, Default)]
-pub struct RuntimeStats {
-    /// Messages completed.
-    pub processed: AtomicU64,
-    /// Messages that failed an attempt (retried or dead-lettered).
-    pub failed: AtomicU64,
-    /// Messages sent to a retry topic (retryable failure or deferral).
-    pub retried: AtomicU64,
-    /// Messages dead-lettered.
-    pub dead_lettered: AtomicU64,
-    /// Duplicates skipped.
-    pub duplicates: AtomicU64,
-    /// Classifications requested from the AI service.
-    pub ai_requests: AtomicU64,
-    /// Messages finished with the fallback classifier because the AI service did not answer in time.
-    pub ai_timeouts: AtomicU64,
-    /// Whether the runtime is consuming (from `run` until it drained).
-    running: std::sync::atomic::AtomicBool,
-}
-
-impl RuntimeStats {
-    fn bump(counter: &AtomicU64) {
-        counter.fetch_add(1, Ordering::Relaxed);
-    }
-
-    /// Whether the runtime is consuming now.
-    pub fn is_running(&self) -> bool {
-        self.running.load(Ordering::Relaxed)
-    }
-
-    /// `(processed, failed, retried, dead_lettered, duplicates)` now.
-    pub fn snapshot(&self) -> [u64; 5] {
-        [&self.processed, &self.failed, &self.retried, &self.dead_lettered, &self.duplicates]
-            .map(|c| c.load(Ordering::Relaxed))
-    }
 }
 
 /// Tunables of the runtime (see [`IntakeSettings`]).
@@ -153,7 +115,7 @@ impl ConsumerRuntime {
         let topics = self.topics();
         let Self { intake, worker } = self;
         let worker = Arc::new(worker);
-        worker.stats.running.store(true, Ordering::Relaxed);
+        worker.stats.set_running(true);
         let (stop_sweeping, sweeping) = tokio::sync::watch::channel(false);
         let sweeper = worker.ai.clone().map(|ai| tokio::spawn(worker.clone().sweep_overdue(ai, sweeping)));
         let shutdown = async move {
@@ -161,7 +123,7 @@ impl ConsumerRuntime {
             let _ = stop_sweeping.send(true);
         };
         let consumed = intake.run(&topics, worker.clone(), shutdown).await;
-        worker.stats.running.store(false, Ordering::Relaxed);
+        worker.stats.set_running(false);
         if let Some(sweeper) = sweeper {
             let _ = sweeper.await;
         }

@@ -5,9 +5,9 @@ use chrono::Utc;
 use sea_orm::{ConnectionTrait, DatabaseConnection, TransactionTrait};
 
 use super::statement::stmt;
+use crate::store::DeliveryStatus;
 use crate::store::StoreError;
 use crate::store::outbound::OutboundStatus;
-use crate::webhook::DeliveryStatus;
 
 /// Keeps the status and moves the reply it is about (by `wamid`) forward, in one transaction.
 pub(super) async fn record(db: &DatabaseConnection, status: &DeliveryStatus) -> Result<(), StoreError> {

@@ -303,11 +303,11 @@ impl PendingClassifications for SqlStore {
 
 #[async_trait]
 impl DeliveryStatuses for SqlStore {
-    async fn record_status(&self, status: &crate::webhook::DeliveryStatus) -> Result<(), StoreError> {
+    async fn record_status(&self, status: &crate::store::DeliveryStatus) -> Result<(), StoreError> {
         delivery::record(&self.db, status).await
     }
 
-    async fn statuses_of(&self, message_id: &str) -> Result<Vec<crate::webhook::DeliveryStatus>, StoreError> {
+    async fn statuses_of(&self, message_id: &str) -> Result<Vec<crate::store::DeliveryStatus>, StoreError> {
         delivery::of_message(&self.db, message_id).await
     }
 }
