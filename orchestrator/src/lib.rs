@@ -63,7 +63,7 @@ pub use handler_registry::HandlerRegistry;
 pub use intent::Intent;
 pub use mask::mask_phone;
 pub use pipeline::{
-    BuildError, Completed, DeadLettered, DuplicateOf, Incoming, Orchestrator, OrchestratorBuilder, Outcome,
+    BuildError, Completed, DeadLettered, DuplicateOf, Incoming, LeadStage, Orchestrator, OrchestratorBuilder, Outcome,
     PipelineError,
 };
 pub use retry::{RetryDecision, RetryPolicy};

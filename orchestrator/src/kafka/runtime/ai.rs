@@ -7,7 +7,9 @@ use std::sync::Arc;
 use chrono::Utc;
 use rdkafka::message::{Message, OwnedMessage};
 
-use super::{ActError, Decoded, Delivered, RuntimeStats, Worker, is_final, until_ok};
+use super::act::{ActError, is_final};
+use super::records::{Decoded, Delivered};
+use super::{RuntimeStats, Worker, until_ok};
 use crate::event::{AiProcessRequest, Envelope, EventData, topics};
 use crate::intent::Intent;
 use crate::kafka::ai_route::AiRoute;
