@@ -11,8 +11,8 @@ use common::count;
 use migrations::{Migrator, MigratorTrait, SchemaManager, TABLES};
 use orchestrator::event::FailureType;
 use orchestrator::store::{
-    Claim, DlqFilter, DlqStatus, MessageKey, NewActivity, NewDeadLetter, Page, StageChange, StageMove, StepRecord,
-    StepStatus,
+    Claim, DlqFilter, DlqStatus, MessageKey, NewActivity, NewDeadLetter, Page, SagaLog, StageChange, StageMove,
+    StepRecord, StepStatus,
 };
 use orchestrator::testing;
 use orchestrator::{DeadLetterQueue, SqlStore, Store, StoreError};

@@ -18,7 +18,7 @@ use crate::event::FailureType;
 use crate::executor::{ActionContext, ActionError, ActionOutput};
 use crate::executor_registry::ExecutorRegistry;
 use crate::handler::ActionRequest;
-use crate::store::{Lease, StepRecord, StepStatus, Store, StoreError};
+use crate::store::{Lease, SagaLog, StepRecord, StepStatus, StoreError};
 
 /// Why a step failed.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
@@ -141,19 +141,19 @@ struct StepState {
 pub struct SagaRunner {
     executors: Arc<ExecutorRegistry>,
     breakers: Arc<BreakerRegistry>,
-    store: Arc<dyn Store>,
+    log: Arc<dyn SagaLog>,
     action_timeout: Duration,
 }
 
 impl SagaRunner {
-    /// A runner logging to `store`.
+    /// A runner writing its steps to `log`.
     pub fn new(
         executors: Arc<ExecutorRegistry>,
         breakers: Arc<BreakerRegistry>,
-        store: Arc<dyn Store>,
+        log: Arc<dyn SagaLog>,
         action_timeout: Duration,
     ) -> Self {
-        Self { executors, breakers, store, action_timeout }
+        Self { executors, breakers, log, action_timeout }
     }
 
     /// Runs (or resumes) the saga of `ctx.run` under `lease`. Errors only
@@ -172,7 +172,7 @@ impl SagaRunner {
         // or reopened claim the run), so there is no log to read: one round
         // trip saved per new message.
         let fresh = ctx.attempt == 1 && ctx.run == 1;
-        let records = if fresh { Vec::new() } else { self.store.load_steps(&lease.key, ctx.run).await? };
+        let records = if fresh { Vec::new() } else { self.log.load_steps(&lease.key, ctx.run).await? };
         for record in records {
             let index = record.step_index as usize;
             if index >= states.len() {
@@ -234,7 +234,7 @@ impl SagaRunner {
             let interrupted_before = states[index].status == Some(StepStatus::Started);
             let started = StepRecord::new(step_index, &request.action, StepStatus::Started);
             match succeeded.take() {
-                Some(previous) => self.store.record_steps(lease, ctx.run, &[previous, started]).await?,
+                Some(previous) => self.log.record_steps(lease, ctx.run, &[previous, started]).await?,
                 None => self.record(lease, ctx, started).await?,
             }
             match self.execute(ctx, request, step_index).await {
@@ -390,7 +390,7 @@ impl SagaRunner {
     }
 
     async fn record(&self, lease: &Lease, ctx: &MessageContext, record: StepRecord) -> Result<(), StoreError> {
-        self.store.record_step(lease, ctx.run, &record).await
+        self.log.record_step(lease, ctx.run, &record).await
     }
 }
 

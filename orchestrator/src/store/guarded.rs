@@ -24,7 +24,7 @@ use super::outbound::{
 use super::{
     Claim, DeadLetter, DeadLetterQueue, DeliveryStatuses, DlqFilter, DlqStatus, FailureGroup, KeyParking, Lease,
     MessageKey, NewActivity, NewDeadLetter, Page, ParkCheck, ParkedMessage, PendingClassification,
-    PendingClassifications, StageChange, StageMove, StepRecord, Store, StoreError,
+    PendingClassifications, SagaLog, StageChange, StageMove, StepRecord, Store, StoreError,
 };
 use crate::breaker::{BreakerConfig, BreakerError, CircuitBreaker};
 use crate::store::DeliveryStatus;
@@ -71,6 +71,21 @@ impl<S: ?Sized> GuardedStore<S> {
 }
 
 #[async_trait]
+impl<S: SagaLog + ?Sized> SagaLog for GuardedStore<S> {
+    async fn load_steps(&self, key: &MessageKey, run: u32) -> Result<Vec<StepRecord>, StoreError> {
+        self.guard(self.inner.load_steps(key, run)).await
+    }
+
+    async fn record_step(&self, lease: &Lease, run: u32, step: &StepRecord) -> Result<(), StoreError> {
+        self.guard(self.inner.record_step(lease, run, step)).await
+    }
+
+    async fn record_steps(&self, lease: &Lease, run: u32, steps: &[StepRecord]) -> Result<(), StoreError> {
+        self.guard(self.inner.record_steps(lease, run, steps)).await
+    }
+}
+
+#[async_trait]
 impl<S: Store + ?Sized> Store for GuardedStore<S> {
     async fn claim(&self, key: &MessageKey, lease: Duration) -> Result<Claim, StoreError> {
         self.guard(self.inner.claim(key, lease)).await
@@ -82,18 +97,6 @@ impl<S: Store + ?Sized> Store for GuardedStore<S> {
 
     async fn release(&self, lease: &Lease, refund_attempt: bool) -> Result<(), StoreError> {
         self.guard(self.inner.release(lease, refund_attempt)).await
-    }
-
-    async fn load_steps(&self, key: &MessageKey, run: u32) -> Result<Vec<StepRecord>, StoreError> {
-        self.guard(self.inner.load_steps(key, run)).await
-    }
-
-    async fn record_step(&self, lease: &Lease, run: u32, step: &StepRecord) -> Result<(), StoreError> {
-        self.guard(self.inner.record_step(lease, run, step)).await
-    }
-
-    async fn record_steps(&self, lease: &Lease, run: u32, steps: &[StepRecord]) -> Result<(), StoreError> {
-        self.guard(self.inner.record_steps(lease, run, steps)).await
     }
 
     async fn complete(
@@ -277,6 +280,16 @@ mod tests {
     }
 
     #[async_trait]
+    impl SagaLog for Flaky {
+        async fn load_steps(&self, key: &MessageKey, run: u32) -> Result<Vec<StepRecord>, StoreError> {
+            self.inner.load_steps(key, run).await
+        }
+        async fn record_step(&self, lease: &Lease, run: u32, step: &StepRecord) -> Result<(), StoreError> {
+            self.inner.record_step(lease, run, step).await
+        }
+    }
+
+    #[async_trait]
     impl Store for Flaky {
         async fn claim(&self, key: &MessageKey, lease: Duration) -> Result<Claim, StoreError> {
             self.calls.fetch_add(1, Ordering::SeqCst);
@@ -290,12 +303,6 @@ mod tests {
         }
         async fn release(&self, lease: &Lease, refund_attempt: bool) -> Result<(), StoreError> {
             self.inner.release(lease, refund_attempt).await
-        }
-        async fn load_steps(&self, key: &MessageKey, run: u32) -> Result<Vec<StepRecord>, StoreError> {
-            self.inner.load_steps(key, run).await
-        }
-        async fn record_step(&self, lease: &Lease, run: u32, step: &StepRecord) -> Result<(), StoreError> {
-            self.inner.record_step(lease, run, step).await
         }
         async fn complete(
             &self,

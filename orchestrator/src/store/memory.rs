@@ -8,7 +8,8 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 
 use super::{
-    AttemptFailure, OutboundMessage, OutboundMessages, OutboundReply, OutboundStatus, ReplyKey, ReplyLease, SendClaim,
+    AttemptFailure, OutboundMessage, OutboundMessages, OutboundReply, OutboundStatus, ReplyKey, ReplyLease, SagaLog,
+    SendClaim,
 };
 use super::{
     Claim, DeadLetter, DeadLetterQueue, DeliveryStatuses, DlqFilter, DlqStatus, KeyParking, Lease, MessageKey,
@@ -85,6 +86,20 @@ impl MemoryStore {
 }
 
 #[async_trait]
+impl SagaLog for MemoryStore {
+    async fn load_steps(&self, key: &MessageKey, run: u32) -> Result<Vec<StepRecord>, StoreError> {
+        Ok(self.state().steps.get(&(key.clone(), run)).cloned().unwrap_or_default())
+    }
+
+    async fn record_step(&self, lease: &Lease, run: u32, step: &StepRecord) -> Result<(), StoreError> {
+        let mut state = self.state();
+        Self::held(&mut state, lease)?;
+        state.steps.entry((lease.key.clone(), run)).or_default().push(step.clone());
+        Ok(())
+    }
+}
+
+#[async_trait]
 impl Store for MemoryStore {
     async fn claim(&self, key: &MessageKey, lease: Duration) -> Result<Claim, StoreError> {
         let now = Utc::now();
@@ -130,17 +145,6 @@ impl Store for MemoryStore {
         if refund_attempt {
             row.attempt_count = row.attempt_count.saturating_sub(1);
         }
-        Ok(())
-    }
-
-    async fn load_steps(&self, key: &MessageKey, run: u32) -> Result<Vec<StepRecord>, StoreError> {
-        Ok(self.state().steps.get(&(key.clone(), run)).cloned().unwrap_or_default())
-    }
-
-    async fn record_step(&self, lease: &Lease, run: u32, step: &StepRecord) -> Result<(), StoreError> {
-        let mut state = self.state();
-        Self::held(&mut state, lease)?;
-        state.steps.entry((lease.key.clone(), run)).or_default().push(step.clone());
         Ok(())
     }
 
@@ -212,7 +216,7 @@ impl MemoryStore {
             status: DlqStatus::Failed,
             replay_count: 0,
             tenant_id: entry.tenant_id.clone(),
-            fingerprint: super::failure_fingerprint(entry.failure_type, &entry.error),
+            fingerprint: crate::dlq::failure_fingerprint(entry.failure_type, &entry.error),
             trace_context: entry.trace_context.clone(),
             created_at: now,
             updated_at: now,
@@ -325,7 +329,7 @@ impl DeadLetterQueue for MemoryStore {
                 None => groups.push(super::FailureGroup {
                     fingerprint: entry.fingerprint.clone(),
                     failure_type: entry.failure_type,
-                    pattern: super::normalize_error(&entry.error),
+                    pattern: crate::dlq::normalize_error(&entry.error),
                     count: 1,
                     first_at: entry.created_at,
                     last_at: entry.created_at,

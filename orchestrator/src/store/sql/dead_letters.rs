@@ -1,5 +1,6 @@
 //! `dead_letter_queue`: park, list, show, and move entries between statuses.
 
+use crate::dlq::{failure_fingerprint, normalize_error};
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as BASE64;
 use chrono::Utc;
@@ -8,10 +9,7 @@ use sea_orm::{ConnectionTrait, DatabaseConnection, QueryResult, TransactionTrait
 use super::statement::{push_rows, stmt};
 use super::{claims, corrupt};
 use crate::event::FailureType;
-use crate::store::{
-    DeadLetter, DlqFilter, DlqStatus, FailureGroup, MessageKey, Page, SourceInfo, StoreError, failure_fingerprint,
-    normalize_error,
-};
+use crate::store::{DeadLetter, DlqFilter, DlqStatus, FailureGroup, MessageKey, Page, SourceInfo, StoreError};
 use crate::store::{Lease, NewDeadLetter};
 
 const COLUMNS: &str = r#"id, message_id, topic, "partition", "offset", "key", payload, payload_encoding,

@@ -12,8 +12,8 @@ use chrono::{DateTime, Utc};
 use sea_orm::DatabaseConnection;
 
 use super::{
-    Claim, DeadLetter, DeadLetterQueue, DlqFilter, DlqStatus, MessageKey, NewActivity, NewDeadLetter, Page, StepRecord,
-    Store, StoreError,
+    Claim, DeadLetter, DeadLetterQueue, DlqFilter, DlqStatus, MessageKey, NewActivity, NewDeadLetter, Page, SagaLog,
+    StepRecord, Store, StoreError,
 };
 
 use super::{
@@ -126,21 +126,7 @@ fn corrupt(table: &'static str, reason: String) -> StoreError {
 }
 
 #[async_trait]
-impl Store for SqlStore {
-    async fn claim(&self, key: &MessageKey, lease: Duration) -> Result<Claim, StoreError> {
-        let claims =
-            self.coalesced(&self.batches.claims, |db, batch| async move { claims::claim_many(&db, batch).await });
-        batch::submit(claims, claims::ClaimRequest { key: key.clone(), lease }).await
-    }
-
-    async fn renew(&self, lease: &Lease, duration: Duration) -> Result<(), StoreError> {
-        claims::renew(&self.db, lease, duration).await
-    }
-
-    async fn release(&self, lease: &Lease, refund_attempt: bool) -> Result<(), StoreError> {
-        claims::release(&self.db, lease, refund_attempt).await
-    }
-
+impl SagaLog for SqlStore {
     async fn load_steps(&self, key: &MessageKey, run: u32) -> Result<Vec<StepRecord>, StoreError> {
         saga_log::load_steps(&self.db, key, run).await
     }
@@ -157,6 +143,23 @@ impl Store for SqlStore {
         let batched =
             self.coalesced(&self.batches.steps, |db, writes| async move { saga_log::record_steps(&db, writes).await });
         batch::submit(batched, write).await
+    }
+}
+
+#[async_trait]
+impl Store for SqlStore {
+    async fn claim(&self, key: &MessageKey, lease: Duration) -> Result<Claim, StoreError> {
+        let claims =
+            self.coalesced(&self.batches.claims, |db, batch| async move { claims::claim_many(&db, batch).await });
+        batch::submit(claims, claims::ClaimRequest { key: key.clone(), lease }).await
+    }
+
+    async fn renew(&self, lease: &Lease, duration: Duration) -> Result<(), StoreError> {
+        claims::renew(&self.db, lease, duration).await
+    }
+
+    async fn release(&self, lease: &Lease, refund_attempt: bool) -> Result<(), StoreError> {
+        claims::release(&self.db, lease, refund_attempt).await
     }
 
     async fn complete(
