@@ -16,30 +16,35 @@
 use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
-use clap::{Args, Parser, Subcommand};
+use clap::{Args, CommandFactory, FromArgMatches, Parser, Subcommand};
 use orchestrator::dlq::{BulkReplay, DlqService};
 use orchestrator::event::{Envelope, EventData, MessageContent, MessageReceived, MessageType};
-use orchestrator::http::{self, AdminState, HealthState, WebhookSettings, WebhookState};
+use orchestrator::http::{self, AdminState, HealthState, WebhookState};
 use orchestrator::kafka::topics::{self as kafka_topics, TopicCreation};
 use orchestrator::kafka::{
-    AiRouteSettings, ConsumerRuntime, EmbeddedKafka, KafkaConfig, Publisher, ReplySettings, ResponseSender,
-    RuntimeSettings, WebhookIngest,
+    ConsumerRuntime, EmbeddedKafka, KafkaConfig, Publisher, ResponseSender, RuntimeSettings, WebhookIngest,
 };
-use orchestrator::outbound::{CloudApiConfig, CloudApiSender, DryRunSender, WhatsAppSender};
+use orchestrator::outbound::{CloudApiSender, DryRunSender, WhatsAppSender};
+use orchestrator::settings::Settings;
 use orchestrator::store::{DlqFilter, Page};
-use orchestrator::{KeywordClassifier, Orchestrator, PipelineConfig, RetryPolicy, SqlStore};
+use orchestrator::{KeywordClassifier, Orchestrator, SqlStore};
 use tokio::sync::watch;
 
 /// Partitions of each topic on the embedded broker.
 const EMBEDDED_PARTITIONS: i32 = 8;
 
 /// WhatsApp Orchestrator's Kafka consumer.
+///
+/// Every setting is an environment variable (or the option beside it, given
+/// before the command); each is listed below with its default.
 #[derive(Debug, Parser)]
 #[command(version, about)]
 struct Cli {
     /// Also produce a few sample messages (and one malformed one) at start-up.
     #[arg(long)]
     demo: bool,
+    #[command(flatten)]
+    settings: Settings,
     #[command(subcommand)]
     command: Option<Command>,
 }
@@ -153,13 +158,6 @@ impl FilterArgs {
 }
 
 /// Resolves on Ctrl-C or SIGTERM.
-/// `SHUTDOWN_GRACE_MS` (default 30000): how long a SIGTERM may take before
-/// the process exits regardless, even with Kafka or the database gone.
-fn shutdown_grace() -> Result<std::time::Duration, orchestrator::config::ConfigError> {
-    let millis = orchestrator::config::env_parse("SHUTDOWN_GRACE_MS", 30_000u64)?;
-    Ok(std::time::Duration::from_millis(millis.max(1)))
-}
-
 async fn termination() {
     let ctrl_c = tokio::signal::ctrl_c();
     #[cfg(unix)]
@@ -191,10 +189,10 @@ fn sample(phone: &str, body: &str) -> Envelope {
     )
 }
 
-async fn database() -> Result<sea_orm::DatabaseConnection, Box<dyn std::error::Error>> {
-    let url = orchestrator::config::database_url();
-    let db = orchestrator::db::connect(&url).await?;
-    tracing::info!(database = %url.split('@').next_back().unwrap_or(&url), "database ready, migrations applied");
+async fn database(settings: &Settings) -> Result<sea_orm::DatabaseConnection, Box<dyn std::error::Error>> {
+    let url = &settings.database.database_url;
+    let db = orchestrator::db::connect(url).await?;
+    tracing::info!(database = %url.split('@').next_back().unwrap_or(url), "database ready, migrations applied");
     Ok(db)
 }
 
@@ -205,21 +203,30 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
+    // Every setting, read once: a value that does not parse stops here, naming its variable.
+    let matches = Cli::command().get_matches();
+    let cli = Cli::from_arg_matches(&matches).unwrap_or_else(|error| error.exit());
+    let settings = cli.settings;
     // Logs (human, or JSON with LOG_FORMAT=json) and traces (OTLP with OTEL_EXPORTER_OTLP_ENDPOINT).
-    let config = orchestrator::telemetry::TelemetryConfig::from_env("whatsapp-orchestrator");
-    let telemetry = match orchestrator::telemetry::init(&config) {
+    let telemetry = match orchestrator::telemetry::init(&settings.telemetry.config()) {
         Ok(telemetry) => telemetry,
         Err(error) => {
             eprintln!("error: {error}");
             return std::process::ExitCode::FAILURE;
         }
     };
-    let cli = Cli::parse();
+    // Events we publish say how many attempts their consumers allow.
+    orchestrator::event::set_default_max_attempts(settings.pipeline.retry_policy().max_attempts());
     let result = match cli.command.unwrap_or(Command::Run) {
-        Command::Run => run(cli.demo).await,
-        Command::Migrate => database().await.map(|_| ()),
-        Command::Dlq(command) => dlq(command).await,
-        Command::Topics(command) => topics(command).await,
+        Command::Run => {
+            let described = orchestrator::settings::describe(&matches, &settings);
+            let described: Vec<String> = described.into_iter().map(|(name, value)| format!("{name}={value}")).collect();
+            tracing::info!(settings = %described.join(" "), "settings (secrets masked; `consumer --help` lists them)");
+            run(&settings, cli.demo).await
+        }
+        Command::Migrate => database(&settings).await.map(|_| ()),
+        Command::Dlq(command) => dlq(&settings, command).await,
+        Command::Topics(command) => topics(&settings, command).await,
     };
     telemetry.flush();
     match result {
@@ -233,8 +240,8 @@ async fn main() -> std::process::ExitCode {
 }
 
 /// The `topics` subcommands.
-async fn topics(command: TopicsCommand) -> Result<(), Box<dyn std::error::Error>> {
-    let kafka = KafkaConfig::from_env()?;
+async fn topics(settings: &Settings, command: TopicsCommand) -> Result<(), Box<dyn std::error::Error>> {
+    let kafka = settings.kafka.config()?;
     if kafka.bootstrap_servers.is_none() {
         return Err("KAFKA_BOOTSTRAP_SERVERS is not set (the embedded broker creates its topics itself)".into());
     }
@@ -273,7 +280,7 @@ const TOPIC_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
 /// On a real cluster: the design's topics must exist before consuming
 /// (`KAFKA_CREATE_TOPICS=true` creates the missing ones). A cluster that
 /// does not answer is not an error here: the clients keep trying to reach it.
-async fn ensure_topics(kafka: &KafkaConfig) -> Result<(), Box<dyn std::error::Error>> {
+async fn ensure_topics(settings: &Settings, kafka: &KafkaConfig) -> Result<(), Box<dyn std::error::Error>> {
     let all = kafka_topics::all_topics();
     let missing = match kafka_topics::missing_topics(kafka, &all, kafka.timeout).await {
         Ok(missing) => missing,
@@ -285,11 +292,10 @@ async fn ensure_topics(kafka: &KafkaConfig) -> Result<(), Box<dyn std::error::Er
     if missing.is_empty() {
         return Ok(());
     }
-    if !orchestrator::config::env_parse("KAFKA_CREATE_TOPICS", false)? {
+    if !settings.kafka.create_topics {
         return Err(kafka_topics::MissingTopics(missing).into());
     }
-    let partitions = orchestrator::config::env_parse("KAFKA_TOPIC_PARTITIONS", 12i32)?;
-    let replication = orchestrator::config::env_parse("KAFKA_TOPIC_REPLICATION_FACTOR", -1i32)?;
+    let (partitions, replication) = (settings.kafka.topic_partitions, settings.kafka.topic_replication_factor);
     for (topic, outcome) in kafka_topics::create_topics(kafka, &missing, partitions, replication, TOPIC_TIMEOUT).await?
     {
         match outcome {
@@ -303,13 +309,14 @@ async fn ensure_topics(kafka: &KafkaConfig) -> Result<(), Box<dyn std::error::Er
 }
 
 /// The `dlq` subcommands: print to stdout, fail with a readable message.
-async fn dlq(command: DlqCommand) -> Result<(), Box<dyn std::error::Error>> {
-    let store = Arc::new(SqlStore::new(database().await?));
+async fn dlq(settings: &Settings, command: DlqCommand) -> Result<(), Box<dyn std::error::Error>> {
+    let store = Arc::new(SqlStore::new(database(settings).await?));
     let replays = matches!(command, DlqCommand::Replay { .. });
     // Replaying needs a broker that outlives this command: a real cluster, or
     // the embedded broker of a running consumer (its address is in its log).
-    let service = match (&KafkaConfig::from_env()?.bootstrap_servers, replays) {
-        (Some(_), true) => DlqService::new(store).with_publisher(Publisher::new(&KafkaConfig::from_env()?)?),
+    let kafka = settings.kafka.config()?;
+    let service = match (&kafka.bootstrap_servers, replays) {
+        (Some(_), true) => DlqService::new(store).with_publisher(Publisher::new(&kafka)?),
         _ => DlqService::new(store),
     };
     match command {
@@ -369,13 +376,13 @@ fn plural(n: usize) -> &'static str {
     if n == 1 { "y" } else { "ies" }
 }
 
-async fn run(demo: bool) -> Result<(), Box<dyn std::error::Error>> {
-    let mut kafka = KafkaConfig::from_env()?;
+async fn run(settings: &Settings, demo: bool) -> Result<(), Box<dyn std::error::Error>> {
+    let mut kafka = settings.kafka.config()?;
     // Kept alive until the end: dropping it stops the broker.
     let _embedded = match &kafka.bootstrap_servers {
         Some(servers) => {
             tracing::info!(%servers, "using the Kafka cluster from KAFKA_BOOTSTRAP_SERVERS");
-            ensure_topics(&kafka).await?;
+            ensure_topics(settings, &kafka).await?;
             None
         }
         None => {
@@ -390,25 +397,25 @@ async fn run(demo: bool) -> Result<(), Box<dyn std::error::Error>> {
         }
     };
     // Every client gets these; secrets are masked.
-    let settings: Vec<String> = kafka.describe().into_iter().map(|(name, value)| format!("{name}={value}")).collect();
-    tracing::info!(settings = %settings.join(" "), "kafka client settings");
+    let client: Vec<String> = kafka.describe().into_iter().map(|(name, value)| format!("{name}={value}")).collect();
+    tracing::info!(settings = %client.join(" "), "kafka client settings");
 
-    let db = database().await?;
+    let db = database(settings).await?;
     let raw_store = Arc::new(SqlStore::new(db.clone()));
     let orchestrator = Arc::new(
         Orchestrator::builder()
             .handlers(handlers::builtin())
             .executors(executors::builtin(&db))
             .store(raw_store.clone())
-            .retry_policy(RetryPolicy::from_env()?)
-            .config(PipelineConfig::from_env()?)
+            .retry_policy(settings.pipeline.retry_policy())
+            .config(settings.pipeline.config())
             .build()?,
     );
     // Every other use of the database goes through the pipeline's breaker too.
     let store = orchestrator.guard(raw_store);
     let cleanup = orchestrator::maintenance::spawn_dedupe_cleanup(store.clone(), std::time::Duration::from_secs(3600));
 
-    let grace = shutdown_grace()?;
+    let grace = settings.server.shutdown_grace();
     // In-flight records get most of the grace period; closing the clients the rest.
     let drain = grace.saturating_sub(grace / 5);
     let mut runtime = ConsumerRuntime::new(
@@ -418,7 +425,7 @@ async fn run(demo: bool) -> Result<(), Box<dyn std::error::Error>> {
         store.clone(),
         RuntimeSettings { shutdown_grace: drain, ..RuntimeSettings::default() },
     )?;
-    match AiRouteSettings::from_env()? {
+    match settings.pipeline.ai_route() {
         Some(ai) => {
             tracing::info!(
                 timeout = ?ai.timeout,
@@ -430,7 +437,7 @@ async fn run(demo: bool) -> Result<(), Box<dyn std::error::Error>> {
         None => tracing::info!("intents from the built-in keyword classifier (INTENT_SOURCE=ai for the AI service)"),
     }
     let mut cloud_api = None;
-    let whatsapp: Arc<dyn WhatsAppSender> = match CloudApiConfig::from_env()? {
+    let whatsapp: Arc<dyn WhatsAppSender> = match settings.whatsapp.cloud_api()? {
         Some(cloud) => {
             tracing::info!(
                 api_url = %cloud.api_url,
@@ -448,7 +455,10 @@ async fn run(demo: bool) -> Result<(), Box<dyn std::error::Error>> {
             Arc::new(DryRunSender)
         }
     };
-    let reply_settings = ReplySettings { shutdown_grace: drain, ..ReplySettings::from_env()? };
+    let reply_settings = orchestrator::kafka::ReplySettings {
+        shutdown_grace: drain,
+        ..settings.whatsapp.reply(settings.pipeline.retry_policy())
+    };
     tracing::info!(
         max_send_rate = reply_settings.rate.max_rate,
         in_flight = reply_settings.max_in_flight,
@@ -470,13 +480,13 @@ async fn run(demo: bool) -> Result<(), Box<dyn std::error::Error>> {
     health.breakers = Some(orchestrator.breakers().clone());
     health.stats = Some(runtime.stats());
     health.replies = Some(reply_stats);
-    let webhook = WebhookState::new(WebhookSettings::from_env(), publisher.clone(), store.clone())
+    let webhook = WebhookState::new(settings.whatsapp.webhook(), publisher.clone(), store.clone())
         .with_dead_letters(store.clone());
     if webhook.settings.app_secret.is_none() {
         tracing::warn!("WHATSAPP_APP_SECRET not set: webhook signatures are not checked");
     }
     // The edge-function path: raw webhook requests from whatsapp.webhook.inbound, handled like POSTs.
-    let ingest_task = if orchestrator::config::env_parse("WEBHOOK_INBOUND_ENABLED", true)? {
+    let ingest_task = if settings.server.webhook_inbound_enabled {
         let ingest = WebhookIngest::new(&kafka, webhook.clone(), store.clone())?;
         tracing::info!("reading edge-function webhook requests from whatsapp.webhook.inbound");
         Some(tokio::spawn(ingest.run(wait(stopped.clone()))))
@@ -486,14 +496,14 @@ async fn run(demo: bool) -> Result<(), Box<dyn std::error::Error>> {
     let mut app = http::webhook::routes(webhook)
         .merge(http::health::routes(health))
         .merge(http::metrics::routes(Some(orchestrator.breakers().clone())));
-    match std::env::var("ADMIN_TOKEN").ok().map(|t| t.trim().to_owned()).filter(|t| !t.is_empty()) {
+    match settings.server.admin_token() {
         Some(token) => {
             let dlq = DlqService::new(store.clone()).with_publisher(publisher.clone());
             app = app.merge(http::admin::routes(AdminState { dlq, token }));
         }
         None => tracing::info!("ADMIN_TOKEN not set: the /admin/dlq routes are off"),
     }
-    let addr = http::addr_from_env()?;
+    let addr = settings.server.http_addr;
     let listener = tokio::net::TcpListener::bind(addr).await?;
     tracing::info!(%addr, "HTTP server listening (webhook, /health, /metrics, /admin/dlq)");
     let http_task = tokio::spawn(http::serve(listener, app, wait(stopped.clone())));

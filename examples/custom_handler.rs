@@ -14,9 +14,7 @@ use std::time::Duration;
 
 use chrono::Utc;
 use orchestrator::event::{Envelope, EventData, MessageContent, MessageReceived, MessageType, ResponseContent};
-use orchestrator::kafka::{
-    ConsumerRuntime, EmbeddedKafka, KafkaConfig, Publisher, ReplySettings, ResponseSender, RuntimeSettings,
-};
+use orchestrator::kafka::{ConsumerRuntime, EmbeddedKafka, Publisher, ReplySettings, ResponseSender, RuntimeSettings};
 use orchestrator::outbound::{SendError, Sent, WhatsAppSender};
 use orchestrator::{
     ActionContext, ActionError, ActionExecutor, ActionOutput, Classifier, ClassifyError, HandlerError, Inbound, Intent,
@@ -120,8 +118,9 @@ fn message(phone: &str, body: &str) -> Envelope {
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let kafka_broker = EmbeddedKafka::start(4)?;
-    let kafka = kafka_broker.configure(KafkaConfig::from_env()?);
-    let db = orchestrator::db::connect(&orchestrator::config::database_url()).await?;
+    let settings = orchestrator::settings::Settings::from_env()?;
+    let kafka = kafka_broker.configure(settings.kafka.config()?);
+    let db = orchestrator::db::connect(&settings.database.database_url).await?;
     let store = Arc::new(SqlStore::new(db.clone()));
 
     // The registries: built-ins plus the user's own, in code.

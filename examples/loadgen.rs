@@ -40,15 +40,13 @@ use orchestrator::event::{
     Envelope, EventData, MessageContent, MessageReceived, MessageType, Priority, ResponseContent, ResponseReady,
     ResponseType, reply_meta, topics,
 };
-use orchestrator::kafka::{
-    ConsumerRuntime, EmbeddedKafka, KafkaConfig, Publisher, ReplySettings, ResponseSender, RuntimeSettings,
-};
+use orchestrator::kafka::{ConsumerRuntime, EmbeddedKafka, KafkaConfig, Publisher, ResponseSender, RuntimeSettings};
 use orchestrator::outbound::{CloudApiConfig, CloudApiSender};
 use orchestrator::store::KeyParking;
 use orchestrator::testing::fake_cloud_api::{FakeCloudApi, FakeSettings};
 use orchestrator::{
     ActionContext, ActionError, ActionExecutor, ActionOutput, BreakerConfig, ExecutorRegistry, KeywordClassifier,
-    MemoryStore, Orchestrator, PipelineConfig, SqlStore, Store, async_trait,
+    MemoryStore, Orchestrator, SqlStore, Store, async_trait,
 };
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::{Message, TopicPartitionList};
@@ -415,13 +413,12 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let args = Args::parse();
-    let _telemetry = if args.telemetry {
-        Some(orchestrator::telemetry::init(&orchestrator::telemetry::TelemetryConfig::from_env("loadgen"))?)
-    } else {
-        None
-    };
+    // The consumer's settings, from the same variables.
+    let settings = orchestrator::settings::Settings::from_env()?;
+    let _telemetry =
+        if args.telemetry { Some(orchestrator::telemetry::init(&settings.telemetry.config())?) } else { None };
     let run = uuid::Uuid::new_v4().simple().to_string()[..8].to_owned();
-    let mut kafka = KafkaConfig::from_env()?;
+    let mut kafka = settings.kafka.config()?;
     let _embedded = match &kafka.bootstrap_servers {
         // A new group reads the topic from its start: it would send every reply ever published there.
         Some(_) if args.replies => return Err("--replies runs on the embedded broker only".into()),
@@ -453,7 +450,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             .handlers(handlers::builtin())
             .executors(executors)
             .store(store)
-            .config(PipelineConfig::from_env()?)
+            .config(settings.pipeline.config())
             .build()?,
     );
     let mode = match args.rate {
@@ -576,7 +573,8 @@ async fn replies(
     store: Arc<SqlStore>,
     backend: &str,
 ) -> Result<(), Box<dyn std::error::Error>> {
-    let settings = ReplySettings::from_env()?;
+    let settings = orchestrator::settings::Settings::from_env()?;
+    let settings = settings.whatsapp.reply(settings.pipeline.retry_policy());
     let max_rate = settings.rate.max_rate;
     let fake = FakeCloudApi::start(FakeSettings {
         latency: Duration::from_millis(100),

@@ -8,7 +8,7 @@
 
 use chrono::Utc;
 use orchestrator::event::{Envelope, EventData, MessageContent, MessageReceived, MessageType};
-use orchestrator::kafka::{KafkaConfig, Publisher};
+use orchestrator::kafka::Publisher;
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -17,7 +17,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         [phone, words @ ..] if !words.is_empty() => (phone.clone(), words.join(" ")),
         _ => return Err("usage: producer <phone> <text...>".into()),
     };
-    let config = KafkaConfig::from_env()?;
+    let config = orchestrator::settings::Settings::from_env()?.kafka.config()?;
     if config.bootstrap_servers.is_none() {
         return Err("set KAFKA_BOOTSTRAP_SERVERS to the address the consumer printed".into());
     }

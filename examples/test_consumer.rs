@@ -5,13 +5,12 @@
 //! ```
 
 use orchestrator::event::{Envelope, topics};
-use orchestrator::kafka::KafkaConfig;
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::message::Message;
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let config = KafkaConfig::from_env()?;
+    let config = orchestrator::settings::Settings::from_env()?.kafka.config()?;
     if config.bootstrap_servers.is_none() {
         return Err("set KAFKA_BOOTSTRAP_SERVERS to the address the consumer printed".into());
     }

@@ -12,7 +12,7 @@ use orchestrator::store::{DlqStatus, SourceInfo};
 use orchestrator::testing;
 use orchestrator::{
     ActionError, ActionRequest, BreakerConfig, DeadLetterQueue, DuplicateOf, ExecutorRegistry, HandlerRegistry,
-    Incoming, Intent, Orchestrator, Outcome, PipelineConfig, RetryPolicy, SqlStore, Store, StoreError,
+    Incoming, Intent, Orchestrator, Outcome, PipelineConfig, SqlStore, Store, StoreError,
 };
 use serde_json::json;
 
@@ -300,20 +300,6 @@ async fn a_replayed_dead_letter_is_processed_again_once() {
         assert!(matches!(again, Err(StoreError::InvalidTransition { from: "replayed", .. })), "{}: {again:?}", t.label);
         assert_eq!(log.count("execute crm"), 2, "{}", t.label);
     }
-}
-
-#[tokio::test]
-async fn the_retry_policy_is_read_from_the_environment() {
-    // Unique to this test binary's process; no other test here reads these.
-    unsafe {
-        std::env::set_var("MAX_RETRIES", "2");
-        std::env::set_var("RETRY_DELAY_MS", "200");
-    }
-    let policy = RetryPolicy::from_env().unwrap();
-    assert_eq!(policy.max_attempts(), 3);
-    assert_eq!(policy.delay_before_retry(1), Some(Duration::from_millis(200)));
-    assert_eq!(policy.delay_before_retry(2), Some(Duration::from_millis(1000)));
-    assert_eq!(policy.delay_before_retry(3), None);
 }
 
 #[tokio::test]

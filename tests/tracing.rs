@@ -74,7 +74,7 @@ async fn one_trace_runs_from_the_webhook_through_kafka_and_the_saga_to_the_reply
         otlp_endpoint: Some(collector),
         json_logs: true,
         ansi: false,
-        default_filter: "info".into(),
+        filter: "info".into(),
     };
     let telemetry = telemetry::init(&config).unwrap();
 

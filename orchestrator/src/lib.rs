@@ -44,6 +44,8 @@ pub mod pipeline;
 pub mod publish;
 pub mod retry;
 pub mod saga;
+#[cfg(feature = "cli")]
+pub mod settings;
 pub mod stats;
 pub mod store;
 pub mod telemetry;

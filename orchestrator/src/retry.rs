@@ -60,14 +60,6 @@ impl RetryPolicy {
         Self { max_retries, schedule: Schedule::Exponential(builder) }
     }
 
-    /// From `MAX_RETRIES` (default 3) and `RETRY_DELAY_MS` (default 1000, the
-    /// first delay; the next are 5x and 15x it).
-    pub fn from_env() -> Result<Self, crate::config::ConfigError> {
-        let max_retries = crate::config::env_parse("MAX_RETRIES", 3u32)?;
-        let base = crate::config::env_parse("RETRY_DELAY_MS", 1000u64)?;
-        Ok(Self::scaled(max_retries, Duration::from_millis(base)))
-    }
-
     /// Retries after the first attempt.
     pub fn max_retries(&self) -> u32 {
         self.max_retries

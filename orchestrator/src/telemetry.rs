@@ -25,6 +25,9 @@ pub enum TelemetryError {
     /// The OTLP exporter could not be built.
     #[error("OTLP exporter: {0}")]
     Exporter(String),
+    /// The log filter does not parse.
+    #[error("log filter: {0}")]
+    Filter(String),
     /// A global subscriber was already installed.
     #[error("a tracing subscriber is already installed: {0}")]
     AlreadyInstalled(String),
@@ -43,22 +46,8 @@ pub struct TelemetryConfig {
     /// Colour escape codes in human-readable logs: only when stderr is a
     /// terminal and `NO_COLOR` is unset (a log file or a collector gets plain text).
     pub ansi: bool,
-    /// `RUST_LOG`, else this filter.
-    pub default_filter: String,
-}
-
-impl TelemetryConfig {
-    /// From `OTEL_EXPORTER_OTLP_ENDPOINT`, `LOG_FORMAT` and `OTEL_SERVICE_NAME` (default `service_name`).
-    pub fn from_env(service_name: &str) -> Self {
-        let var = |name: &str| std::env::var(name).ok().filter(|v| !v.trim().is_empty());
-        Self {
-            service_name: var("OTEL_SERVICE_NAME").unwrap_or_else(|| service_name.to_owned()),
-            otlp_endpoint: var("OTEL_EXPORTER_OTLP_ENDPOINT"),
-            json_logs: var("LOG_FORMAT").is_some_and(|f| f.eq_ignore_ascii_case("json")),
-            ansi: std::io::IsTerminal::is_terminal(&std::io::stderr()) && var("NO_COLOR").is_none(),
-            default_filter: "info,rdkafka=warn,sqlx=warn".to_owned(),
-        }
-    }
+    /// Which logs to write (`RUST_LOG` syntax).
+    pub filter: String,
 }
 
 /// Keeps the tracer provider alive; flushes and stops it when dropped.
@@ -126,8 +115,8 @@ pub fn init(config: &TelemetryConfig) -> Result<Telemetry, TelemetryError> {
         .with_tracer(provider.tracer("whatsapp-orchestrator"))
         .with_tracked_inactivity(false)
         .with_threads(false);
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(&config.default_filter));
+    let filter = tracing_subscriber::EnvFilter::try_new(&config.filter)
+        .map_err(|e| TelemetryError::Filter(format!("RUST_LOG={:?}: {e}", config.filter)))?;
     let registry = tracing_subscriber::registry().with(filter).with(otel);
     let installed = if config.json_logs {
         let json = tracing_subscriber::fmt::layer()

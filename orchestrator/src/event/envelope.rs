@@ -179,16 +179,19 @@ pub struct Envelope {
 }
 
 /// The `max_attempts` written for an envelope that sets none: the process's
-/// retry policy as the environment gives it (`MAX_RETRIES`, default 3,
-/// plus the first attempt), which is what the consumers of this process
-/// apply when they read it back.
+/// retry policy's (4 unless [`set_default_max_attempts`] said otherwise),
+/// which is what the consumers of this process apply when they read it back.
 pub fn default_max_attempts() -> u32 {
-    static DEFAULT: std::sync::OnceLock<u32> = std::sync::OnceLock::new();
-    *DEFAULT.get_or_init(|| {
-        // An invalid MAX_RETRIES is reported when the retry policy is read at start.
-        crate::config::env_parse("MAX_RETRIES", 3u32).unwrap_or(3).saturating_add(1)
-    })
+    DEFAULT_MAX_ATTEMPTS.load(std::sync::atomic::Ordering::Relaxed)
 }
+
+/// Sets [`default_max_attempts`] (at start, from the retry policy's
+/// `max_attempts`: `MAX_RETRIES` + 1).
+pub fn set_default_max_attempts(attempts: u32) {
+    DEFAULT_MAX_ATTEMPTS.store(attempts.max(1), std::sync::atomic::Ordering::Relaxed);
+}
+
+static DEFAULT_MAX_ATTEMPTS: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(4);
 
 /// Why bytes could not be turned into an [`Envelope`]. Every variant is a
 /// `SerializationError` in the dead-letter queue.

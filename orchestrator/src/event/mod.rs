@@ -15,6 +15,7 @@ pub mod timestamp;
 pub use ai::{AiProcessRequest, AiProcessResult};
 pub use envelope::{
     DecodeError, Envelope, EventData, EventMetadata, EventType, MAX_PAYLOAD_BYTES, default_max_attempts,
+    set_default_max_attempts,
 };
 pub use failure::{FailureType, MessageFailed};
 pub use inbound::{InteractionReceived, InteractionType, MessageContent, MessageReceived, MessageType, Selection};

@@ -14,11 +14,7 @@
 //! # }
 //! ```
 
-use std::net::SocketAddr;
-
 use axum::Router;
-
-use crate::config::{ConfigError, env_parse};
 
 pub mod admin;
 pub mod health;
@@ -28,11 +24,6 @@ pub mod webhook;
 pub use admin::AdminState;
 pub use health::HealthState;
 pub use webhook::{WebhookSettings, WebhookState};
-
-/// `HTTP_ADDR`: where the server listens (default `127.0.0.1:8000`).
-pub fn addr_from_env() -> Result<SocketAddr, ConfigError> {
-    env_parse("HTTP_ADDR", SocketAddr::from(([127, 0, 0, 1], 8000)))
-}
 
 /// Serves `app` on `listener` until `shutdown` resolves, then finishes the
 /// requests in progress.

@@ -11,7 +11,6 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::config::{ConfigError, env_parse};
 use crate::store::PendingClassifications;
 
 /// Where intents come from.
@@ -61,18 +60,6 @@ impl Default for AiRouteSettings {
 }
 
 impl AiRouteSettings {
-    /// `INTENT_SOURCE` (`keywords` by default, or `ai`) and `AI_TIMEOUT_MS`
-    /// (10000): `Some` settings when the AI route is selected.
-    pub fn from_env() -> Result<Option<Self>, ConfigError> {
-        match env_parse("INTENT_SOURCE", IntentSource::Classifier)? {
-            IntentSource::Classifier => Ok(None),
-            IntentSource::Ai => {
-                let timeout = Duration::from_millis(env_parse("AI_TIMEOUT_MS", 10_000u64)?);
-                Ok(Some(Self { timeout, ..Self::default() }))
-            }
-        }
-    }
-
     /// How often overdue messages are looked for.
     pub(crate) fn sweep_interval(&self) -> Duration {
         (self.timeout / 4).clamp(Duration::from_millis(100), Duration::from_secs(5))

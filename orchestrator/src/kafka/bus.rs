@@ -4,9 +4,9 @@
 //! ```no_run
 //! use orchestrator::event::MessageReceived;
 //! use orchestrator::kafka::bus::{KafkaEventBus, ProcessingResult, SubscriptionConfig};
-//! use orchestrator::kafka::KafkaConfig;
+//! use orchestrator::settings::Settings;
 //! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
-//! let bus = KafkaEventBus::new(KafkaConfig::from_env()?)?;
+//! let bus = KafkaEventBus::new(Settings::from_env()?.kafka.config()?)?;
 //! let subscription = bus.subscribe::<MessageReceived, _>(
 //!     SubscriptionConfig { consumer_group: "crm-sync".into(), ..Default::default() },
 //!     |message: MessageReceived| async move {

@@ -123,7 +123,7 @@ pub fn is_secret_property(name: &str) -> bool {
         || name == "ssl.key.pem"
 }
 
-fn masked<'a>(name: &str, value: &'a str) -> &'a str {
+pub(crate) fn masked<'a>(name: &str, value: &'a str) -> &'a str {
     if is_secret_property(name) { "****" } else { value }
 }
 
@@ -174,11 +174,6 @@ impl Vars {
 const PROPERTY_PREFIX: &str = "KAFKA_PROPERTY_";
 
 impl KafkaConfig {
-    /// Reads every `KAFKA_*` variable (see the module docs).
-    pub fn from_env() -> Result<Self, ConfigError> {
-        Self::from_vars(std::env::vars())
-    }
-
     /// Reads the settings from `vars` as if they were the environment.
     pub fn from_vars(vars: impl IntoIterator<Item = (String, String)>) -> Result<Self, ConfigError> {
         let vars = Vars(vars.into_iter().collect());

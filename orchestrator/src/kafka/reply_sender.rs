@@ -82,20 +82,6 @@ impl Default for ReplySettings {
     }
 }
 
-impl ReplySettings {
-    /// The defaults with `REPLY_MAX_IN_FLIGHT`, `MAX_RETRIES`,
-    /// `RETRY_DELAY_MS` and the rate variables ([`RateSettings::from_env`]) applied.
-    pub fn from_env() -> Result<Self, crate::config::ConfigError> {
-        let defaults = Self::default();
-        Ok(Self {
-            max_in_flight: crate::config::env_parse("REPLY_MAX_IN_FLIGHT", defaults.max_in_flight)?.max(1),
-            retry: RetryPolicy::from_env()?,
-            rate: RateSettings::from_env()?,
-            ..defaults
-        })
-    }
-}
-
 fn bump(counter: &AtomicU64, status: &str) {
     counter.fetch_add(1, Ordering::Relaxed);
     crate::metrics::metrics().outbound.with_label_values(&[status]).inc();

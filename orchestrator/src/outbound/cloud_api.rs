@@ -56,24 +56,6 @@ impl std::fmt::Debug for CloudApiConfig {
 pub struct TokensError(usize);
 
 impl CloudApiConfig {
-    /// From `WHATSAPP_TOKEN` and `WHATSAPP_PHONE_NUMBER_ID` (both needed;
-    /// `Ok(None)` otherwise, meaning "dry run"), `WHATSAPP_TOKENS` and
-    /// `WHATSAPP_API_URL`.
-    pub fn from_env() -> Result<Option<Self>, TokensError> {
-        let var = |name| std::env::var(name).ok().map(|v: String| v.trim().to_owned()).filter(|v| !v.is_empty());
-        let tokens = parse_tokens(&var("WHATSAPP_TOKENS").unwrap_or_default())?;
-        let (Some(token), Some(phone_number_id)) = (var("WHATSAPP_TOKEN"), var("WHATSAPP_PHONE_NUMBER_ID")) else {
-            return Ok(None);
-        };
-        Ok(Some(Self {
-            token,
-            tokens,
-            phone_number_id,
-            api_url: var("WHATSAPP_API_URL").unwrap_or_else(|| DEFAULT_API_URL.to_owned()),
-            timeout: Duration::from_secs(10),
-        }))
-    }
-
     /// The token for `phone_number_id`: its own, else the default one.
     pub fn token_for(&self, phone_number_id: &str) -> &str {
         self.tokens.get(phone_number_id).map_or(self.token.as_str(), String::as_str)
@@ -81,7 +63,7 @@ impl CloudApiConfig {
 }
 
 /// Parses `id=token,id=token` (blank entries ignored).
-fn parse_tokens(text: &str) -> Result<HashMap<String, String>, TokensError> {
+pub(crate) fn parse_tokens(text: &str) -> Result<HashMap<String, String>, TokensError> {
     text.split(',')
         .map(str::trim)
         .enumerate()

@@ -12,8 +12,6 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-use crate::config::{ConfigError, env_parse};
-
 /// The limits' settings.
 #[derive(Debug, Clone, PartialEq)]
 pub struct RateSettings {
@@ -44,32 +42,6 @@ impl Default for RateSettings {
             recipient_burst: 45,
             recipient_interval: Duration::from_secs(6),
         }
-    }
-}
-
-impl RateSettings {
-    /// The defaults with `WHATSAPP_MAX_SEND_RATE`, `WHATSAPP_RECIPIENT_BURST`
-    /// and `WHATSAPP_RECIPIENT_INTERVAL_MS` applied.
-    pub fn from_env() -> Result<Self, ConfigError> {
-        let defaults = Self::default();
-        let max_rate: f64 = env_parse("WHATSAPP_MAX_SEND_RATE", defaults.max_rate)?;
-        if !(max_rate.is_finite() && max_rate > 0.0) {
-            return Err(ConfigError {
-                name: "WHATSAPP_MAX_SEND_RATE",
-                value: max_rate.to_string(),
-                reason: "must be a positive number of messages per second".into(),
-            });
-        }
-        Ok(Self {
-            max_rate,
-            min_rate: defaults.min_rate.min(max_rate),
-            recipient_burst: env_parse("WHATSAPP_RECIPIENT_BURST", defaults.recipient_burst)?.max(1),
-            recipient_interval: Duration::from_millis(env_parse(
-                "WHATSAPP_RECIPIENT_INTERVAL_MS",
-                defaults.recipient_interval.as_millis() as u64,
-            )?),
-            ..defaults
-        })
     }
 }
 

@@ -5,7 +5,6 @@
 
 use std::sync::Arc;
 
-use crate::config::env_parse;
 use crate::event::{Envelope, EventData, FailureType, topics};
 use crate::publish::Publish;
 use crate::store::{DeliveryStatuses, NewDeadLetter, SourceInfo, Store};
@@ -30,14 +29,6 @@ pub struct WebhookSettings {
 impl Default for WebhookSettings {
     fn default() -> Self {
         Self { verify_token: None, app_secret: None, publish_timeout: std::time::Duration::from_secs(10) }
-    }
-}
-
-impl WebhookSettings {
-    /// `WHATSAPP_VERIFY_TOKEN` and `WHATSAPP_APP_SECRET`.
-    pub fn from_env() -> Self {
-        let read = |name: &'static str| env_parse::<String>(name, String::new()).ok().filter(|v| !v.is_empty());
-        Self { verify_token: read("WHATSAPP_VERIFY_TOKEN"), app_secret: read("WHATSAPP_APP_SECRET"), ..Self::default() }
     }
 }
 
