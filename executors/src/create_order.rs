@@ -1,12 +1,11 @@
 //! `create_order`: records an order in `orders`; compensation cancels it.
 
-use async_trait::async_trait;
-use chrono::Utc;
-use orchestrator::{ActionContext, ActionError, ActionExecutor, ActionOutput};
-use sea_orm::{DatabaseConnection, Set};
+use chrono::{DateTime, Utc};
+use orchestrator::{ActionContext, ActionError};
+use sea_orm::Set;
 use serde_json::{Value, json};
 
-use crate::effect::{EffectRows, EffectTable};
+use crate::effect::{Effect, EffectExecutor, EffectTable};
 
 /// The `orders` table.
 pub mod entity {
@@ -49,7 +48,7 @@ pub mod entity {
     impl ActiveModelBehavior for ActiveModel {}
 }
 
-use entity::{ActiveModel, Column, Entity};
+use entity::{ActiveModel, Column, Entity, Model};
 
 impl EffectTable for Entity {
     const STATUS: Column = Column::Status;
@@ -62,17 +61,7 @@ impl EffectTable for Entity {
 
 /// Creates an order from `items` (`[{"product","quantity"}]`, or product
 /// names) or a single `product` with `quantity`.
-#[derive(Debug, Clone)]
-pub struct CreateOrder {
-    rows: EffectRows<Entity>,
-}
-
-impl CreateOrder {
-    /// Writes to `db`.
-    pub fn new(db: DatabaseConnection) -> Self {
-        Self { rows: EffectRows::new(db) }
-    }
-}
+pub type CreateOrder = EffectExecutor<Entity>;
 
 /// Normalises the parameters to `[{"product": String, "quantity": n}]`.
 fn order_items(params: &Value) -> Result<Vec<Value>, ActionError> {
@@ -107,18 +96,13 @@ fn order_items(params: &Value) -> Result<Vec<Value>, ActionError> {
     Ok(items)
 }
 
-#[async_trait]
-impl ActionExecutor for CreateOrder {
-    fn name(&self) -> &str {
-        crate::actions::CREATE_ORDER
-    }
+impl Effect for Entity {
+    const ACTION: &'static str = crate::actions::CREATE_ORDER;
 
-    async fn execute(&self, ctx: &ActionContext<'_>) -> Result<ActionOutput, ActionError> {
+    fn row(ctx: &ActionContext<'_>, key: String, now: DateTime<Utc>) -> Result<ActiveModel, ActionError> {
         let items = order_items(ctx.params)?;
-        let key = ctx.idempotency_key();
-        let now = Utc::now();
-        let row = ActiveModel {
-            idempotency_key: Set(key.clone()),
+        Ok(ActiveModel {
+            idempotency_key: Set(key),
             tenant_id: Set(ctx.message.tenant_id.clone()),
             message_id: Set(ctx.message.message_id.clone()),
             phone: Set(ctx.message.phone().to_owned()),
@@ -129,17 +113,11 @@ impl ActionExecutor for CreateOrder {
             created_at: Set(now),
             updated_at: Set(now),
             ..Default::default()
-        };
-        let order = self.rows.insert_once(row).await?;
-        Ok(ActionOutput(json!({ Entity::OUTPUT_ID: order.id, "items": order.items })))
+        })
     }
 
-    async fn compensate(&self, ctx: &ActionContext<'_>, _output: &ActionOutput) -> Result<(), ActionError> {
-        self.rows.undo(&ctx.idempotency_key()).await
-    }
-
-    async fn compensate_unknown(&self, ctx: &ActionContext<'_>) -> Result<(), ActionError> {
-        self.rows.undo(&ctx.idempotency_key()).await
+    fn output(row: &Model) -> Value {
+        json!({ Entity::OUTPUT_ID: row.id, "items": row.items })
     }
 }
 

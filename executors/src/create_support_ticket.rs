@@ -1,12 +1,11 @@
 //! `create_support_ticket`: opens a ticket in `support_tickets`; compensation closes it.
 
-use async_trait::async_trait;
-use chrono::Utc;
-use orchestrator::{ActionContext, ActionError, ActionExecutor, ActionOutput};
-use sea_orm::{DatabaseConnection, Set};
-use serde_json::json;
+use chrono::{DateTime, Utc};
+use orchestrator::{ActionContext, ActionError};
+use sea_orm::Set;
+use serde_json::{Value, json};
 
-use crate::effect::{EffectRows, EffectTable};
+use crate::effect::{Effect, EffectExecutor, EffectTable};
 
 /// The `support_tickets` table.
 pub mod entity {
@@ -49,7 +48,7 @@ pub mod entity {
     impl ActiveModelBehavior for ActiveModel {}
 }
 
-use entity::{ActiveModel, Column, Entity};
+use entity::{ActiveModel, Column, Entity, Model};
 
 impl EffectTable for Entity {
     const STATUS: Column = Column::Status;
@@ -65,35 +64,20 @@ pub const PRIORITIES: [&str; 4] = ["low", "normal", "high", "urgent"];
 
 /// Opens a support ticket: `subject` (default "Customer complaint"),
 /// `description` (default: the message text), `priority` (default `normal`).
-#[derive(Debug, Clone)]
-pub struct CreateSupportTicket {
-    rows: EffectRows<Entity>,
-}
+pub type CreateSupportTicket = EffectExecutor<Entity>;
 
-impl CreateSupportTicket {
-    /// Writes to `db`.
-    pub fn new(db: DatabaseConnection) -> Self {
-        Self { rows: EffectRows::new(db) }
-    }
-}
+impl Effect for Entity {
+    const ACTION: &'static str = crate::actions::CREATE_SUPPORT_TICKET;
 
-#[async_trait]
-impl ActionExecutor for CreateSupportTicket {
-    fn name(&self) -> &str {
-        crate::actions::CREATE_SUPPORT_TICKET
-    }
-
-    async fn execute(&self, ctx: &ActionContext<'_>) -> Result<ActionOutput, ActionError> {
+    fn row(ctx: &ActionContext<'_>, key: String, now: DateTime<Utc>) -> Result<ActiveModel, ActionError> {
         let priority = ctx.param_str("priority").unwrap_or("normal");
         if !PRIORITIES.contains(&priority) {
             return Err(ActionError::permanent(format!("ticket priority `{priority}` is not one of {PRIORITIES:?}")));
         }
         let description =
             ctx.param_str("description").or_else(|| ctx.message.inbound.text()).unwrap_or("(no text)").to_owned();
-        let key = ctx.idempotency_key();
-        let now = Utc::now();
-        let row = ActiveModel {
-            idempotency_key: Set(key.clone()),
+        Ok(ActiveModel {
+            idempotency_key: Set(key),
             tenant_id: Set(ctx.message.tenant_id.clone()),
             message_id: Set(ctx.message.message_id.clone()),
             phone: Set(ctx.message.phone().to_owned()),
@@ -104,16 +88,10 @@ impl ActionExecutor for CreateSupportTicket {
             created_at: Set(now),
             updated_at: Set(now),
             ..Default::default()
-        };
-        let ticket = self.rows.insert_once(row).await?;
-        Ok(ActionOutput(json!({ Entity::OUTPUT_ID: ticket.id, "priority": ticket.priority })))
+        })
     }
 
-    async fn compensate(&self, ctx: &ActionContext<'_>, _output: &ActionOutput) -> Result<(), ActionError> {
-        self.rows.undo(&ctx.idempotency_key()).await
-    }
-
-    async fn compensate_unknown(&self, ctx: &ActionContext<'_>) -> Result<(), ActionError> {
-        self.rows.undo(&ctx.idempotency_key()).await
+    fn output(row: &Model) -> Value {
+        json!({ Entity::OUTPUT_ID: row.id, "priority": row.priority })
     }
 }

@@ -1,18 +1,22 @@
-//! What every effect table's executor shares: insert once per idempotency
-//! key (coalesced over concurrent messages), and move a row's status for
-//! compensation.
+//! The one executor of every effect table: insert once per idempotency key
+//! (coalesced over concurrent messages), and move a row's status for
+//! compensation. An effect table is an entity with [`EffectTable`] (its
+//! columns and statuses) and [`Effect`] (its action and row);
+//! [`EffectExecutor`] does the rest.
 
 use std::collections::HashMap;
 use std::sync::{Arc, OnceLock};
 
-use chrono::Utc;
-use orchestrator::ActionError;
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
 use orchestrator::coalesce::Coalescer;
+use orchestrator::{ActionContext, ActionError, ActionExecutor, ActionOutput};
 use sea_orm::sea_query::{Expr, ValueType};
 use sea_orm::{
     ActiveModelTrait, ColumnTrait, DatabaseConnection, DbErr, EntityTrait, IntoActiveModel, ModelTrait, QueryFilter,
     TryInsertResult, Value,
 };
+use serde_json::Value as Json;
 
 /// One effect table's rows, written by its executor: inserts of concurrent
 /// messages are coalesced into one multi-row `INSERT` per batch (see
@@ -194,7 +198,7 @@ where
 }
 
 /// An effect table: its columns and the lifecycle its compensation moves along.
-pub(crate) trait EffectTable: EntityTrait {
+pub trait EffectTable: EntityTrait {
     /// `status`.
     const STATUS: Self::Column;
     /// `updated_at`.
@@ -228,4 +232,76 @@ pub(crate) async fn undo<E: EffectTable>(db: &DatabaseConnection, idempotency_ke
 /// Database failures are transient from the saga's point of view.
 pub(crate) fn db_error(error: DbErr) -> ActionError {
     ActionError::retryable(format!("database: {error}"))
+}
+
+/// An effect table's action: its name, the row one step writes, and what
+/// the step answers. With [`EffectExecutor`] that is the whole executor.
+pub trait Effect: EffectTable {
+    /// The action name the executor is registered under.
+    const ACTION: &'static str;
+
+    /// The row this step writes under `key` (its idempotency key), with
+    /// status [`EffectTable::DONE`] and both timestamps `now`; a permanent
+    /// error when the parameters cannot make one.
+    fn row(ctx: &ActionContext<'_>, key: String, now: DateTime<Utc>) -> Result<Self::ActiveModel, ActionError>;
+
+    /// The step's output from the stored row (its id under [`EffectTable::OUTPUT_ID`], at least).
+    fn output(row: &Self::Model) -> Json;
+}
+
+/// The executor of an effect table `E`: writes [`Effect::row`] once per
+/// step (coalesced with other messages' rows) and undoes it by the step's
+/// idempotency key, whether or not its output was recorded.
+pub struct EffectExecutor<E: EffectTable> {
+    rows: EffectRows<E>,
+}
+
+impl<E> EffectExecutor<E>
+where
+    E: EffectTable,
+    E::ActiveModel: ActiveModelTrait<Entity = E> + Send + 'static,
+    E::Model: IntoActiveModel<E::ActiveModel> + Clone + Send + Sync + 'static,
+{
+    /// Writes to `db`.
+    pub fn new(db: DatabaseConnection) -> Self {
+        Self { rows: EffectRows::new(db) }
+    }
+}
+
+impl<E: EffectTable> Clone for EffectExecutor<E> {
+    fn clone(&self) -> Self {
+        Self { rows: self.rows.clone() }
+    }
+}
+
+impl<E: EffectTable> std::fmt::Debug for EffectExecutor<E> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EffectExecutor").field("rows", &self.rows).finish()
+    }
+}
+
+#[async_trait]
+impl<E> ActionExecutor for EffectExecutor<E>
+where
+    E: Effect + Send + Sync,
+    E::ActiveModel: ActiveModelTrait<Entity = E> + Send + 'static,
+    E::Model: IntoActiveModel<E::ActiveModel> + Clone + Send + Sync + 'static,
+{
+    fn name(&self) -> &str {
+        E::ACTION
+    }
+
+    async fn execute(&self, ctx: &ActionContext<'_>) -> Result<ActionOutput, ActionError> {
+        let row = E::row(ctx, ctx.idempotency_key(), Utc::now())?;
+        let stored = self.rows.insert_once(row).await?;
+        Ok(ActionOutput(E::output(&stored)))
+    }
+
+    async fn compensate(&self, ctx: &ActionContext<'_>, _output: &ActionOutput) -> Result<(), ActionError> {
+        self.rows.undo(&ctx.idempotency_key()).await
+    }
+
+    async fn compensate_unknown(&self, ctx: &ActionContext<'_>) -> Result<(), ActionError> {
+        self.rows.undo(&ctx.idempotency_key()).await
+    }
 }

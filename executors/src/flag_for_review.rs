@@ -1,13 +1,12 @@
 //! `flag_for_review`: asks a person to look at the conversation, in
 //! `review_flags`; compensation clears the flag.
 
-use async_trait::async_trait;
-use chrono::Utc;
-use orchestrator::{ActionContext, ActionError, ActionExecutor, ActionOutput};
-use sea_orm::{DatabaseConnection, Set};
-use serde_json::json;
+use chrono::{DateTime, Utc};
+use orchestrator::{ActionContext, ActionError};
+use sea_orm::Set;
+use serde_json::{Value, json};
 
-use crate::effect::{EffectRows, EffectTable};
+use crate::effect::{Effect, EffectExecutor, EffectTable};
 
 /// The `review_flags` table.
 pub mod entity {
@@ -48,7 +47,7 @@ pub mod entity {
     impl ActiveModelBehavior for ActiveModel {}
 }
 
-use entity::{ActiveModel, Column, Entity};
+use entity::{ActiveModel, Column, Entity, Model};
 
 impl EffectTable for Entity {
     const STATUS: Column = Column::Status;
@@ -60,31 +59,16 @@ impl EffectTable for Entity {
 }
 
 /// Flags a conversation for human review: `reason` (required), `details`.
-#[derive(Debug, Clone)]
-pub struct FlagForReview {
-    rows: EffectRows<Entity>,
-}
+pub type FlagForReview = EffectExecutor<Entity>;
 
-impl FlagForReview {
-    /// Writes to `db`.
-    pub fn new(db: DatabaseConnection) -> Self {
-        Self { rows: EffectRows::new(db) }
-    }
-}
+impl Effect for Entity {
+    const ACTION: &'static str = crate::actions::FLAG_FOR_REVIEW;
 
-#[async_trait]
-impl ActionExecutor for FlagForReview {
-    fn name(&self) -> &str {
-        crate::actions::FLAG_FOR_REVIEW
-    }
-
-    async fn execute(&self, ctx: &ActionContext<'_>) -> Result<ActionOutput, ActionError> {
+    fn row(ctx: &ActionContext<'_>, key: String, now: DateTime<Utc>) -> Result<ActiveModel, ActionError> {
         let reason =
             ctx.param_str("reason").ok_or_else(|| ActionError::permanent("flag_for_review needs a `reason`"))?;
-        let key = ctx.idempotency_key();
-        let now = Utc::now();
-        let row = ActiveModel {
-            idempotency_key: Set(key.clone()),
+        Ok(ActiveModel {
+            idempotency_key: Set(key),
             tenant_id: Set(ctx.message.tenant_id.clone()),
             message_id: Set(ctx.message.message_id.clone()),
             phone: Set(ctx.message.phone().to_owned()),
@@ -94,16 +78,10 @@ impl ActionExecutor for FlagForReview {
             created_at: Set(now),
             updated_at: Set(now),
             ..Default::default()
-        };
-        let flag = self.rows.insert_once(row).await?;
-        Ok(ActionOutput(json!({ Entity::OUTPUT_ID: flag.id })))
+        })
     }
 
-    async fn compensate(&self, ctx: &ActionContext<'_>, _output: &ActionOutput) -> Result<(), ActionError> {
-        self.rows.undo(&ctx.idempotency_key()).await
-    }
-
-    async fn compensate_unknown(&self, ctx: &ActionContext<'_>) -> Result<(), ActionError> {
-        self.rows.undo(&ctx.idempotency_key()).await
+    fn output(row: &Model) -> Value {
+        json!({ Entity::OUTPUT_ID: row.id })
     }
 }

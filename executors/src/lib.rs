@@ -1,6 +1,7 @@
 //! Built-in action executors of WhatsApp Orchestrator, one file per action.
 //!
-//! Each writes its own table through sea-orm, keyed by the step's
+//! Each is an [`effect::EffectExecutor`] over its table's entity: the file
+//! holds the entity and the row one step writes. Each writes through sea-orm, keyed by the step's
 //! idempotency key so a step re-executed after a crash writes nothing twice,
 //! and its compensation changes the row's `status` (rows are never deleted,
 //! so an audit can count effects per `message_id`).
@@ -17,7 +18,7 @@ use sea_orm::DatabaseConnection;
 
 pub mod create_order;
 pub mod create_support_ticket;
-mod effect;
+pub mod effect;
 pub mod flag_for_review;
 pub mod notify_sales;
 

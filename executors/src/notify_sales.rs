@@ -1,13 +1,12 @@
 //! `notify_sales`: queues a note for the sales team in `sales_notifications`;
 //! compensation retracts it.
 
-use async_trait::async_trait;
-use chrono::Utc;
-use orchestrator::{ActionContext, ActionError, ActionExecutor, ActionOutput};
-use sea_orm::{DatabaseConnection, Set};
-use serde_json::json;
+use chrono::{DateTime, Utc};
+use orchestrator::{ActionContext, ActionError};
+use sea_orm::Set;
+use serde_json::{Value, json};
 
-use crate::effect::{EffectRows, EffectTable};
+use crate::effect::{Effect, EffectExecutor, EffectTable};
 
 /// The `sales_notifications` table.
 pub mod entity {
@@ -50,7 +49,7 @@ pub mod entity {
     impl ActiveModelBehavior for ActiveModel {}
 }
 
-use entity::{ActiveModel, Column, Entity};
+use entity::{ActiveModel, Column, Entity, Model};
 
 impl EffectTable for Entity {
     const STATUS: Column = Column::Status;
@@ -63,31 +62,16 @@ impl EffectTable for Entity {
 
 /// Notifies sales: `reason` (required), `summary` (default: the message
 /// text), `details` (any JSON).
-#[derive(Debug, Clone)]
-pub struct NotifySales {
-    rows: EffectRows<Entity>,
-}
+pub type NotifySales = EffectExecutor<Entity>;
 
-impl NotifySales {
-    /// Writes to `db`.
-    pub fn new(db: DatabaseConnection) -> Self {
-        Self { rows: EffectRows::new(db) }
-    }
-}
+impl Effect for Entity {
+    const ACTION: &'static str = crate::actions::NOTIFY_SALES;
 
-#[async_trait]
-impl ActionExecutor for NotifySales {
-    fn name(&self) -> &str {
-        crate::actions::NOTIFY_SALES
-    }
-
-    async fn execute(&self, ctx: &ActionContext<'_>) -> Result<ActionOutput, ActionError> {
+    fn row(ctx: &ActionContext<'_>, key: String, now: DateTime<Utc>) -> Result<ActiveModel, ActionError> {
         let reason = ctx.param_str("reason").ok_or_else(|| ActionError::permanent("notify_sales needs a `reason`"))?;
         let summary = ctx.param_str("summary").or_else(|| ctx.message.inbound.text()).unwrap_or("(no text)").to_owned();
-        let key = ctx.idempotency_key();
-        let now = Utc::now();
-        let row = ActiveModel {
-            idempotency_key: Set(key.clone()),
+        Ok(ActiveModel {
+            idempotency_key: Set(key),
             tenant_id: Set(ctx.message.tenant_id.clone()),
             message_id: Set(ctx.message.message_id.clone()),
             phone: Set(ctx.message.phone().to_owned()),
@@ -98,16 +82,10 @@ impl ActionExecutor for NotifySales {
             created_at: Set(now),
             updated_at: Set(now),
             ..Default::default()
-        };
-        let notification = self.rows.insert_once(row).await?;
-        Ok(ActionOutput(json!({ Entity::OUTPUT_ID: notification.id })))
+        })
     }
 
-    async fn compensate(&self, ctx: &ActionContext<'_>, _output: &ActionOutput) -> Result<(), ActionError> {
-        self.rows.undo(&ctx.idempotency_key()).await
-    }
-
-    async fn compensate_unknown(&self, ctx: &ActionContext<'_>) -> Result<(), ActionError> {
-        self.rows.undo(&ctx.idempotency_key()).await
+    fn output(row: &Model) -> Value {
+        json!({ Entity::OUTPUT_ID: row.id })
     }
 }

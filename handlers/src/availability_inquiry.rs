@@ -6,6 +6,7 @@ use orchestrator::{HandlerError, IntentHandler, IntentOutcome, MessageContext, R
 use serde_json::json;
 
 use crate::entities::{product, spanish};
+use executors::actions;
 
 /// Handles `AVAILABILITY_INQUIRY` at confidence >= 0.6.
 #[derive(Debug, Clone, Copy, Default)]
@@ -44,7 +45,7 @@ impl IntentHandler for AvailabilityInquiryHandler {
             date.map(|d| format!(" on {d}")).unwrap_or_default()
         );
         Ok(IntentOutcome::reply(Reply::text(reply))
-            .with_action("notify_sales", json!({ "reason": "availability_inquiry", "summary": summary }))
+            .with_action(actions::NOTIFY_SALES, json!({ "reason": "availability_inquiry", "summary": summary }))
             .with_lead_stage(crate::stages::INTERESTED))
     }
 }

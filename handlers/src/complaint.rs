@@ -2,6 +2,7 @@
 //! reported to sales.
 
 use async_trait::async_trait;
+use executors::actions;
 use orchestrator::intent::names;
 use orchestrator::{HandlerError, IntentHandler, IntentOutcome, MessageContext, Reply};
 use serde_json::json;
@@ -46,14 +47,14 @@ impl IntentHandler for ComplaintHandler {
             }
         };
         let mut outcome = IntentOutcome::reply(Reply::text(reply)).with_lead_stage(crate::stages::AT_RISK).with_action(
-            "create_support_ticket",
+            actions::CREATE_SUPPORT_TICKET,
             json!({ "subject": subject, "priority": if severe { "urgent" } else { "normal" } }),
         );
         if severe {
             // A supervisor reviews it, and the customer's sales contact hears that the account is at risk.
             outcome = outcome
-                .with_action("flag_for_review", json!({ "reason": "high_severity_complaint" }))
-                .with_action("notify_sales", json!({ "reason": "customer_at_risk" }))
+                .with_action(actions::FLAG_FOR_REVIEW, json!({ "reason": "high_severity_complaint" }))
+                .with_action(actions::NOTIFY_SALES, json!({ "reason": "customer_at_risk" }))
                 .escalated();
         }
         Ok(outcome)

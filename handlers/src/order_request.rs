@@ -6,6 +6,7 @@ use orchestrator::{HandlerError, IntentHandler, IntentOutcome, MessageContext, R
 use serde_json::json;
 
 use crate::entities::{describe_items, order_items, spanish};
+use executors::actions;
 
 /// Handles `ORDER_REQUEST` at confidence >= 0.7.
 #[derive(Debug, Clone, Copy, Default)]
@@ -41,8 +42,11 @@ impl IntentHandler for OrderRequestHandler {
         } else {
             format!("Thanks! We have registered your order: {summary}. A sales representative will confirm it shortly.")
         }))
-        .with_action("create_order", json!({ "items": items }))
-        .with_action("notify_sales", json!({ "reason": "new_order", "summary": format!("New order: {summary}") }))
+        .with_action(actions::CREATE_ORDER, json!({ "items": items }))
+        .with_action(
+            actions::NOTIFY_SALES,
+            json!({ "reason": "new_order", "summary": format!("New order: {summary}") }),
+        )
         .with_lead_stage(crate::stages::CUSTOMER))
     }
 }

@@ -6,6 +6,7 @@ use orchestrator::{HandlerError, IntentHandler, IntentOutcome, MessageContext, R
 use serde_json::json;
 
 use crate::entities::{product, spanish};
+use executors::actions;
 
 /// Handles `PRICING_INQUIRY` at confidence >= 0.6.
 #[derive(Debug, Clone, Copy, Default)]
@@ -50,7 +51,7 @@ impl IntentHandler for PricingInquiryHandler {
             ),
         };
         Ok(IntentOutcome::reply(Reply::text(reply))
-            .with_action("notify_sales", json!({ "reason": "pricing_inquiry", "summary": summary }))
+            .with_action(actions::NOTIFY_SALES, json!({ "reason": "pricing_inquiry", "summary": summary }))
             .with_lead_stage(crate::stages::INTERESTED))
     }
 }

@@ -1,6 +1,7 @@
 //! `SCHEDULE_CALL`: book the call when a time was given, else offer slots as buttons.
 
 use async_trait::async_trait;
+use executors::actions;
 use orchestrator::event::{Button, ResponseContent};
 use orchestrator::intent::names;
 use orchestrator::{HandlerError, IntentHandler, IntentOutcome, MessageContext, Reply};
@@ -41,7 +42,7 @@ impl IntentHandler for ScheduleCallHandler {
                 format!("Great, we will call you {time}. A sales representative will confirm the exact time.")
             }))
             .with_action(
-                "notify_sales",
+                actions::NOTIFY_SALES,
                 json!({ "reason": "schedule_call", "summary": format!("Call requested for {time}"),
                         "details": { "preferred_time": time } }),
             )

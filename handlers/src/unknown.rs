@@ -1,6 +1,7 @@
 //! `UNKNOWN`, the fallback: apologise and flag the conversation for a person.
 
 use async_trait::async_trait;
+use executors::actions;
 use orchestrator::intent::names;
 use orchestrator::{HandlerError, IntentHandler, IntentOutcome, MessageContext, Reply};
 use serde_json::json;
@@ -35,7 +36,7 @@ impl IntentHandler for UnknownHandler {
             "Thanks for your message! I did not quite get that; a member of our team will get back to you."
         }))
         .with_action(
-            "flag_for_review",
+            actions::FLAG_FOR_REVIEW,
             json!({ "reason": "unknown_intent",
                     "details": { "intent": ctx.intent.name, "confidence": ctx.intent.confidence } }),
         ))
