@@ -96,7 +96,7 @@ impl WhatsAppSender for PrintingSender {
             ResponseContent::Text { message } => message.clone(),
             other => format!("{other:?}"),
         };
-        let _ = self.0.send(format!("to {}: {text}", orchestrator::mask_phone(&response.to_phone)));
+        let _ = self.0.send(format!("to {}: {text}", orchestrator::telemetry::mask_phone(&response.to_phone)));
         Ok(Sent::default())
     }
 }
@@ -152,7 +152,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         ("+5215512345678", "¿Cuántos puntos tengo?"),
     ];
     for (phone, text) in sent {
-        println!("from {}: {text}", orchestrator::mask_phone(phone));
+        println!("from {}: {text}", orchestrator::telemetry::mask_phone(phone));
         publisher.publish(&message(phone, text)).await?;
     }
     for _ in 0..sent.len() {

@@ -1,10 +1,10 @@
 //! Built-in action executors of WhatsApp Orchestrator, one file per action.
 //!
 //! Each is an [`effect::EffectExecutor`] over its table's entity: the file
-//! holds the entity and the row one step writes. Each writes through sea-orm, keyed by the step's
-//! idempotency key so a step re-executed after a crash writes nothing twice,
-//! and its compensation changes the row's `status` (rows are never deleted,
-//! so an audit can count effects per `message_id`).
+//! holds the entity and the row one step writes. Rows are keyed by the
+//! step's idempotency key so a step re-executed after a crash writes nothing
+//! twice, and compensation changes the row's `status` (rows are never
+//! deleted, so an audit can count effects per `message_id`).
 //!
 //! | action | table | compensation |
 //! | --- | --- | --- |

@@ -3,7 +3,7 @@
 use sea_orm_migration::prelude::*;
 use sea_orm_migration::schema::*;
 
-pub struct Migration;
+pub(crate) struct Migration;
 
 impl MigrationName for Migration {
     fn name(&self) -> &str {

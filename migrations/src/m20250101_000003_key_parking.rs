@@ -6,7 +6,7 @@ use sea_orm_migration::schema::*;
 
 use crate::m20250101_000001_core_tables::index;
 
-pub struct Migration;
+pub(crate) struct Migration;
 
 impl MigrationName for Migration {
     fn name(&self) -> &str {

@@ -63,7 +63,7 @@ pub use executor_registry::ExecutorRegistry;
 pub use handler::{ActionRequest, HandlerError, IntentHandler, IntentOutcome, Reply};
 pub use handler_registry::HandlerRegistry;
 pub use intent::Intent;
-pub use mask::mask_phone;
+pub(crate) use mask::mask_phone;
 pub use pipeline::{
     BuildError, Completed, DeadLettered, DuplicateOf, Incoming, LeadStage, Orchestrator, OrchestratorBuilder, Outcome,
     PipelineError,
@@ -72,7 +72,18 @@ pub use retry::{RetryDecision, RetryPolicy};
 pub use saga::{SagaReport, SagaRunner, StepFailure};
 pub use store::{DeadLetterQueue, MemoryStore, SqlStore, Store, StoreError};
 
-/// Re-exported so users need not pin their own versions.
+/// `#[async_trait]`, for implementing the crate's async traits.
 pub use async_trait::async_trait;
-pub use sea_orm;
-pub use serde_json;
+
+/// What a handler or executor author needs, in one import:
+/// `use orchestrator::prelude::*;`.
+pub mod prelude {
+    pub use crate::async_trait;
+    pub use crate::context::{Inbound, MessageContext};
+    pub use crate::executor::{ActionContext, ActionError, ActionExecutor, ActionOutput};
+    pub use crate::executor_registry::ExecutorRegistry;
+    pub use crate::handler::{ActionRequest, HandlerError, IntentHandler, IntentOutcome, Reply};
+    pub use crate::handler_registry::HandlerRegistry;
+    pub use crate::intent::Intent;
+    pub use serde_json::{Value, json};
+}

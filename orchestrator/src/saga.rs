@@ -32,7 +32,7 @@ pub enum StepFailure {
     /// The executor's circuit breaker is open: nothing was called.
     #[error("circuit `{circuit}` is open")]
     CircuitOpen {
-        /// The breaker.
+        /// The open breaker's name (the executor's action name).
         circuit: String,
         /// Time until it lets a probe through.
         retry_after: Duration,
@@ -44,7 +44,7 @@ pub enum StepFailure {
     /// (a non-deterministic handler): resuming would be unsafe.
     #[error("step {step_index} was `{recorded}` in the saga log but is now `{planned}`")]
     PlanChanged {
-        /// The step.
+        /// Position of the step whose action differs, 0-based.
         step_index: u32,
         /// Action in the log.
         recorded: String,
@@ -93,7 +93,7 @@ pub struct CompensationFailure {
     pub step_index: u32,
     /// Action name.
     pub action: String,
-    /// The error.
+    /// What the executor's `compensate` answered; a person undoes the step.
     pub error: String,
 }
 
@@ -109,7 +109,7 @@ pub enum SagaReport {
     Failed {
         /// The failed step.
         step_index: u32,
-        /// Its action.
+        /// The failed step's action name.
         action: String,
         /// Why it failed.
         failure: StepFailure,

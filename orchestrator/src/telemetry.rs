@@ -16,6 +16,9 @@ use tracing_opentelemetry::OpenTelemetrySpanExt;
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
 
+/// A phone number as logs show it: country code and last four digits.
+pub use crate::mask::mask_phone;
+
 /// The W3C trace-context header, in HTTP and in Kafka.
 pub const TRACEPARENT: &str = "traceparent";
 

@@ -40,7 +40,7 @@ pub struct LeadStage {
 pub struct DeadLettered {
     /// Row id in `dead_letter_queue`.
     pub dlq_id: i64,
-    /// Why.
+    /// The kind of failure, the `failure_type` column (what replay filters on).
     pub failure_type: FailureType,
     /// The error, readable.
     pub reason: String,
@@ -81,7 +81,7 @@ pub enum Outcome {
         delay: Duration,
         /// When it is due.
         due_at: DateTime<Utc>,
-        /// The error.
+        /// What failed this attempt (logged, and the next attempt's context).
         reason: String,
     },
     /// Not attempted (a circuit is open, or another worker holds it): deliver
@@ -89,7 +89,7 @@ pub enum Outcome {
     Deferred {
         /// When to try again.
         due_at: DateTime<Utc>,
-        /// Why.
+        /// What is in the way: the open circuit, or the worker holding the message.
         reason: String,
     },
     /// Parked in the dead-letter queue.

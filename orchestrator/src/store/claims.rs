@@ -182,7 +182,7 @@ pub enum StageChange {
     },
     /// The stage could not be recorded; the message is completed all the same.
     NotRecorded {
-        /// Why.
+        /// The store's error; the lead keeps its previous stage.
         error: String,
     },
 }
