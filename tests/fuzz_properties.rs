@@ -20,7 +20,7 @@ use orchestrator::event::{
     InteractionType, MAX_PAYLOAD_BYTES, MessageContent, MessageFailed, MessageReceived, MessageType, Selection,
 };
 use orchestrator::webhook::signature::sign;
-use orchestrator::webhook::{InboundEvent, Notification, PayloadError, SignatureError, parse, verify_signature};
+use orchestrator::webhook::{Notification, NotifiedMessage, PayloadError, SignatureError, parse, verify_signature};
 use proptest::prelude::*;
 use proptest::sample::Index;
 use serde_json::{Value, json};
@@ -506,9 +506,9 @@ fn check_notification(body: &[u8], n: &Notification) -> Result<(), TestCaseError
     );
     for event in &n.events {
         let (id, kind) = match event {
-            InboundEvent::Message(m) => (m.message_id.as_str(), m.metadata.get("whatsapp_type").cloned()),
-            InboundEvent::Interaction(i) => (i.message_id.as_deref().unwrap_or_default(), None),
-            InboundEvent::Other(o) => (o.message_id.as_str(), Some(o.message_type.clone())),
+            NotifiedMessage::Message(m) => (m.message_id.as_str(), m.metadata.get("whatsapp_type").cloned()),
+            NotifiedMessage::Interaction(i) => (i.message_id.as_deref().unwrap_or_default(), None),
+            NotifiedMessage::Other(o) => (o.message_id.as_str(), Some(o.message_type.clone())),
         };
         prop_assert!(!id.is_empty(), "event without an id: {:?}", event);
         prop_assert!(event.phone().starts_with('+'), "phone without +: {:?}", event);
@@ -939,7 +939,7 @@ proptest! {
         prop_assert!(n.rejected.is_empty(), "{:?}", n.rejected);
         prop_assert_eq!(n.events.len(), messages.len());
         for (sent, event) in messages.iter().zip(&n.events) {
-            let InboundEvent::Message(m) = event else { return Err(TestCaseError::fail(format!("{event:?}"))) };
+            let NotifiedMessage::Message(m) = event else { return Err(TestCaseError::fail(format!("{event:?}"))) };
             prop_assert_eq!(&m.message_id, &sent.id);
             prop_assert_eq!(&m.from_phone, &format!("+{}", sent.from.trim_start_matches('+')));
             prop_assert_eq!(m.message_type, MessageType::Text);

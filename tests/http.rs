@@ -15,7 +15,7 @@ use orchestrator::http::{self, HealthState, WebhookSettings, WebhookState};
 use orchestrator::kafka::{ConsumerRuntime, EmbeddedKafka, KafkaConfig, Publisher, RuntimeSettings};
 use orchestrator::store::DeliveryStatuses;
 use orchestrator::testing;
-use orchestrator::webhook::{InboundEvent, parse, signature::sign};
+use orchestrator::webhook::{NotifiedMessage, parse, signature::sign};
 use orchestrator::{KeywordClassifier, MemoryStore, Orchestrator, SqlStore};
 use rdkafka::message::Message;
 
@@ -83,9 +83,9 @@ async fn every_webhook_message_type_lands_on_its_topic_keyed_by_phone() {
         assert_eq!(status, 200, "{name}");
         for event in parse(body.as_bytes()).unwrap().events {
             let (topic, id) = match &event {
-                InboundEvent::Message(m) => (topics::MESSAGES, m.message_id.clone()),
-                InboundEvent::Interaction(i) => (topics::INTERACTIONS, i.message_id.clone().unwrap()),
-                InboundEvent::Other(o) => (topics::WEBHOOK_UNHANDLED, o.message_id.clone()),
+                NotifiedMessage::Message(m) => (topics::MESSAGES, m.message_id.clone()),
+                NotifiedMessage::Interaction(i) => (topics::INTERACTIONS, i.message_id.clone().unwrap()),
+                NotifiedMessage::Other(o) => (topics::WEBHOOK_UNHANDLED, o.message_id.clone()),
             };
             expected.entry(topic).or_default().insert(id, event.phone().to_owned());
         }

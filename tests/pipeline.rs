@@ -73,8 +73,8 @@ async fn a_duplicate_delivery_is_skipped_with_no_second_side_effect() {
         // The runtime confirms the reply once Kafka acknowledged it.
         store.mark_reply_published(&done.key).await.unwrap();
         // Redelivered (webhook retry, Kafka redelivery), also to another worker.
-        assert_eq!(orch.process(message.clone()).await.unwrap(), Outcome::Duplicate(DuplicateOf::Completed));
-        assert_eq!(builtin(&store).process(message).await.unwrap(), Outcome::Duplicate(DuplicateOf::Completed));
+        assert_eq!(orch.process(message.clone()).await.unwrap(), Outcome::Duplicate(DuplicateOf::Done));
+        assert_eq!(builtin(&store).process(message).await.unwrap(), Outcome::Duplicate(DuplicateOf::Done));
         assert_eq!(count(&t.db, "orders", "message_id = 'wamid.d1'").await, 1, "{}", t.label);
         assert_eq!(count(&t.db, "sales_notifications", "message_id = 'wamid.d1'").await, 1, "{}", t.label);
     }
@@ -319,7 +319,7 @@ async fn a_reply_not_confirmed_published_is_handed_out_again_on_redelivery() {
         assert_eq!(count(&t.db, "orders", "message_id = 'wamid.o9'").await, 1, "{}", t.label);
         // Once published, a redelivery is a plain duplicate.
         store.mark_reply_published(&key).await.unwrap();
-        assert_eq!(orch.process(message).await.unwrap(), Outcome::Duplicate(DuplicateOf::Completed), "{}", t.label);
+        assert_eq!(orch.process(message).await.unwrap(), Outcome::Duplicate(DuplicateOf::Done), "{}", t.label);
     }
 }
 

@@ -58,7 +58,7 @@ async fn claims_count_attempts_resume_runs_and_skip_finished_messages() {
             count(&t.db, "processed_messages", "message_id = 'm1' AND attempt_count = 3 AND run_count = 3").await,
             1
         );
-        assert_eq!(store.claim(&key, LEASE).await.unwrap(), Claim::Completed, "{}", t.label);
+        assert_eq!(store.claim(&key, LEASE).await.unwrap(), Claim::Done, "{}", t.label);
         assert_eq!(count(&t.db, "lead_activities", "message_id = 'm1' AND lead_id = 'lead-1'").await, 1);
     }
 }
@@ -102,7 +102,7 @@ async fn a_lease_taken_over_fences_out_its_old_holder() {
         // The new holder is unaffected.
         store.record_step(&current, 1, &step).await.unwrap();
         store.complete(&current, &[], Duration::from_secs(60), None).await.unwrap();
-        assert_eq!(store.claim(&key, LEASE).await.unwrap(), Claim::Completed, "{}", t.label);
+        assert_eq!(store.claim(&key, LEASE).await.unwrap(), Claim::Done, "{}", t.label);
     }
 }
 
@@ -189,7 +189,7 @@ async fn concurrent_completions_commit_together_except_the_one_fenced_out() {
                 assert!(matches!(store.claim(&key, LEASE).await.unwrap(), Claim::Acquired { .. }), "{}", t.label);
             } else {
                 result.unwrap_or_else(|e| panic!("{}: {}: {e}", t.label, key.message_id));
-                assert_eq!(store.claim(&key, LEASE).await.unwrap(), Claim::Completed, "{}", t.label);
+                assert_eq!(store.claim(&key, LEASE).await.unwrap(), Claim::Done, "{}", t.label);
                 // Each message keeps its own reply until it is marked published.
                 assert_eq!(
                     store.pending_reply(&key).await.unwrap(),
@@ -245,7 +245,7 @@ async fn a_burst_of_claims_is_answered_per_message() {
         for claim in claims {
             let (id, claim) = claim.await.unwrap();
             match (id.as_str(), claim) {
-                ("burst-done" | "burst-done2", claim) => assert_eq!(claim, Claim::Completed, "{}", t.label),
+                ("burst-done" | "burst-done2", claim) => assert_eq!(claim, Claim::Done, "{}", t.label),
                 ("burst-held" | "burst-held2", claim) => {
                     assert!(matches!(claim, Claim::Busy { .. }), "{}: {claim:?}", t.label)
                 }

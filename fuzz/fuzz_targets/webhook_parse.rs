@@ -6,7 +6,7 @@
 
 use libfuzzer_sys::fuzz_target;
 use orchestrator::event::{Envelope, EventData};
-use orchestrator::webhook::{InboundEvent, PayloadError, parse};
+use orchestrator::webhook::{NotifiedMessage, PayloadError, parse};
 use serde_json::Value;
 
 fuzz_target!(|bytes: &[u8]| {
@@ -25,15 +25,15 @@ fuzz_target!(|bytes: &[u8]| {
     for event in notification.events {
         assert!(event.phone().starts_with('+'), "{event:?}");
         let data = match event {
-            InboundEvent::Message(m) => {
+            NotifiedMessage::Message(m) => {
                 assert!(!m.message_id.is_empty());
                 EventData::MessageReceived(m)
             }
-            InboundEvent::Interaction(i) => {
+            NotifiedMessage::Interaction(i) => {
                 assert!(i.message_id.as_deref().is_some_and(|id| !id.is_empty()));
                 EventData::InteractionReceived(i)
             }
-            InboundEvent::Other(o) => {
+            NotifiedMessage::Other(o) => {
                 assert!(!o.message_id.is_empty() && !o.message_type.is_empty());
                 continue;
             }

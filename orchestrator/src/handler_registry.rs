@@ -8,8 +8,7 @@ use crate::handler::IntentHandler;
 /// Intent handlers sorted by priority, with a fallback for messages none accepts.
 ///
 /// ```
-/// # use async_trait::async_trait;
-/// # use orchestrator::*;
+/// # use orchestrator::prelude::*;
 /// # struct Unknown;
 /// # #[async_trait] impl IntentHandler for Unknown {
 /// #   fn intent(&self) -> &str { "UNKNOWN" }

@@ -17,6 +17,26 @@
 //! | doing it safely | [`SagaRunner`], [`CircuitBreaker`], [`RetryPolicy`] |
 //! | remembering | [`Store`] ([`SqlStore`], [`MemoryStore`]), [`DeadLetterQueue`] |
 //! | the pipeline | [`Orchestrator`] |
+//! | settings | `settings::Settings` (feature `cli`) |
+//!
+//! Handler and executor authors need only `use orchestrator::prelude::*;`.
+//!
+//! ## Vocabulary
+//!
+//! One name per thing a message becomes on its way through:
+//!
+//! | name | what it is |
+//! | --- | --- |
+//! | notification | Meta's webhook POST body; [`webhook::NotifiedMessage`] is one of its messages |
+//! | record | bytes on a Kafka topic (rdkafka's `OwnedMessage`); the runtime keeps a record's bytes and coordinates as `Received`, and a record it is handling (with any intent decided earlier) as `Delivered` |
+//! | event | a decoded [`event::Envelope`] and its [`event::EventData`] |
+//! | [`Inbound`] | the customer's message or interactive reply inside an inbound event |
+//! | [`Incoming`] | an [`Inbound`] with its [`Intent`] and where it came from: what [`Orchestrator::process`] takes |
+//! | [`MessageContext`] | an [`Incoming`] once claimed: tenant, attempt, saga run; what handlers and executors see |
+//! | [`store::Claim`] | the store's answer to claiming a message (the webhook's publish-once check answers a [`webhook::recent::Turn`]) |
+//! | [`Outcome`] | what became of a message: [`Outcome::Completed`] now, a duplicate of one `Done` before, retried, deferred or dead-lettered |
+//! | action | one step of a handler's plan, named by its executor (`executors::actions`) |
+//! | reply | a [`event::ResponseReady`] on `conversation.responses`, sent by the reply sender |
 
 pub mod breaker;
 pub mod classifier;

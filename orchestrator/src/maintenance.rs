@@ -37,7 +37,7 @@ mod tests {
             panic!("fresh key")
         };
         store.complete(&lease, &[], Duration::ZERO, None).await.unwrap();
-        assert_eq!(store.claim(&key, Duration::from_secs(30)).await.unwrap(), Claim::Completed);
+        assert_eq!(store.claim(&key, Duration::from_secs(30)).await.unwrap(), Claim::Done);
         let task = spawn_dedupe_cleanup(store.clone(), Duration::from_millis(10));
         tokio::time::sleep(Duration::from_millis(60)).await;
         task.abort();

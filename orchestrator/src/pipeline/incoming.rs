@@ -9,7 +9,8 @@ use crate::event::{Envelope, EventData};
 use crate::intent::Intent;
 use crate::store::SourceInfo;
 
-/// A decoded inbound message with its intent, ready for [`Orchestrator::process`].
+/// A decoded inbound message with its intent, ready for
+/// [`Orchestrator::process`](super::Orchestrator::process).
 #[derive(Debug, Clone)]
 pub struct Incoming {
     /// Id of the envelope that carried it.

@@ -52,10 +52,10 @@ pub struct DeadLettered {
 #[derive(Debug, Clone, PartialEq)]
 pub enum DuplicateOf {
     /// It was processed before.
-    Completed,
+    Done,
     /// It was processed before, but its reply was never confirmed published
     /// (the worker stopped in between): publish it, then
-    /// [`Store::mark_reply_published`].
+    /// [`Store::mark_reply_published`](crate::store::Store::mark_reply_published).
     ReplyPending {
         /// The message's dedupe key.
         key: MessageKey,

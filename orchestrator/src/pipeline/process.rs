@@ -120,12 +120,12 @@ impl Orchestrator {
         let claim = self.store.claim(&key, self.config.claim_lease).instrument(tracing::info_span!("dedupe")).await?;
         let (lease, attempt, run) = match claim {
             Claim::Acquired { lease, attempt, run } => (lease, attempt, run),
-            Claim::Completed => {
+            Claim::Done => {
                 let pending = self.store.pending_reply(&key).await?;
                 let response = pending.and_then(|reply| serde_json::from_value::<ResponseReady>(reply).ok());
                 return Ok(Outcome::Duplicate(match response {
                     Some(response) => DuplicateOf::ReplyPending { key, response: Box::new(response) },
-                    None => DuplicateOf::Completed,
+                    None => DuplicateOf::Done,
                 }));
             }
             Claim::DeadLettered => return Ok(Outcome::Duplicate(DuplicateOf::DeadLettered)),

@@ -60,7 +60,7 @@ pub enum Claim {
         run: u32,
     },
     /// The message was already processed successfully.
-    Completed,
+    Done,
     /// The message was dead-lettered and not replayed since.
     DeadLettered,
     /// Another worker holds a live lease on it.

@@ -115,7 +115,7 @@ impl Store for MemoryStore {
             reply: None,
         });
         if row.completed {
-            return Ok(Claim::Completed);
+            return Ok(Claim::Done);
         }
         if row.dead_lettered {
             return Ok(Claim::DeadLettered);

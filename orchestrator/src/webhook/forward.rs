@@ -8,8 +8,8 @@ use std::sync::Arc;
 use crate::event::{Envelope, EventData, FailureType, topics};
 use crate::publish::Publish;
 use crate::store::{DeliveryStatuses, NewDeadLetter, SourceInfo, Store};
-use crate::webhook::recent::{Claim, RecentMessageIds};
-use crate::webhook::{InboundEvent, Notification, PayloadError, SignatureError, parse, verify_signature};
+use crate::webhook::recent::{RecentMessageIds, Turn};
+use crate::webhook::{Notification, NotifiedMessage, PayloadError, SignatureError, parse, verify_signature};
 
 /// `processed_by` of the events the webhook publishes.
 pub const PROCESSED_BY: &str = "webhook_event_publisher";
@@ -145,17 +145,17 @@ pub async fn forward(state: &WebhookState, notification: &Notification) -> Resul
 /// before it is on Kafka would lose it should that request fail. Cancelled
 /// (the POST timed out, the client left) or failed, the reservation is
 /// dropped, which releases the id for Meta's redelivery.
-async fn publish_once(state: &WebhookState, event: &InboundEvent) -> Result<(), String> {
+async fn publish_once(state: &WebhookState, event: &NotifiedMessage) -> Result<(), String> {
     let Some(id) = message_id(event) else { return publish(state.publisher.as_ref(), event).await };
     loop {
         let published = match state.recent.reserve(id) {
-            Claim::Reserved(reservation) => {
+            Turn::Reserved(reservation) => {
                 publish(state.publisher.as_ref(), event).await?;
                 reservation.confirm();
                 return Ok(());
             }
-            Claim::Published => true,
-            Claim::InFlight(other) => other.published().await,
+            Turn::Published => true,
+            Turn::InFlight(other) => other.published().await,
         };
         if published {
             break;
@@ -169,35 +169,35 @@ async fn publish_once(state: &WebhookState, event: &InboundEvent) -> Result<(), 
 
 /// WhatsApp's id of the message, the dedupe key (an interaction from an old
 /// producer may lack one: it is always published).
-fn message_id(event: &InboundEvent) -> Option<&str> {
+fn message_id(event: &NotifiedMessage) -> Option<&str> {
     match event {
-        InboundEvent::Message(m) => Some(m.message_id.as_str()),
-        InboundEvent::Interaction(i) => i.message_id.as_deref(),
-        InboundEvent::Other(o) => Some(o.message_id.as_str()),
+        NotifiedMessage::Message(m) => Some(m.message_id.as_str()),
+        NotifiedMessage::Interaction(i) => i.message_id.as_deref(),
+        NotifiedMessage::Other(o) => Some(o.message_id.as_str()),
     }
     .filter(|id| !id.is_empty())
 }
 
-async fn publish(publisher: &dyn Publish, event: &InboundEvent) -> Result<(), String> {
+async fn publish(publisher: &dyn Publish, event: &NotifiedMessage) -> Result<(), String> {
     let business = match event {
-        InboundEvent::Message(m) => m.metadata.get("phone_number_id").map(String::as_str),
-        InboundEvent::Other(o) => o.metadata.get("phone_number_id").map(String::as_str),
-        InboundEvent::Interaction(_) => None,
+        NotifiedMessage::Message(m) => m.metadata.get("phone_number_id").map(String::as_str),
+        NotifiedMessage::Other(o) => o.metadata.get("phone_number_id").map(String::as_str),
+        NotifiedMessage::Interaction(_) => None,
     };
     crate::metrics::metrics()
         .messages_received
         .with_label_values(&[business.map_or("unknown", crate::metrics::label), "webhook"])
         .inc();
     let result = match event {
-        InboundEvent::Message(message) => {
+        NotifiedMessage::Message(message) => {
             publisher.publish_event(&Envelope::new(EventData::MessageReceived(message.clone()), PROCESSED_BY)).await
         }
-        InboundEvent::Interaction(interaction) => {
+        NotifiedMessage::Interaction(interaction) => {
             publisher
                 .publish_event(&Envelope::new(EventData::InteractionReceived(interaction.clone()), PROCESSED_BY))
                 .await
         }
-        InboundEvent::Other(other) => {
+        NotifiedMessage::Other(other) => {
             // No event type models it: WhatsApp's message object as sent, on a
             // topic of its own; the business number it reached rides in a header.
             let bytes = serde_json::to_vec(&other.raw).map_err(|e| e.to_string())?;

@@ -9,6 +9,6 @@ pub mod payload;
 pub mod recent;
 pub mod signature;
 
-pub use payload::{DeliveryStatus, InboundEvent, Notification, OtherMessage, PayloadError, parse};
+pub use payload::{DeliveryStatus, Notification, NotifiedMessage, OtherMessage, PayloadError, parse};
 pub use recent::RecentMessageIds;
 pub use signature::{SignatureError, verify_signature};

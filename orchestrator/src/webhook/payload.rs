@@ -14,7 +14,7 @@ pub use crate::store::DeliveryStatus;
 #[derive(Debug, Clone, PartialEq, Default)]
 pub struct Notification {
     /// Every message of every entry and change, in the order sent.
-    pub events: Vec<InboundEvent>,
+    pub events: Vec<NotifiedMessage>,
     /// Delivery statuses of messages we sent.
     pub statuses: Vec<DeliveryStatus>,
     /// Message entries that could not be used (missing id or sender, ...),
@@ -24,7 +24,7 @@ pub struct Notification {
 
 /// One message of a notification.
 #[derive(Debug, Clone, PartialEq)]
-pub enum InboundEvent {
+pub enum NotifiedMessage {
     /// A message: text, media, location or contacts.
     Message(MessageReceived),
     /// A reply button, list row, or template quick-reply button.
@@ -34,13 +34,13 @@ pub enum InboundEvent {
     Other(OtherMessage),
 }
 
-impl InboundEvent {
+impl NotifiedMessage {
     /// The sender, E.164 with `+`.
     pub fn phone(&self) -> &str {
         match self {
-            InboundEvent::Message(m) => &m.from_phone,
-            InboundEvent::Interaction(i) => &i.from_phone,
-            InboundEvent::Other(o) => &o.from_phone,
+            NotifiedMessage::Message(m) => &m.from_phone,
+            NotifiedMessage::Interaction(i) => &i.from_phone,
+            NotifiedMessage::Other(o) => &o.from_phone,
         }
     }
 }
@@ -184,7 +184,7 @@ fn id_suffix(item: &Value) -> String {
     non_empty(item, "id").map(|id| format!(" ({id})")).unwrap_or_default()
 }
 
-fn inbound(raw: &Value, change: &Change<'_>, now: DateTime<Utc>) -> Result<InboundEvent, String> {
+fn inbound(raw: &Value, change: &Change<'_>, now: DateTime<Utc>) -> Result<NotifiedMessage, String> {
     let Some(obj) = raw.as_object() else {
         return Err("not an object".to_owned());
     };
@@ -210,7 +210,7 @@ fn inbound(raw: &Value, change: &Change<'_>, now: DateTime<Utc>) -> Result<Inbou
     meta("context_from", context.and_then(|c| non_empty(c, "from")).map(e164).as_deref());
 
     let message = |message_type, content| {
-        InboundEvent::Message(MessageReceived {
+        NotifiedMessage::Message(MessageReceived {
             message_id: message_id.clone(),
             from_phone: from_phone.clone(),
             message_type,
@@ -220,7 +220,7 @@ fn inbound(raw: &Value, change: &Change<'_>, now: DateTime<Utc>) -> Result<Inbou
         })
     };
     let interaction = |interaction_type, selection| {
-        InboundEvent::Interaction(InteractionReceived {
+        NotifiedMessage::Interaction(InteractionReceived {
             original_message_id: context_id.unwrap_or_default().to_owned(),
             from_phone: from_phone.clone(),
             interaction_type,
@@ -230,7 +230,7 @@ fn inbound(raw: &Value, change: &Change<'_>, now: DateTime<Utc>) -> Result<Inbou
         })
     };
     let other = || {
-        InboundEvent::Other(OtherMessage {
+        NotifiedMessage::Other(OtherMessage {
             message_id: message_id.clone(),
             from_phone: from_phone.clone(),
             message_type: kind.to_owned(),
@@ -261,7 +261,7 @@ fn inbound(raw: &Value, change: &Change<'_>, now: DateTime<Utc>) -> Result<Inbou
                 message_type,
                 MessageContent::Media { media_id: media.id, caption: media.caption, mime_type: media.mime_type },
             );
-            if let (InboundEvent::Message(m), "document", Some(filename)) = (&mut event, kind, media.filename) {
+            if let (NotifiedMessage::Message(m), "document", Some(filename)) = (&mut event, kind, media.filename) {
                 m.metadata.insert("filename".to_owned(), filename);
             }
             event
@@ -515,7 +515,7 @@ mod tests {
         metadata
     }
 
-    fn only_event(body: &str) -> InboundEvent {
+    fn only_event(body: &str) -> NotifiedMessage {
         let n = parse(body.as_bytes()).expect("parses");
         assert_eq!(n.rejected, Vec::<String>::new());
         assert!(n.statuses.is_empty());
@@ -525,14 +525,14 @@ mod tests {
 
     fn only_message(body: &str) -> MessageReceived {
         match only_event(body) {
-            InboundEvent::Message(m) => m,
+            NotifiedMessage::Message(m) => m,
             other => panic!("expected a message, got {other:?}"),
         }
     }
 
     fn only_interaction(body: &str) -> InteractionReceived {
         match only_event(body) {
-            InboundEvent::Interaction(i) => i,
+            NotifiedMessage::Interaction(i) => i,
             other => panic!("expected an interaction, got {other:?}"),
         }
     }
@@ -704,7 +704,7 @@ mod tests {
             .events
             .iter()
             .map(|e| match e {
-                InboundEvent::Message(m) => m.content.clone(),
+                NotifiedMessage::Message(m) => m.content.clone(),
                 other => panic!("{other:?}"),
             })
             .collect();
@@ -782,7 +782,7 @@ mod tests {
     #[test]
     fn reaction_is_other_with_the_raw_message() {
         let event = only_event(REACTION);
-        let InboundEvent::Other(o) = event else { panic!("expected Other, got {event:?}") };
+        let NotifiedMessage::Other(o) = event else { panic!("expected Other, got {event:?}") };
         let fixture: Value = serde_json::from_str(REACTION).unwrap();
         assert_eq!(&o.raw, fixture.pointer("/entry/0/changes/0/value/messages/0").unwrap());
         assert_eq!(o.message_type, "reaction");
@@ -809,7 +809,7 @@ mod tests {
             .events
             .iter()
             .map(|e| match e {
-                InboundEvent::Other(o) => o.message_type.as_str(),
+                NotifiedMessage::Other(o) => o.message_type.as_str(),
                 other => panic!("expected Other, got {other:?}"),
             })
             .collect();
@@ -885,7 +885,7 @@ mod tests {
             .events
             .iter()
             .map(|e| match e {
-                InboundEvent::Message(m) => (
+                NotifiedMessage::Message(m) => (
                     m.message_id.as_str(),
                     m.from_phone.as_str(),
                     m.metadata.get("contact_name").map(String::as_str),
@@ -903,7 +903,7 @@ mod tests {
                 ("wamid.BATCH3", "+5511987654321", Some("Ana Souza"), Some("207651463353033"), 1_744_344_502),
             ]
         );
-        assert_eq!(n.events.iter().map(InboundEvent::phone).collect::<Vec<_>>()[1], "+447700900123");
+        assert_eq!(n.events.iter().map(NotifiedMessage::phone).collect::<Vec<_>>()[1], "+447700900123");
     }
 
     #[test]
@@ -923,7 +923,7 @@ mod tests {
             .events
             .iter()
             .map(|e| match e {
-                InboundEvent::Message(m) => m.message_id.as_str(),
+                NotifiedMessage::Message(m) => m.message_id.as_str(),
                 other => panic!("{other:?}"),
             })
             .collect();
@@ -969,7 +969,7 @@ mod tests {
         let n = parse(&body).unwrap();
         assert_eq!(n.rejected.len(), 1, "{:?}", n.rejected);
         assert!(n.rejected[0].contains("wamid.nofrom") && n.rejected[0].contains("missing `from`"), "{:?}", n.rejected);
-        let [InboundEvent::Message(m)] = n.events.as_slice() else { panic!("{:?}", n.events) };
+        let [NotifiedMessage::Message(m)] = n.events.as_slice() else { panic!("{:?}", n.events) };
         assert_eq!(m.message_id, "wamid.ok");
         assert_eq!(m.received_at, at(1_700_000_001));
     }
@@ -992,7 +992,7 @@ mod tests {
         ]));
         let n = parse(&body).unwrap();
         assert_eq!(n.rejected.len(), 11, "{:#?}", n.rejected);
-        let [InboundEvent::Message(m)] = n.events.as_slice() else { panic!("{:?}", n.events) };
+        let [NotifiedMessage::Message(m)] = n.events.as_slice() else { panic!("{:?}", n.events) };
         assert_eq!(m.message_id, "kept");
         assert_eq!(m.content, MessageContent::Media { media_id: "s".to_owned(), caption: None, mime_type: None });
     }
@@ -1009,11 +1009,11 @@ mod tests {
         let after = Utc::now();
         assert_eq!(n.events.len(), 2);
         for event in &n.events {
-            let InboundEvent::Message(m) = event else { panic!("{event:?}") };
+            let NotifiedMessage::Message(m) = event else { panic!("{event:?}") };
             assert_eq!(m.from_phone, "+15551234567");
             assert!(m.received_at >= before && m.received_at <= after, "{}", m.received_at);
         }
-        let InboundEvent::Message(first) = &n.events[0] else { unreachable!() };
+        let NotifiedMessage::Message(first) = &n.events[0] else { unreachable!() };
         assert_eq!(first.metadata.get("context_from").map(String::as_str), Some("+15550000000"));
         assert_eq!(first.metadata.get("context_message_id").map(String::as_str), Some("wamid.ctx"));
     }

@@ -9,12 +9,12 @@
 //! - [`RecentMessageIds::reserve`] claims an id before it is published; the
 //!   first caller gets a [`Reservation`].
 //! - [`Reservation::confirm`] records that Kafka acknowledged it: later
-//!   deliveries skip it ([`Claim::Published`]).
+//!   deliveries skip it ([`Turn::Published`]).
 //! - Dropping the reservation unconfirmed (publish failed, the POST timed out
 //!   and answers 503, or the client went away and the request future was
 //!   dropped) releases the id, so Meta's redelivery publishes it.
 //! - A delivery that finds the id reserved by a request still in flight gets
-//!   [`Claim::InFlight`] and waits for that request's outcome: answering 200
+//!   [`Turn::InFlight`] and waits for that request's outcome: answering 200
 //!   before the message is on Kafka could lose it if the first request then
 //!   fails (Meta would not deliver it again).
 //!
@@ -39,12 +39,12 @@ pub const DEFAULT_CAPACITY: usize = 100_000;
 /// (being published) or published.
 ///
 /// ```
-/// use orchestrator::webhook::recent::{Claim, RecentMessageIds};
+/// use orchestrator::webhook::recent::{Turn, RecentMessageIds};
 /// let recent = RecentMessageIds::default();
-/// let Claim::Reserved(reservation) = recent.reserve("wamid.1") else { panic!("first delivery") };
+/// let Turn::Reserved(reservation) = recent.reserve("wamid.1") else { panic!("first delivery") };
 /// // ... publish to Kafka; once acknowledged:
 /// reservation.confirm();
-/// assert!(matches!(recent.reserve("wamid.1"), Claim::Published));
+/// assert!(matches!(recent.reserve("wamid.1"), Turn::Published));
 /// ```
 pub struct RecentMessageIds {
     capacity: usize,
@@ -73,9 +73,10 @@ enum State {
     Published,
 }
 
-/// What [`RecentMessageIds::reserve`] found.
+/// Whose turn it is to publish a message id: what
+/// [`RecentMessageIds::reserve`] found.
 #[must_use]
-pub enum Claim<'a> {
+pub enum Turn<'a> {
     /// Not seen (or released): the caller publishes it, then confirms.
     Reserved(Reservation<'a>),
     /// Already published: skip it.
@@ -106,12 +107,12 @@ impl RecentMessageIds {
     }
 
     /// Claims `id` for publishing, unless it is published or being published.
-    pub fn reserve(&self, id: &str) -> Claim<'_> {
+    pub fn reserve(&self, id: &str) -> Turn<'_> {
         let mut inner = self.lock();
         if let Some(seen) = inner.ids.get(id) {
             return match &seen.state {
-                State::Reserved(outcome) => Claim::InFlight(InFlight(outcome.subscribe())),
-                State::Published => Claim::Published,
+                State::Reserved(outcome) => Turn::InFlight(InFlight(outcome.subscribe())),
+                State::Published => Turn::Published,
             };
         }
         inner.evict_down_to(self.capacity - 1);
@@ -120,7 +121,7 @@ impl RecentMessageIds {
         let (outcome, _) = watch::channel(false);
         inner.ids.insert(id.to_owned(), Seen { generation, state: State::Reserved(outcome) });
         inner.order.push_back((id.to_owned(), generation));
-        Claim::Reserved(Reservation { recent: self, id: id.to_owned(), generation, confirmed: false })
+        Turn::Reserved(Reservation { recent: self, id: id.to_owned(), generation, confirmed: false })
     }
 
     /// Whether `id` is reserved or published.
@@ -256,9 +257,9 @@ mod tests {
 
     fn reserved<'a>(recent: &'a RecentMessageIds, id: &str) -> Reservation<'a> {
         match recent.reserve(id) {
-            Claim::Reserved(reservation) => reservation,
-            Claim::Published => panic!("{id} already published"),
-            Claim::InFlight(_) => panic!("{id} already in flight"),
+            Turn::Reserved(reservation) => reservation,
+            Turn::Published => panic!("{id} already published"),
+            Turn::InFlight(_) => panic!("{id} already in flight"),
         }
     }
 
@@ -268,8 +269,8 @@ mod tests {
         let reservation = reserved(&recent, "a");
         assert_eq!(reservation.id(), "a");
         reservation.confirm();
-        assert!(matches!(recent.reserve("a"), Claim::Published));
-        assert!(matches!(recent.reserve("a"), Claim::Published), "still published after a skipped delivery");
+        assert!(matches!(recent.reserve("a"), Turn::Published));
+        assert!(matches!(recent.reserve("a"), Turn::Published), "still published after a skipped delivery");
         assert!(recent.contains("a"));
         assert_eq!(recent.len(), 1);
     }
@@ -278,7 +279,7 @@ mod tests {
     fn a_reserved_id_is_in_flight_for_others() {
         let recent = RecentMessageIds::default();
         let _reservation = reserved(&recent, "a");
-        assert!(matches!(recent.reserve("a"), Claim::InFlight(_)));
+        assert!(matches!(recent.reserve("a"), Turn::InFlight(_)));
         // Other ids are independent.
         reserved(&recent, "b").confirm();
     }
@@ -291,19 +292,19 @@ mod tests {
         drop(reserved(&recent, "a"));
         assert!(recent.is_empty(), "a dropped reservation releases its id");
         reserved(&recent, "a").confirm();
-        assert!(matches!(recent.reserve("a"), Claim::Published));
+        assert!(matches!(recent.reserve("a"), Turn::Published));
     }
 
     #[tokio::test]
     async fn waiters_learn_the_outcome_of_the_reservation() {
         let recent = RecentMessageIds::default();
         let first = reserved(&recent, "a");
-        let Claim::InFlight(waiting) = recent.reserve("a") else { panic!("in flight") };
+        let Turn::InFlight(waiting) = recent.reserve("a") else { panic!("in flight") };
         first.confirm();
         assert!(waiting.published().await, "confirmed");
 
         let first = reserved(&recent, "b");
-        let Claim::InFlight(waiting) = recent.reserve("b") else { panic!("in flight") };
+        let Turn::InFlight(waiting) = recent.reserve("b") else { panic!("in flight") };
         let waited = tokio::spawn(waiting.published());
         tokio::task::yield_now().await;
         first.release();
@@ -333,12 +334,12 @@ mod tests {
         reserved(&recent, "b").confirm(); // evicts the reservation of `a`
         let new = reserved(&recent, "a"); // evicts `b`
         drop(old);
-        assert!(matches!(recent.reserve("a"), Claim::InFlight(_)), "the new reservation survives the old release");
+        assert!(matches!(recent.reserve("a"), Turn::InFlight(_)), "the new reservation survives the old release");
         // Nor does a confirmation under another generation publish it.
         recent.settle("a", u64::MAX, true);
-        assert!(matches!(recent.reserve("a"), Claim::InFlight(_)));
+        assert!(matches!(recent.reserve("a"), Turn::InFlight(_)));
         new.confirm();
-        assert!(matches!(recent.reserve("a"), Claim::Published));
+        assert!(matches!(recent.reserve("a"), Turn::Published));
     }
 
     #[test]
@@ -360,7 +361,7 @@ mod tests {
                     scope.spawn(move || {
                         (0..1000)
                             .filter(|i| match recent.reserve(&format!("id-{i}")) {
-                                Claim::Reserved(reservation) => {
+                                Turn::Reserved(reservation) => {
                                     reservation.confirm();
                                     true
                                 }

@@ -184,7 +184,7 @@ async fn refusals(
         let dead_lettered_at: Option<DateTime<Utc>> = row.try_get("", "dead_lettered_at")?;
         let lease_expires_at: Option<DateTime<Utc>> = row.try_get("", "lease_expires_at")?;
         let claim = match (status.as_str(), dead_lettered_at) {
-            ("completed", _) => Ok(Claim::Completed),
+            ("completed", _) => Ok(Claim::Done),
             (_, Some(_)) => Ok(Claim::DeadLettered),
             ("in_progress", None) => Ok(Claim::Busy { lease_expires_at: lease_expires_at.unwrap_or(now) }),
             (other, None) => Err(corrupt("processed_messages", format!("unknown status `{other}`"))),
