@@ -67,12 +67,12 @@ enum Command {
 enum TopicsCommand {
     /// Create every topic of the design (with its .retry and .dlq) that is missing.
     Create {
-        /// Partitions of each new topic (-1: the cluster's default).
-        #[arg(long, default_value_t = 12, allow_negative_numbers = true)]
-        partitions: i32,
-        /// Replicas of each partition (-1: the cluster's default).
-        #[arg(long, default_value_t = -1, allow_negative_numbers = true)]
-        replication_factor: i32,
+        /// Partitions of each new topic (-1: the cluster's default) [default: KAFKA_TOPIC_PARTITIONS].
+        #[arg(long, allow_negative_numbers = true)]
+        partitions: Option<i32>,
+        /// Replicas of each partition (-1: the cluster's default) [default: KAFKA_TOPIC_REPLICATION_FACTOR].
+        #[arg(long, allow_negative_numbers = true)]
+        replication_factor: Option<i32>,
     },
     /// List the design's topics the cluster lacks; exits with 1 if any.
     Check,
@@ -256,6 +256,8 @@ async fn topics(settings: &Settings, command: TopicsCommand) -> Result<(), Box<d
             Err(kafka_topics::MissingTopics(missing).into())
         }
         TopicsCommand::Create { partitions, replication_factor } => {
+            let partitions = partitions.unwrap_or(settings.kafka.topic_partitions);
+            let replication_factor = replication_factor.unwrap_or(settings.kafka.topic_replication_factor);
             let created =
                 kafka_topics::create_topics(&kafka, &all, partitions, replication_factor, TOPIC_TIMEOUT).await?;
             let mut failed = 0;
