@@ -9,7 +9,7 @@ use crate::intent::Intent;
 /// An inbound event the pipeline processes.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Inbound {
-    /// A message.
+    /// A text, media, location or contacts message.
     Message(MessageReceived),
     /// An interactive reply.
     Interaction(InteractionReceived),
@@ -89,7 +89,7 @@ pub struct MessageContext {
     pub message_id: String,
     /// The message itself.
     pub inbound: Inbound,
-    /// Its intent.
+    /// The intent it was classified with (by the classifier or the AI service).
     pub intent: Intent,
     /// This attempt's number, 1-based.
     pub attempt: u32,

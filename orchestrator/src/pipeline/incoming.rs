@@ -15,9 +15,9 @@ use crate::store::SourceInfo;
 pub struct Incoming {
     /// Id of the envelope that carried it.
     pub event_id: Uuid,
-    /// The message.
+    /// The customer's message or interactive reply.
     pub inbound: Inbound,
-    /// Its intent.
+    /// The intent to route it by (a placeholder until the runtime classified it).
     pub intent: Intent,
     /// `max_attempts` of the envelope; `None` uses the retry policy's.
     pub max_attempts: Option<u32>,

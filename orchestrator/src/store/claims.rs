@@ -12,14 +12,14 @@ use super::{NewDeadLetter, SagaLog, StoreError};
 /// Identifies a message for deduplication: ids are unique per tenant.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct MessageKey {
-    /// The tenant.
+    /// The organisation the message belongs to (ids are unique only within one).
     pub tenant_id: String,
     /// The message id.
     pub message_id: String,
 }
 
 impl MessageKey {
-    /// A key.
+    /// The key of `message_id` in `tenant_id`.
     pub fn new(tenant_id: impl Into<String>, message_id: impl Into<String>) -> Self {
         Self { tenant_id: tenant_id.into(), message_id: message_id.into() }
     }
@@ -29,7 +29,7 @@ impl MessageKey {
 /// complete, release or dead-letter the message.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Lease {
-    /// The message.
+    /// The message the lease is on.
     pub key: MessageKey,
     /// Random per claim; fenced writes check it.
     pub token: i64,
@@ -83,7 +83,7 @@ impl Claim {
 /// A row for `lead_activities`.
 #[derive(Debug, Clone, PartialEq)]
 pub struct NewActivity {
-    /// The lead.
+    /// The lead the activity is about (the customer's lead id, else the phone).
     pub lead_id: String,
     /// What happened, e.g. `message_handled`, `action_executed`, `escalated`.
     pub activity_type: String,

@@ -9,11 +9,11 @@ use crate::event::FailureType;
 /// Where a message came from on Kafka.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct SourceInfo {
-    /// Topic.
+    /// The topic it was consumed from; replay sends the copy there (to the original, not its `.retry` twin).
     pub topic: String,
-    /// Partition.
+    /// Its partition there.
     pub partition: i32,
-    /// Offset.
+    /// Its offset there, to find the original record.
     pub offset: i64,
     /// Message key (the phone number).
     pub key: Option<String>,
