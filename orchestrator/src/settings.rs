@@ -30,7 +30,32 @@ use crate::retry::RetryPolicy;
 use crate::telemetry::TelemetryConfig;
 use crate::webhook::forward::WebhookSettings;
 
-/// Every setting, a part per component.
+/// A secret setting's value: printed as `****`, read with [`expose`](Self::expose).
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    /// The value itself, for the component that needs it.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::str::FromStr for Secret {
+    type Err = std::convert::Infallible;
+
+    fn from_str(value: &str) -> Result<Self, Self::Err> {
+        Ok(Self(value.to_owned()))
+    }
+}
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("****")
+    }
+}
+
+/// Every setting, a part per component. Its `Debug` masks the secrets.
 #[derive(Debug, Clone, Args)]
 pub struct Settings {
     /// The database.
@@ -137,12 +162,18 @@ fn mask_url_password(url: &str) -> String {
 }
 
 /// The database.
-#[derive(Debug, Clone, Args)]
+#[derive(Clone, Args)]
 #[command(next_help_heading = "Database")]
 pub struct DatabaseSettings {
     /// SQLite or PostgreSQL (`postgres://user:pass@host/db`); migrations run at start.
     #[arg(long, env = "DATABASE_URL", default_value = crate::db::DEFAULT_DATABASE_URL, hide_env_values = true)]
     pub database_url: String,
+}
+
+impl std::fmt::Debug for DatabaseSettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DatabaseSettings").field("database_url", &mask_url_password(&self.database_url)).finish()
+    }
 }
 
 /// Retries, leases, timeouts and where intents come from.
@@ -200,13 +231,23 @@ impl PipelineSettings {
     }
 }
 
+/// A Kafka setting as `Debug` shows it: a secret's value masked.
+macro_rules! shown {
+    (hide_env_values, $value:expr) => {
+        &$value.as_ref().map(|_| "****") as &dyn std::fmt::Debug
+    };
+    (, $value:expr) => {
+        &$value as &dyn std::fmt::Debug
+    };
+}
+
 /// Declares the Kafka client variables once: each becomes an optional
 /// argument and is handed to [`KafkaConfig::from_vars`] by its name, which
 /// validates it.
 macro_rules! kafka_variables {
     ($( $(#[doc = $doc:literal])* $field:ident = $env:literal $(, $secret:ident)? ;)*) => {
         /// The Kafka cluster and its clients (validated by [`KafkaConfig::from_vars`]).
-        #[derive(Debug, Clone, Args)]
+        #[derive(Clone, Args)]
         #[command(next_help_heading = "Kafka")]
         pub struct KafkaSettings {
             $(
@@ -228,6 +269,21 @@ macro_rules! kafka_variables {
             /// dots as underscores), read from the environment at start.
             #[arg(skip = KafkaSettings::properties_in(std::env::vars()))]
             pub properties: Vec<(String, String)>,
+        }
+
+        impl std::fmt::Debug for KafkaSettings {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.debug_struct("KafkaSettings")
+                    $( .field(stringify!($field), shown!($($secret)?, self.$field)) )*
+                    .field("create_topics", &self.create_topics)
+                    .field("topic_partitions", &self.topic_partitions)
+                    .field("topic_replication_factor", &self.topic_replication_factor)
+                    .field("properties", &self.properties.iter().map(|(name, value)| {
+                        let property = name[PROPERTY_PREFIX.len()..].to_ascii_lowercase().replace('_', ".");
+                        (name, crate::kafka::config::masked(&property, value))
+                    }).collect::<Vec<_>>())
+                    .finish()
+            }
         }
 
         impl KafkaSettings {
@@ -316,13 +372,13 @@ pub struct WhatsAppSettings {
     /// The Cloud API token for numbers without their own; with
     /// `WHATSAPP_PHONE_NUMBER_ID` replies are sent, else logged (dry run).
     #[arg(long, env = "WHATSAPP_TOKEN", hide_env_values = true)]
-    pub whatsapp_token: Option<String>,
+    pub whatsapp_token: Option<Secret>,
     /// The number replies that name none go out from.
     #[arg(long, env = "WHATSAPP_PHONE_NUMBER_ID")]
     pub whatsapp_phone_number_id: Option<String>,
     /// Tokens of numbers that have their own: `phone_number_id=token,...`.
     #[arg(long, env = "WHATSAPP_TOKENS", hide_env_values = true)]
-    pub whatsapp_tokens: Option<String>,
+    pub whatsapp_tokens: Option<Secret>,
     /// The Cloud API base URL.
     #[arg(long, env = "WHATSAPP_API_URL", default_value = DEFAULT_API_URL)]
     pub whatsapp_api_url: String,
@@ -340,10 +396,10 @@ pub struct WhatsAppSettings {
     pub reply_max_in_flight: u32,
     /// Answers Meta's webhook subscription check; unset refuses it.
     #[arg(long, env = "WHATSAPP_VERIFY_TOKEN", hide_env_values = true)]
-    pub whatsapp_verify_token: Option<String>,
+    pub whatsapp_verify_token: Option<Secret>,
     /// Checks `X-Hub-Signature-256` on every webhook POST; unset: not checked (logged).
     #[arg(long, env = "WHATSAPP_APP_SECRET", hide_env_values = true)]
-    pub whatsapp_app_secret: Option<String>,
+    pub whatsapp_app_secret: Option<Secret>,
 }
 
 fn parse_rate(value: &str) -> Result<f64, String> {
@@ -354,16 +410,22 @@ fn parse_rate(value: &str) -> Result<f64, String> {
 }
 
 /// A blank value counts as unset, as it always has for these variables.
-fn set(value: &Option<String>) -> Option<String> {
-    value.as_deref().map(str::trim).filter(|v| !v.is_empty()).map(str::to_owned)
+fn set(value: Option<&str>) -> Option<String> {
+    value.map(str::trim).filter(|v| !v.is_empty()).map(str::to_owned)
+}
+
+/// A secret's value, unless unset or blank.
+fn set_secret(value: &Option<Secret>) -> Option<String> {
+    set(value.as_ref().map(Secret::expose))
 }
 
 impl WhatsAppSettings {
     /// The Cloud API configuration; `None` (dry run) unless both the token
     /// and the default number are set.
     pub fn cloud_api(&self) -> Result<Option<CloudApiConfig>, TokensError> {
-        let tokens = parse_tokens(&set(&self.whatsapp_tokens).unwrap_or_default())?;
-        let (Some(token), Some(phone_number_id)) = (set(&self.whatsapp_token), set(&self.whatsapp_phone_number_id))
+        let tokens = parse_tokens(&set_secret(&self.whatsapp_tokens).unwrap_or_default())?;
+        let (Some(token), Some(phone_number_id)) =
+            (set_secret(&self.whatsapp_token), set(self.whatsapp_phone_number_id.as_deref()))
         else {
             return Ok(None);
         };
@@ -401,8 +463,8 @@ impl WhatsAppSettings {
     /// The webhook's secrets.
     pub fn webhook(&self) -> WebhookSettings {
         WebhookSettings {
-            verify_token: set(&self.whatsapp_verify_token),
-            app_secret: set(&self.whatsapp_app_secret),
+            verify_token: set_secret(&self.whatsapp_verify_token),
+            app_secret: set_secret(&self.whatsapp_app_secret),
             ..WebhookSettings::default()
         }
     }
@@ -417,7 +479,7 @@ pub struct ServerSettings {
     pub http_addr: SocketAddr,
     /// Bearer token of the DLQ admin API; unset: the /admin routes are off.
     #[arg(long, env = "ADMIN_TOKEN", hide_env_values = true)]
-    pub admin_token: Option<String>,
+    pub admin_token: Option<Secret>,
     /// Read edge-function webhook requests from `whatsapp.webhook.inbound`.
     #[arg(long, env = "WEBHOOK_INBOUND_ENABLED", default_value_t = true, action = ArgAction::Set,
           value_parser = BoolishValueParser::new())]
@@ -430,7 +492,7 @@ pub struct ServerSettings {
 impl ServerSettings {
     /// The admin token, when set and not blank.
     pub fn admin_token(&self) -> Option<String> {
-        set(&self.admin_token)
+        set_secret(&self.admin_token)
     }
 
     /// `SHUTDOWN_GRACE_MS` as a duration.
@@ -475,9 +537,9 @@ impl TelemetrySettings {
     pub fn config(&self) -> TelemetryConfig {
         TelemetryConfig {
             service_name: self.otel_service_name.clone(),
-            otlp_endpoint: set(&self.otel_exporter_otlp_endpoint),
+            otlp_endpoint: set(self.otel_exporter_otlp_endpoint.as_deref()),
             json_logs: self.log_format == LogFormat::Json,
-            ansi: std::io::IsTerminal::is_terminal(&std::io::stderr()) && set(&self.no_color).is_none(),
+            ansi: std::io::IsTerminal::is_terminal(&std::io::stderr()) && set(self.no_color.as_deref()).is_none(),
             filter: self.rust_log.clone(),
         }
     }
@@ -578,6 +640,12 @@ mod tests {
         assert_eq!(value("RETRY_DELAY_MS"), Some("1000"), "defaults are listed too");
         assert_eq!(value("KAFKA_BOOTSTRAP_SERVERS"), None, "unset options are left out");
         assert_eq!(value("DATABASE_URL"), Some("postgres://app:****@db/app"), "where, without the password");
+        // Debug output (a stray `{settings:?}`) masks them too.
+        let debugged = format!("{settings:?}");
+        for secret in ["s3cret-token", "hunter2", ":pw@", "xyz"] {
+            assert!(!debugged.contains(secret), "{secret} in Debug: {debugged}");
+        }
+        assert!(debugged.contains("postgres://app:****@db/app"), "{debugged}");
         // Every variable described is one `variables()` lists.
         let known: Vec<String> = variables().into_iter().map(|(name, _)| name).collect();
         assert!(described.iter().all(|(name, _)| known.contains(name) || name.starts_with(PROPERTY_PREFIX)));
