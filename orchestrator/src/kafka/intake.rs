@@ -149,7 +149,8 @@ impl Intake {
             tracing::warn!(abandoned = tasks.len(), "grace period over: abandoning in-flight records uncommitted");
             tasks.shutdown().await;
         }
-        super::commit_and_leave(&intake.consumer).await
+        super::commit_and_leave(&intake.consumer).await;
+        Ok(())
     }
 
     /// Marks a record finished and stores the new commit point, if it moved.

@@ -31,26 +31,28 @@ pub use topics::{MissingTopics, all_topics};
 pub use webhook_ingest::WebhookIngest;
 
 /// Commits the stored offsets (nothing stored is fine), then leaves the
-/// group with [`leave_group`]; returns the commit's result.
-pub(crate) async fn commit_and_leave<C>(consumer: &rdkafka::consumer::StreamConsumer<C>) -> Result<(), KafkaError>
+/// group with [`leave_group`]. A refused final commit is a warning, not a
+/// failed shutdown: the records finished since the last commit are
+/// delivered again (to this group's next owner of their partitions) and
+/// dedupe skips them, so nothing is lost or done twice.
+pub(crate) async fn commit_and_leave<C>(consumer: &rdkafka::consumer::StreamConsumer<C>)
 where
     C: rdkafka::consumer::ConsumerContext + 'static,
 {
     use rdkafka::consumer::Consumer as _;
     use rdkafka::types::RDKafkaErrorCode::{IllegalGeneration, NoOffset, RebalanceInProgress, UnknownMemberId};
-    let committed = match consumer.commit_consumer_state(rdkafka::consumer::CommitMode::Sync) {
-        Ok(()) | Err(KafkaError::ConsumerCommit(NoOffset)) => Ok(()),
-        // The group is moving (another member joined or left as this one
-        // stops): the partitions' new owners get the uncommitted records
-        // again and dedupe skips what finished. Not a failed shutdown.
+    match consumer.commit_consumer_state(rdkafka::consumer::CommitMode::Sync) {
+        Ok(()) | Err(KafkaError::ConsumerCommit(NoOffset)) => {}
+        // The group is moving (another member joined or left as this one stops).
         Err(KafkaError::ConsumerCommit(code @ (RebalanceInProgress | IllegalGeneration | UnknownMemberId))) => {
             tracing::warn!(%code, "final commit refused while the group rebalances; the new owners redeliver");
-            Ok(())
         }
-        Err(error) => Err(error),
-    };
+        // The broker is failing (timed out, gone): the same, later.
+        Err(error) => {
+            tracing::warn!(%error, "final commit failed; the records finished since the last commit are redelivered")
+        }
+    }
     leave_group(consumer).await;
-    committed
 }
 
 /// Leaves the consumer group before the consumer is dropped: unsubscribes,

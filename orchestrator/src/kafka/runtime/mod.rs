@@ -136,9 +136,7 @@ impl ConsumerRuntime {
         }
         // Every copy was acknowledged before its offset was stored; flush any stragglers.
         worker.publisher.flush(Duration::from_secs(10))?;
-        if let Err(error) = consumed {
-            tracing::warn!(%error, "final commit failed");
-        }
+        consumed?;
         tracing::info!("consumer stopped");
         Ok(())
     }
