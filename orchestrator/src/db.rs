@@ -31,6 +31,17 @@ pub async fn connect_with(mut options: ConnectOptions) -> Result<DatabaseConnect
                 .busy_timeout(Duration::from_secs(10))
         });
     }
+    if sqlite {
+        // Migrate over one connection, closed before the pool opens: a pooled
+        // SQLite connection that read the schema before a migration added a
+        // unique index prepares `ON CONFLICT` against the old schema and fails.
+        let mut once = options.clone();
+        once.max_connections(1).min_connections(0);
+        let migrating = Database::connect(once).await?;
+        Migrator::up(&migrating, None).await?;
+        migrating.close().await?;
+        return Database::connect(options).await;
+    }
     let db = Database::connect(options).await?;
     Migrator::up(&db, None).await?;
     Ok(db)
