@@ -23,6 +23,7 @@ use clap::builder::BoolishValueParser;
 use clap::{ArgAction, ArgMatches, Args, CommandFactory, FromArgMatches as _, Parser, ValueEnum};
 
 use crate::config::{ConfigError, PipelineConfig};
+use crate::kafka::config::{PROPERTY_PREFIX, masked_pass_through};
 use crate::kafka::{AiRouteSettings, IntentSource, KafkaConfig, ReplySettings};
 use crate::outbound::cloud_api::{DEFAULT_API_URL, TokensError, parse_tokens};
 use crate::outbound::{CloudApiConfig, RateSettings};
@@ -142,8 +143,7 @@ pub fn describe(matches: &ArgMatches, settings: &Settings) -> Vec<(String, Strin
         described.push((env.to_string_lossy().into_owned(), shown));
     }
     for (name, value) in &settings.kafka.properties {
-        let property = name[PROPERTY_PREFIX.len()..].to_ascii_lowercase().replace('_', ".");
-        described.push((name.clone(), crate::kafka::config::masked(&property, value).to_owned()));
+        described.push((name.clone(), masked_pass_through(name, value).to_owned()));
     }
     described
 }
@@ -279,8 +279,7 @@ macro_rules! kafka_variables {
                     .field("topic_partitions", &self.topic_partitions)
                     .field("topic_replication_factor", &self.topic_replication_factor)
                     .field("properties", &self.properties.iter().map(|(name, value)| {
-                        let property = name[PROPERTY_PREFIX.len()..].to_ascii_lowercase().replace('_', ".");
-                        (name, crate::kafka::config::masked(&property, value))
+                        (name, masked_pass_through(name, value))
                     }).collect::<Vec<_>>())
                     .finish()
             }
@@ -343,9 +342,6 @@ kafka_variables! {
     /// [default: librdkafka's]
     kafka_linger_ms = "KAFKA_LINGER_MS";
 }
-
-/// `KAFKA_PROPERTY_SASL_OAUTHBEARER_CONFIG` names `sasl.oauthbearer.config`.
-pub(crate) const PROPERTY_PREFIX: &str = "KAFKA_PROPERTY_";
 
 impl KafkaSettings {
     /// The client configuration; an invalid value is an error naming its variable.

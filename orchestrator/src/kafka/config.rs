@@ -171,7 +171,17 @@ impl Vars {
 }
 
 /// `KAFKA_PROPERTY_SASL_OAUTHBEARER_CONFIG` names `sasl.oauthbearer.config`.
-const PROPERTY_PREFIX: &str = "KAFKA_PROPERTY_";
+pub(crate) const PROPERTY_PREFIX: &str = "KAFKA_PROPERTY_";
+
+/// The librdkafka property a `KAFKA_PROPERTY_*` variable names; `None` for other variables.
+pub(crate) fn property_of(variable: &str) -> Option<String> {
+    variable.strip_prefix(PROPERTY_PREFIX).map(|name| name.to_ascii_lowercase().replace('_', "."))
+}
+
+/// A `KAFKA_PROPERTY_*` variable's value as it may be printed: masked when its property is a secret.
+pub(crate) fn masked_pass_through<'a>(variable: &str, value: &'a str) -> &'a str {
+    masked(&property_of(variable).unwrap_or_default(), value)
+}
 
 impl KafkaConfig {
     /// Reads the settings from `vars` as if they were the environment.
@@ -204,8 +214,7 @@ impl KafkaConfig {
                 properties.set(name, value);
             }
         }
-        for (name, value) in vars.0.iter().filter(|(name, _)| name.starts_with(PROPERTY_PREFIX)) {
-            let property = name[PROPERTY_PREFIX.len()..].to_ascii_lowercase().replace('_', ".");
+        for (property, value) in vars.0.iter().filter_map(|(name, value)| Some((property_of(name)?, value))) {
             if property.is_empty() {
                 continue;
             }
