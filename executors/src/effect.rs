@@ -10,11 +10,12 @@ use std::sync::{Arc, OnceLock};
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use orchestrator::coalesce::Coalescer;
+use orchestrator::local::LocalExecutor;
 use orchestrator::{ActionContext, ActionError, ActionExecutor, ActionOutput};
 use sea_orm::sea_query::{Expr, ValueType};
 use sea_orm::{
-    ActiveModelTrait, ColumnTrait, DatabaseConnection, DbErr, EntityTrait, IntoActiveModel, ModelTrait, QueryFilter,
-    TryInsertResult, Value,
+    ActiveModelTrait, ColumnTrait, ConnectionTrait, DatabaseConnection, DatabaseTransaction, DbErr, EntityTrait,
+    IntoActiveModel, ModelTrait, QueryFilter, TryInsertResult, Value,
 };
 use serde_json::Value as Json;
 
@@ -135,7 +136,7 @@ fn key_of(value: Value) -> Option<String> {
 /// Inserts `rows` in one statement, skipping those whose idempotency key
 /// is stored already (a resumed step), and answers each with its stored
 /// row: the one just inserted, or the one written the first time.
-async fn insert_many_once<E>(db: &DatabaseConnection, rows: Vec<E::ActiveModel>) -> Vec<Result<E::Model, ActionError>>
+async fn insert_many_once<E>(db: &impl ConnectionTrait, rows: Vec<E::ActiveModel>) -> Vec<Result<E::Model, ActionError>>
 where
     E: EffectTable,
     E::ActiveModel: ActiveModelTrait<Entity = E> + Send,
@@ -159,7 +160,7 @@ where
 
 /// The stored rows of `keys` after inserting `rows`, by idempotency key.
 async fn store_rows<E>(
-    db: &DatabaseConnection,
+    db: &impl ConnectionTrait,
     mut rows: Vec<E::ActiveModel>,
     keys: &[Option<String>],
 ) -> Result<HashMap<String, E::Model>, ActionError>
@@ -250,8 +251,15 @@ pub trait Effect: EffectTable {
 }
 
 /// The executor of an effect table `E`: writes [`Effect::row`] once per
-/// step (coalesced with other messages' rows) and undoes it by the step's
-/// idempotency key, whether or not its output was recorded.
+/// step and undoes it by the step's idempotency key, whether or not its
+/// output was recorded.
+///
+/// It is a [`LocalExecutor`]: registered with
+/// [`ExecutorRegistry::with_local`](orchestrator::ExecutorRegistry::with_local),
+/// a plan's trailing steps write their rows in the completion transaction
+/// (one `INSERT` per table for a batch of messages). Run on its own (before
+/// an external step, or on a store without transactions), it writes through
+/// its own coalesced writer and is compensated by status.
 pub struct EffectExecutor<E: EffectTable> {
     rows: EffectRows<E>,
 }
@@ -303,5 +311,31 @@ where
 
     async fn compensate_unknown(&self, ctx: &ActionContext<'_>) -> Result<(), ActionError> {
         self.rows.undo(&ctx.idempotency_key()).await
+    }
+}
+
+#[async_trait]
+impl<E> LocalExecutor for EffectExecutor<E>
+where
+    E: Effect + Send + Sync,
+    E::ActiveModel: ActiveModelTrait<Entity = E> + Send + 'static,
+    E::Model: IntoActiveModel<E::ActiveModel> + Clone + Send + Sync + 'static,
+{
+    fn check(&self, ctx: &ActionContext<'_>) -> Result<(), ActionError> {
+        E::row(ctx, ctx.idempotency_key(), Utc::now()).map(drop)
+    }
+
+    async fn execute_in(
+        &self,
+        txn: &DatabaseTransaction,
+        steps: &[ActionContext<'_>],
+    ) -> Result<Vec<ActionOutput>, ActionError> {
+        let now = Utc::now();
+        let rows = steps.iter().map(|ctx| E::row(ctx, ctx.idempotency_key(), now)).collect::<Result<Vec<_>, _>>()?;
+        let mut outputs = Vec::with_capacity(rows.len());
+        for stored in insert_many_once::<E>(txn, rows).await {
+            outputs.push(ActionOutput(E::output(&stored?)));
+        }
+        Ok(outputs)
     }
 }

@@ -39,13 +39,15 @@ pub mod actions {
     pub const FLAG_FOR_REVIEW: &str = "flag_for_review";
 }
 
-/// Registers every built-in executor on `registry`, writing to `db`.
+/// Registers every built-in executor on `registry`, writing to `db`, as
+/// local executors: `db` must be the orchestrator's own database, whose
+/// completion transaction their trailing steps join (see [`orchestrator::local`]).
 pub fn register_builtin(registry: ExecutorRegistry, db: &DatabaseConnection) -> ExecutorRegistry {
     registry
-        .with(CreateOrder::new(db.clone()))
-        .with(NotifySales::new(db.clone()))
-        .with(CreateSupportTicket::new(db.clone()))
-        .with(FlagForReview::new(db.clone()))
+        .with_local(CreateOrder::new(db.clone()))
+        .with_local(NotifySales::new(db.clone()))
+        .with_local(CreateSupportTicket::new(db.clone()))
+        .with_local(FlagForReview::new(db.clone()))
 }
 
 /// A registry with every built-in executor.

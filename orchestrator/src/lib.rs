@@ -56,6 +56,7 @@ pub mod http;
 pub mod intent;
 #[cfg(feature = "kafka")]
 pub mod kafka;
+pub mod local;
 pub mod maintenance;
 mod mask;
 pub mod metrics;
@@ -83,6 +84,7 @@ pub use executor_registry::ExecutorRegistry;
 pub use handler::{ActionRequest, HandlerError, IntentHandler, IntentOutcome, Reply};
 pub use handler_registry::HandlerRegistry;
 pub use intent::Intent;
+pub use local::{LocalExecutor, LocalStep};
 pub(crate) use mask::mask_phone;
 pub use pipeline::{
     BuildError, Completed, DeadLettered, DuplicateOf, Incoming, LeadStage, Orchestrator, OrchestratorBuilder, Outcome,
@@ -105,5 +107,6 @@ pub mod prelude {
     pub use crate::handler::{ActionRequest, HandlerError, IntentHandler, IntentOutcome, Reply};
     pub use crate::handler_registry::HandlerRegistry;
     pub use crate::intent::Intent;
+    pub use crate::local::LocalExecutor;
     pub use serde_json::{Value, json};
 }

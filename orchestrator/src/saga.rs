@@ -18,6 +18,7 @@ use crate::event::FailureType;
 use crate::executor::{ActionContext, ActionError, ActionOutput};
 use crate::executor_registry::ExecutorRegistry;
 use crate::handler::ActionRequest;
+use crate::local::{LocalExecutor, LocalFailure, LocalStep};
 use crate::store::{Lease, SagaLog, StepRecord, StepStatus, StoreError};
 
 /// Why a step failed.
@@ -165,13 +166,69 @@ impl SagaRunner {
         ctx: &MessageContext,
         actions: &[ActionRequest],
     ) -> Result<SagaReport, StoreError> {
+        Ok(self.run_steps(lease, ctx, actions, actions.len(), false).await?.0)
+    }
+
+    /// [`run`](Self::run) up to the trailing local run, which starts at
+    /// `local_from` (see [`crate::local`]): its steps are checked, not
+    /// executed, and returned for the completion to write. Steps of it that
+    /// an earlier run already logged are resumed from the log instead.
+    pub async fn run_until_local(
+        &self,
+        lease: &Lease,
+        ctx: &Arc<MessageContext>,
+        actions: &[ActionRequest],
+        local_from: usize,
+    ) -> Result<(SagaReport, Vec<LocalStep>), StoreError> {
+        let (report, checked) = self.run_steps(lease, ctx, actions, local_from, false).await?;
+        let local = checked
+            .into_iter()
+            .map(|(step_index, executor)| LocalStep {
+                executor,
+                message: ctx.clone(),
+                params: actions[step_index as usize].params.clone(),
+                step_index,
+            })
+            .collect();
+        Ok((report, local))
+    }
+
+    /// Records that the trailing local step of `failure` failed in the
+    /// completion transaction (which wrote nothing) and compensates the
+    /// logged steps before it, as for any failed step.
+    pub async fn fail_local(
+        &self,
+        lease: &Lease,
+        ctx: &MessageContext,
+        actions: &[ActionRequest],
+        failure: &LocalFailure,
+    ) -> Result<SagaReport, StoreError> {
+        count_action(&failure.action, "failed");
+        let mut record = StepRecord::new(failure.step_index, &failure.action, StepStatus::Failed);
+        record.error = Some(failure.error.to_string());
+        record.retryable = Some(failure.error.is_retryable());
+        record.output = Some(json!({ "uncertain": false }));
+        self.record(lease, ctx, record).await?;
+        Ok(self.run_steps(lease, ctx, actions, actions.len(), true).await?.0)
+    }
+
+    /// Runs the steps before `local_from` and checks those from it on;
+    /// `reload` reads the log even for a fresh claim.
+    async fn run_steps(
+        &self,
+        lease: &Lease,
+        ctx: &MessageContext,
+        actions: &[ActionRequest],
+        local_from: usize,
+        reload: bool,
+    ) -> Result<(SagaReport, Vec<(u32, Arc<dyn LocalExecutor>)>), StoreError> {
         let mut states = vec![StepState::default(); actions.len()];
         let mut plan_changed = None;
         // Attempt 1 of run 1 is a claim row just inserted: every reuse of a
         // row raises one of them (a taken-over lease the attempt, a released
         // or reopened claim the run), so there is no log to read: one round
         // trip saved per new message.
-        let fresh = ctx.attempt == 1 && ctx.run == 1;
+        let fresh = ctx.attempt == 1 && ctx.run == 1 && !reload;
         let records = if fresh { Vec::new() } else { self.log.load_steps(&lease.key, ctx.run).await? };
         for record in records {
             let index = record.step_index as usize;
@@ -203,23 +260,26 @@ impl SagaRunner {
         if let Some(failure) = plan_changed {
             let StepFailure::PlanChanged { step_index, .. } = &failure else { unreachable!() };
             let failed = *step_index as usize;
-            return self.fail(lease, ctx, actions, &mut states, failed, failure, false).await;
+            return Ok((self.fail(lease, ctx, actions, &mut states, failed, failure, false).await?, Vec::new()));
         }
 
         // A run that already failed (its worker died while compensating): finish compensating.
         if let Some(failed) = states.iter().position(|s| s.failed) {
             let failure = recorded_failure(&states[failed]);
-            return self.fail(lease, ctx, actions, &mut states, failed, failure, false).await;
+            return Ok((self.fail(lease, ctx, actions, &mut states, failed, failure, false).await?, Vec::new()));
         }
         if let Some(last) = states
             .iter()
             .rposition(|s| matches!(s.status, Some(StepStatus::Compensated | StepStatus::CompensationFailed)))
         {
             let failure = StepFailure::Action(ActionError::Retryable("saga interrupted while compensating".into()));
-            return self.fail(lease, ctx, actions, &mut states, last + 1, failure, false).await;
+            return Ok((self.fail(lease, ctx, actions, &mut states, last + 1, failure, false).await?, Vec::new()));
         }
+        // Steps an earlier run logged resume from the log, local or not.
+        let local_from = local_from.max(states.iter().rposition(|s| s.status.is_some()).map_or(0, |last| last + 1));
 
         let mut steps = Vec::with_capacity(actions.len());
+        let mut local = Vec::new();
         // A step's success is logged with the next step's start, in one
         // write: one round trip less per step, and the log reads the same.
         let mut succeeded: Option<StepRecord> = None;
@@ -229,6 +289,21 @@ impl SagaRunner {
                 let output = ActionOutput(states[index].output.clone().unwrap_or(Value::Null));
                 steps.push(StepOutcome { step_index, action: request.action.clone(), output, resumed: true });
                 continue;
+            }
+            if index >= local_from {
+                match self.check_local(ctx, request, step_index) {
+                    Ok(executor) => {
+                        local.push((step_index, executor));
+                        continue;
+                    }
+                    Err(failure) => {
+                        if let Some(last) = succeeded.take() {
+                            self.record(lease, ctx, last).await?;
+                        }
+                        let report = self.fail(lease, ctx, actions, &mut states, index, failure, true).await?;
+                        return Ok((report, Vec::new()));
+                    }
+                }
             }
             // Started but never finished: an earlier execution of this run was interrupted.
             let interrupted_before = states[index].status == Some(StepStatus::Started);
@@ -249,14 +324,32 @@ impl SagaRunner {
                 Err(failure) => {
                     let state = &mut states[index];
                     state.uncertain = interrupted_before || matches!(failure, StepFailure::Timeout(_));
-                    return self.fail(lease, ctx, actions, &mut states, index, failure, true).await;
+                    let report = self.fail(lease, ctx, actions, &mut states, index, failure, true).await?;
+                    return Ok((report, Vec::new()));
                 }
             }
         }
         if let Some(last) = succeeded {
             self.record(lease, ctx, last).await?;
         }
-        Ok(SagaReport::Succeeded { steps })
+        Ok((SagaReport::Succeeded { steps }, local))
+    }
+
+    /// Checks a step of the trailing local run ([`LocalExecutor::check`]).
+    fn check_local(
+        &self,
+        ctx: &MessageContext,
+        request: &ActionRequest,
+        step_index: u32,
+    ) -> Result<Arc<dyn LocalExecutor>, StepFailure> {
+        let executor =
+            self.executors.local(&request.action).ok_or_else(|| StepFailure::UnknownAction(request.action.clone()))?;
+        let action_ctx = ActionContext { message: ctx, params: &request.params, step_index };
+        executor.check(&action_ctx).map_err(|error| {
+            count_action(&request.action, "failed");
+            StepFailure::Action(error)
+        })?;
+        Ok(executor.clone())
     }
 
     /// Records the failure of step `failed` (when `record_failure`) and
@@ -353,8 +446,7 @@ impl SagaRunner {
             Err(StepFailure::CircuitOpen { .. }) => "rejected",
             Err(_) => "failed",
         };
-        let action = crate::metrics::label(&request.action);
-        crate::metrics::metrics().action_executed.with_label_values(&[action, status]).inc();
+        count_action(&request.action, status);
         result
     }
 
@@ -392,6 +484,11 @@ impl SagaRunner {
     async fn record(&self, lease: &Lease, ctx: &MessageContext, record: StepRecord) -> Result<(), StoreError> {
         self.log.record_step(lease, ctx.run, &record).await
     }
+}
+
+/// Counts one execution of `action` in `action_executed_total`.
+pub(crate) fn count_action(action: &str, status: &str) {
+    crate::metrics::metrics().action_executed.with_label_values(&[crate::metrics::label(action), status]).inc();
 }
 
 /// The action of step `index`: as logged, else as planned.

@@ -25,16 +25,14 @@ pub(super) fn activities(
             "intent": ctx.intent.name,
             "confidence": ctx.intent.confidence,
             "handler": handler,
-            "actions": steps.iter().map(|s| s.action.as_str()).collect::<Vec<_>>(),
+            "actions": outcome.actions.iter().map(|a| a.action.as_str()).collect::<Vec<_>>(),
             "attempt": ctx.attempt,
             "replied": outcome.response.is_some(),
         }),
     });
-    rows.extend(steps.iter().map(|step| NewActivity {
-        lead_id: lead_id.clone(),
-        activity_type: "action_executed".to_owned(),
-        details: json!({ "action": step.action, "step_index": step.step_index, "output": step.output }),
-    }));
+    rows.extend(
+        steps.iter().map(|step| NewActivity::action_executed(&lead_id, &step.action, step.step_index, &step.output)),
+    );
     if outcome.escalate {
         rows.push(NewActivity {
             lead_id,

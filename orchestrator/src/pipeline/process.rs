@@ -17,9 +17,11 @@ use crate::context::MessageContext;
 use crate::event::{FailureType, Priority, ResponseReady};
 use crate::executor_registry::ExecutorRegistry;
 use crate::handler::HandlerError;
+use crate::handler::IntentOutcome;
 use crate::handler_registry::HandlerRegistry;
+use crate::local::LocalStep;
 use crate::retry::RetryPolicy;
-use crate::saga::{SagaReport, SagaRunner};
+use crate::saga::{SagaReport, SagaRunner, StepOutcome, count_action};
 use crate::store::{Claim, DATABASE_BREAKER, GuardedStore, Lease, MessageKey, StageMove, Store, to_chrono};
 use crate::validate::validate;
 
@@ -188,7 +190,7 @@ impl Orchestrator {
         // The message and intent move into the context; the dead-letter
         // paths borrow them back from it with the rest of the incoming.
         let Incoming { event_id, inbound, intent, max_attempts: envelope_max, source, payload } = incoming;
-        let ctx = MessageContext {
+        let ctx = Arc::new(MessageContext {
             event_id,
             tenant_id: key.tenant_id.clone(),
             message_id: key.message_id.clone(),
@@ -197,7 +199,7 @@ impl Orchestrator {
             attempt,
             max_attempts,
             run,
-        };
+        });
         let origin = Provenance {
             event_id,
             max_attempts: envelope_max,
@@ -225,44 +227,32 @@ impl Orchestrator {
             }
         };
 
-        let report = self.saga.run(lease, &ctx, &outcome.actions).await?;
+        let local_from = match self.store.runs_local_effects() {
+            true => self.executors.local_tail(&outcome.actions),
+            false => outcome.actions.len(),
+        };
+        let (report, local) = self.saga.run_until_local(lease, &ctx, &outcome.actions, local_from).await?;
         finishing.store(true, Ordering::Release);
-        match report {
+        let report = match report {
             SagaReport::Succeeded { steps } => {
-                let activities = activities(&ctx, &handler_name, &outcome, &steps);
-                let response = outcome.response.map(|reply| ResponseReady {
-                    original_message_id: ctx.message_id.clone(),
-                    to_phone: ctx.phone().to_owned(),
-                    response_type: reply.content.response_type(),
-                    content: reply.content,
-                    generated_at: Utc::now(),
-                    priority: if outcome.escalate { Priority::Urgent } else { reply.priority },
-                    metadata: reply_metadata(&ctx),
-                });
-                // The reply goes into the outbox with the completion, in one transaction.
-                let outbox = response.as_ref().and_then(|r| serde_json::to_value(r).ok());
-                let ttl = self.config.dedupe_ttl;
-                let lead_stage = match outcome.lead_stage {
-                    Some(stage) => {
-                        let lead = StageMove { lead_id: ctx.lead_id().to_owned(), stage };
-                        let change =
-                            self.store.complete_moving_lead(lease, &activities, ttl, outbox.as_ref(), &lead).await?;
-                        Some(Box::new(LeadStage { stage: lead.stage, change }))
+                match self.succeed(lease, &ctx, handler_name, &outcome, steps, local).await {
+                    Ok(completed) => return Ok(Outcome::Completed(completed)),
+                    // The completion rolled back: nothing of the message was kept.
+                    Err(crate::store::StoreError::Local(failure)) => {
+                        self.saga.fail_local(lease, &ctx, &outcome.actions, &failure).await?
                     }
-                    None => {
-                        self.store.complete(lease, &activities, ttl, outbox.as_ref()).await?;
-                        None
-                    }
-                };
-                Ok(Outcome::Completed(Completed {
-                    key: key.clone(),
-                    handler: handler_name,
-                    steps,
-                    escalated: outcome.escalate,
-                    response,
-                    lead_stage,
-                }))
+                    Err(error) => return Err(error.into()),
+                }
             }
+            failed => failed,
+        };
+        match report {
+            // A failed local step always reads back as failed; were it not, the message is delivered again.
+            SagaReport::Succeeded { .. } => Err(crate::store::StoreError::Corrupt {
+                table: "saga_steps",
+                reason: format!("the failed local step of {} reads back as succeeded", key.message_id),
+            }
+            .into()),
             SagaReport::Failed { step_index, action, failure, compensation_failures, .. } => {
                 let reason = format!("step {step_index} `{action}` failed: {failure}");
                 if !compensation_failures.is_empty() {
@@ -282,6 +272,54 @@ impl Orchestrator {
                 self.failed(lease, &origin, &ctx, failure.is_retryable(), failure.failure_type(), reason).await
             }
         }
+    }
+
+    /// Completes a message whose saga succeeded: its trailing local run,
+    /// audit rows, reply outbox and lead move in one transaction.
+    async fn succeed(
+        &self,
+        lease: &Lease,
+        ctx: &MessageContext,
+        handler: String,
+        outcome: &IntentOutcome,
+        mut steps: Vec<StepOutcome>,
+        local: Vec<LocalStep>,
+    ) -> Result<Completed, crate::store::StoreError> {
+        let activities = activities(ctx, &handler, outcome, &steps);
+        let response = outcome.response.clone().map(|reply| ResponseReady {
+            original_message_id: ctx.message_id.clone(),
+            to_phone: ctx.phone().to_owned(),
+            response_type: reply.content.response_type(),
+            content: reply.content,
+            generated_at: Utc::now(),
+            priority: if outcome.escalate { Priority::Urgent } else { reply.priority },
+            metadata: reply_metadata(ctx),
+        });
+        // The reply goes into the outbox with the completion, in one transaction.
+        let outbox = response.as_ref().and_then(|r| serde_json::to_value(r).ok());
+        let ttl = self.config.dedupe_ttl;
+        let lead = outcome.lead_stage.clone().map(|stage| StageMove { lead_id: ctx.lead_id().to_owned(), stage });
+        let change = match (&lead, local.is_empty()) {
+            (Some(lead), true) => {
+                Some(self.store.complete_moving_lead(lease, &activities, ttl, outbox.as_ref(), lead).await?)
+            }
+            (None, true) => {
+                self.store.complete(lease, &activities, ttl, outbox.as_ref()).await?;
+                None
+            }
+            (_, false) => {
+                let names: Vec<(u32, String)> = local.iter().map(|s| (s.step_index, s.action().to_owned())).collect();
+                let written =
+                    self.store.complete_local(lease, &activities, ttl, outbox.as_ref(), lead.as_ref(), local).await?;
+                for ((step_index, action), output) in names.into_iter().zip(written.outputs) {
+                    count_action(&action, "succeeded");
+                    steps.push(StepOutcome { step_index, action, output, resumed: false });
+                }
+                written.stage
+            }
+        };
+        let lead_stage = lead.zip(change).map(|(lead, change)| Box::new(LeadStage { stage: lead.stage, change }));
+        Ok(Completed { key: lease.key.clone(), handler, steps, escalated: outcome.escalate, response, lead_stage })
     }
 }
 

@@ -8,6 +8,8 @@ use chrono::{DateTime, Utc};
 use serde_json::Value;
 
 use super::{NewDeadLetter, SagaLog, StoreError};
+use crate::executor::ActionOutput;
+use crate::local::LocalStep;
 
 /// Identifies a message for deduplication: ids are unique per tenant.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -91,6 +93,26 @@ pub struct NewActivity {
     pub details: Value,
 }
 
+impl NewActivity {
+    /// The `action_executed` row of a succeeded step.
+    pub fn action_executed(lead_id: &str, action: &str, step_index: u32, output: &ActionOutput) -> Self {
+        Self {
+            lead_id: lead_id.to_owned(),
+            activity_type: "action_executed".to_owned(),
+            details: serde_json::json!({ "action": action, "step_index": step_index, "output": output }),
+        }
+    }
+}
+
+/// What a completion with a trailing local run wrote.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LocalCompletion {
+    /// The local steps' outputs, in the order they were given.
+    pub outputs: Vec<ActionOutput>,
+    /// The lead's stage change, when the completion moved one.
+    pub stage: Option<StageChange>,
+}
+
 /// The state the pipeline keeps per message: its claim (dedupe with a
 /// lease), its saga log ([`SagaLog`]), its completion with the audit rows and
 /// the reply outbox, its dead letter, and its lead's stage.
@@ -143,6 +165,41 @@ pub trait Store: SagaLog + Send + Sync {
             Ok(from) => StageChange::Moved { from },
             Err(error) => StageChange::NotRecorded { error: error.to_string() },
         })
+    }
+
+    /// Whether [`complete_local`](Store::complete_local) can write local
+    /// steps in the completion transaction. When not, the pipeline runs
+    /// local executors as external ones. The default is `false`.
+    fn runs_local_effects(&self) -> bool {
+        false
+    }
+
+    /// [`complete`](Store::complete) (moving the lead when `lead` is given)
+    /// with a trailing local run written in the same transaction, and an
+    /// `action_executed` activity per local step; a failing local step
+    /// rolls it all back and answers [`StoreError::Local`]. Stores that
+    /// cannot ([`runs_local_effects`](Store::runs_local_effects) is false)
+    /// refuse a non-empty run with [`StoreError::Unsupported`].
+    async fn complete_local(
+        &self,
+        lease: &Lease,
+        activities: &[NewActivity],
+        ttl: Duration,
+        reply: Option<&Value>,
+        lead: Option<&StageMove>,
+        local: Vec<LocalStep>,
+    ) -> Result<LocalCompletion, StoreError> {
+        if !local.is_empty() {
+            return Err(StoreError::Unsupported("local executors need a SQL store"));
+        }
+        let stage = match lead {
+            Some(lead) => Some(self.complete_moving_lead(lease, activities, ttl, reply, lead).await?),
+            None => {
+                self.complete(lease, activities, ttl, reply).await?;
+                None
+            }
+        };
+        Ok(LocalCompletion { outputs: Vec::new(), stage })
     }
 
     /// The reply of a completed message that was never confirmed published.

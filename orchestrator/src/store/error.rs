@@ -32,6 +32,12 @@ pub enum StoreError {
         /// Requested status.
         to: &'static str,
     },
+    /// A local step failed inside the completion transaction, which rolled back.
+    #[error(transparent)]
+    Local(#[from] crate::local::LocalFailure),
+    /// The store cannot do this (e.g. local executors on the in-memory store).
+    #[error("unsupported by this store: {0}")]
+    Unsupported(&'static str),
     /// The database failed repeatedly and its circuit breaker is open: the
     /// call was not made; try again after `retry_after`.
     #[error("the database is unavailable (circuit open, next probe in {retry_after:?})")]

@@ -120,6 +120,22 @@ impl<S: Store + ?Sized> Store for GuardedStore<S> {
         self.guard(self.inner.complete_moving_lead(lease, activities, ttl, reply, lead)).await
     }
 
+    fn runs_local_effects(&self) -> bool {
+        self.inner.runs_local_effects()
+    }
+
+    async fn complete_local(
+        &self,
+        lease: &Lease,
+        activities: &[NewActivity],
+        ttl: Duration,
+        reply: Option<&Value>,
+        lead: Option<&StageMove>,
+        local: Vec<crate::local::LocalStep>,
+    ) -> Result<super::LocalCompletion, StoreError> {
+        self.guard(self.inner.complete_local(lease, activities, ttl, reply, lead, local)).await
+    }
+
     async fn pending_reply(&self, key: &MessageKey) -> Result<Option<Value>, StoreError> {
         self.guard(self.inner.pending_reply(key)).await
     }

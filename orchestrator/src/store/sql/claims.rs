@@ -3,12 +3,12 @@
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use sea_orm::{ConnectionTrait, DatabaseConnection, DbErr, TransactionTrait, Value};
+use sea_orm::{ConnectionTrait, DatabaseConnection, DbErr, Value};
 
 use super::corrupt;
 use super::statement::{push_pairs, push_rows, stmt};
 use crate::store::to_chrono;
-use crate::store::{Claim, Lease, MessageKey, NewActivity, StoreError};
+use crate::store::{Claim, Lease, MessageKey, StoreError};
 
 /// Inserts claims, or takes over those whose lease is free or ran out. Every
 /// claim is an attempt; a released claim (lease NULL) also starts a new run,
@@ -216,125 +216,6 @@ pub(super) async fn release(db: &impl ConnectionTrait, lease: &Lease, refund_att
     .await
 }
 
-/// One completion to write while `lease` is held.
-pub(super) struct Completion {
-    pub(super) lease: Lease,
-    pub(super) activities: Vec<NewActivity>,
-    pub(super) expires_at: DateTime<Utc>,
-    pub(super) reply: Option<serde_json::Value>,
-    /// The lead's move to a stage, in the lease's tenant.
-    pub(super) lead: Option<(String, String)>,
-}
-
-/// Per completion, the stage its lead was in before its move (`None` for a
-/// completion that moved no lead; `Some(None)` for a lead not seen before).
-pub(super) type PreviousStage = Option<Option<String>>;
-
-/// Completes many messages in one transaction: one fenced `UPDATE ... FROM
-/// (VALUES ...)` for the claims, then, for those whose lease was still held,
-/// one `INSERT` for the lead activities and one read and one upsert for the
-/// lead moves. A message fenced out gets `LeaseLost` and leaves nothing
-/// behind; the others commit together.
-pub(super) async fn complete_many(
-    db: &DatabaseConnection,
-    mut batch: Vec<Completion>,
-) -> Vec<Result<PreviousStage, StoreError>> {
-    match complete_batch(db, &mut batch).await {
-        Ok(results) => results,
-        Err(error) => super::batch::fail_all(&error, batch.len()),
-    }
-}
-
-/// Writes the batch, moving the replies and activity details out of it
-/// (they are bound, not copied).
-async fn complete_batch(
-    db: &DatabaseConnection,
-    batch: &mut [Completion],
-) -> Result<Vec<Result<PreviousStage, StoreError>>, StoreError> {
-    let now = Utc::now();
-    let txn = db.begin().await?;
-    let backend = txn.get_database_backend();
-    let mut sql = String::from(
-        "UPDATE processed_messages AS p
-           SET status = 'completed', completed_at = v.column3, lease_expires_at = NULL, expires_at = v.column4,
-               reply = v.column5
-          FROM (VALUES ",
-    );
-    let mut values = Vec::with_capacity(batch.len() * 6);
-    // Key order, as the claims: concurrent batches lock shared rows in one order.
-    let mut ordered: Vec<usize> = (0..batch.len()).collect();
-    ordered.sort_unstable_by(|&a, &b| batch[a].lease.key.cmp(&batch[b].lease.key));
-    push_rows(&mut sql, ordered.len(), "(?, ?, ?, ?, ?, ?)");
-    for i in ordered {
-        let completion = &mut batch[i];
-        let key = &completion.lease.key;
-        values.extend([
-            key.tenant_id.as_str().into(),
-            key.message_id.as_str().into(),
-            now.into(),
-            completion.expires_at.into(),
-            completion.reply.take().into(),
-            completion.lease.token.into(),
-        ]);
-    }
-    sql.push_str(
-        ") AS v
-         WHERE p.tenant_id = v.column1 AND p.message_id = v.column2 AND p.lease_token = v.column6
-           AND p.lease_expires_at IS NOT NULL AND p.status = 'in_progress'
-         RETURNING tenant_id, message_id, lease_token",
-    );
-    let mut held = std::collections::HashSet::new();
-    for row in txn.query_all_raw(stmt(backend, &sql, values)).await? {
-        held.insert(HeldKey::read(&row)?);
-    }
-    let written: Vec<bool> = batch.iter().map(|c| held.contains(&HeldKey::of(&c.lease))).collect();
-    let mut sql = String::from(
-        "INSERT INTO lead_activities (tenant_id, lead_id, message_id, activity_type, details, created_at) VALUES ",
-    );
-    let rows = batch.iter().zip(&written).filter(|(_, written)| **written).map(|(c, _)| c.activities.len()).sum();
-    push_rows(&mut sql, rows, "(?, ?, ?, ?, ?, ?)");
-    let mut values = Vec::with_capacity(rows * 6);
-    for completion in batch.iter_mut().zip(&written).filter(|(_, written)| **written).map(|(c, _)| c) {
-        let key = &completion.lease.key;
-        for activity in std::mem::take(&mut completion.activities) {
-            values.extend([
-                key.tenant_id.as_str().into(),
-                activity.lead_id.into(),
-                key.message_id.as_str().into(),
-                activity.activity_type.into(),
-                activity.details.into(),
-                now.into(),
-            ]);
-        }
-    }
-    if rows > 0 {
-        txn.execute_raw(stmt(backend, &sql, values)).await?;
-    }
-    // The lead moves of the completions written, in batch order.
-    let mut moved_by = Vec::new();
-    let mut moves = Vec::new();
-    for (i, completion) in batch.iter_mut().enumerate() {
-        if let (true, Some((lead_id, stage))) = (written[i], completion.lead.take()) {
-            moved_by.push(i);
-            moves.push(LeadMove { tenant_id: completion.lease.key.tenant_id.clone(), lead_id, stage });
-        }
-    }
-    let mut previous: Vec<PreviousStage> = vec![None; batch.len()];
-    if !moves.is_empty() {
-        for (i, before) in moved_by.into_iter().zip(move_leads(&txn, &moves).await?) {
-            previous[i] = Some(before);
-        }
-    }
-    txn.commit().await?;
-    let lost = |completion: &Completion| StoreError::LeaseLost(completion.lease.key.message_id.clone());
-    Ok(batch
-        .iter()
-        .zip(written)
-        .zip(previous)
-        .map(|((completion, written), previous)| if written { Ok(previous) } else { Err(lost(completion)) })
-        .collect())
-}
-
 /// Marks many messages' replies published, in one statement.
 pub(super) async fn mark_replies_published(
     db: &impl ConnectionTrait,
@@ -388,7 +269,7 @@ impl HeldKey {
     }
 
     /// The key of a row returned as `tenant_id, message_id, lease_token`.
-    fn read(row: &sea_orm::QueryResult) -> Result<Self, DbErr> {
+    pub(super) fn read(row: &sea_orm::QueryResult) -> Result<Self, DbErr> {
         Ok(Self {
             tenant_id: row.try_get("", "tenant_id")?,
             message_id: row.try_get("", "message_id")?,
@@ -469,7 +350,10 @@ pub(super) async fn set_lead_stages(
     }
 }
 
-async fn move_leads(db: &impl ConnectionTrait, moves: &[LeadMove]) -> Result<Vec<Option<String>>, StoreError> {
+pub(super) async fn move_leads(
+    db: &impl ConnectionTrait,
+    moves: &[LeadMove],
+) -> Result<Vec<Option<String>>, StoreError> {
     let backend = db.get_database_backend();
     // A join on the leads, not a chain of ORs (see `mark_replies_published`).
     let mut sql = String::from("SELECT l.tenant_id, l.lead_id, l.stage FROM leads AS l JOIN (VALUES ");

@@ -24,6 +24,7 @@ use super::{
 mod ai_pending;
 mod batch;
 mod claims;
+mod completion;
 mod dead_letters;
 mod delivery;
 mod outbound;
@@ -51,7 +52,7 @@ struct Batches {
     touches: OnceLock<batch::Batched<String, Option<String>>>,
     leads: OnceLock<batch::Batched<claims::LeadMove, Option<String>>>,
     steps: OnceLock<batch::Batched<saga_log::StepWrite, ()>>,
-    completions: OnceLock<batch::Batched<claims::Completion, claims::PreviousStage>>,
+    completions: OnceLock<batch::Batched<completion::Completion, completion::Finished>>,
     replies: OnceLock<batch::Batched<MessageKey, ()>>,
     dead_letters: OnceLock<batch::Batched<dead_letters::DlqWrite, i64>>,
     reply_claims: OnceLock<batch::Batched<outbound::ClaimRequest, super::SendClaim>>,
@@ -106,17 +107,20 @@ impl SqlStore {
         activities: &[NewActivity],
         ttl: Duration,
         reply: Option<&serde_json::Value>,
-        lead: Option<(String, String)>,
-    ) -> Result<claims::PreviousStage, StoreError> {
-        let completion = claims::Completion {
+        lead: Option<&StageMove>,
+        local: Vec<crate::local::LocalStep>,
+    ) -> Result<completion::Finished, StoreError> {
+        let completion = completion::Completion {
             lease: lease.clone(),
             activities: activities.to_vec(),
             expires_at: Utc::now() + super::to_chrono(ttl),
             reply: reply.cloned(),
-            lead,
+            lead: lead.map(|lead| (lead.lead_id.clone(), lead.stage.clone())),
+            local,
         };
-        let completions = self
-            .coalesced(&self.batches.completions, |db, batch| async move { claims::complete_many(&db, batch).await });
+        let completions = self.coalesced(&self.batches.completions, |db, batch| async move {
+            completion::complete_many(&db, batch).await
+        });
         batch::submit(completions, completion).await
     }
 }
@@ -169,7 +173,7 @@ impl Store for SqlStore {
         ttl: Duration,
         reply: Option<&serde_json::Value>,
     ) -> Result<(), StoreError> {
-        self.complete_with(lease, activities, ttl, reply, None).await.map(drop)
+        self.complete_with(lease, activities, ttl, reply, None, Vec::new()).await.map(drop)
     }
 
     async fn complete_moving_lead(
@@ -180,9 +184,26 @@ impl Store for SqlStore {
         reply: Option<&serde_json::Value>,
         lead: &StageMove,
     ) -> Result<StageChange, StoreError> {
-        let lead = Some((lead.lead_id.clone(), lead.stage.clone()));
-        let from = self.complete_with(lease, activities, ttl, reply, lead).await?;
-        Ok(StageChange::Moved { from: from.flatten() })
+        let finished = self.complete_with(lease, activities, ttl, reply, Some(lead), Vec::new()).await?;
+        Ok(StageChange::Moved { from: finished.previous.flatten() })
+    }
+
+    fn runs_local_effects(&self) -> bool {
+        true
+    }
+
+    async fn complete_local(
+        &self,
+        lease: &Lease,
+        activities: &[NewActivity],
+        ttl: Duration,
+        reply: Option<&serde_json::Value>,
+        lead: Option<&StageMove>,
+        local: Vec<crate::local::LocalStep>,
+    ) -> Result<super::LocalCompletion, StoreError> {
+        let finished = self.complete_with(lease, activities, ttl, reply, lead, local).await?;
+        let stage = lead.map(|_| StageChange::Moved { from: finished.previous.flatten() });
+        Ok(super::LocalCompletion { outputs: finished.outputs, stage })
     }
 
     async fn pending_reply(&self, key: &MessageKey) -> Result<Option<serde_json::Value>, StoreError> {

@@ -1,0 +1,219 @@
+//! Completions: many messages' claims, audit rows, lead moves and trailing
+//! local steps (see [`crate::local`]) in one transaction.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+
+use chrono::{DateTime, Utc};
+use sea_orm::{ConnectionTrait, DatabaseConnection, DatabaseTransaction, TransactionTrait, Value};
+
+use super::claims::{HeldKey, LeadMove, move_leads};
+use super::statement::{push_rows, stmt};
+use crate::executor::{ActionContext, ActionError, ActionOutput};
+use crate::local::{LocalExecutor, LocalFailure, LocalStep};
+use crate::store::{Lease, NewActivity, StoreError};
+
+/// One completion to write while `lease` is held.
+pub(super) struct Completion {
+    pub(super) lease: Lease,
+    pub(super) activities: Vec<NewActivity>,
+    pub(super) expires_at: DateTime<Utc>,
+    pub(super) reply: Option<serde_json::Value>,
+    /// The lead's move to a stage, in the lease's tenant.
+    pub(super) lead: Option<(String, String)>,
+    /// The trailing local run, written in the transaction.
+    pub(super) local: Vec<LocalStep>,
+}
+
+/// Per completion, the stage its lead was in before its move (`None` for a
+/// completion that moved no lead; `Some(None)` for a lead not seen before).
+pub(super) type PreviousStage = Option<Option<String>>;
+
+/// What one completion wrote.
+pub(super) struct Finished {
+    pub(super) previous: PreviousStage,
+    /// The local steps' outputs, in the completion's order.
+    pub(super) outputs: Vec<ActionOutput>,
+}
+
+/// Completes many messages in one transaction: one fenced `UPDATE ... FROM
+/// (VALUES ...)` for the claims; then, for those whose lease was still held,
+/// their local steps (one call per action for the whole batch), one `INSERT`
+/// for the lead activities and one read and one upsert for the lead moves.
+/// A message fenced out gets `LeaseLost` and leaves nothing behind; the
+/// others commit together. When a local step fails, the batch rolls back
+/// and each message is written alone, so only the failing one fails.
+pub(super) async fn complete_many(
+    db: &DatabaseConnection,
+    batch: Vec<Completion>,
+) -> Vec<Result<Finished, StoreError>> {
+    match complete_batch(db, &batch).await {
+        Ok(results) => results,
+        Err(error) if batch.len() == 1 => vec![Err(error)],
+        Err(StoreError::Local(_)) => {
+            let mut results = Vec::with_capacity(batch.len());
+            for completion in &batch {
+                let alone = complete_batch(db, std::slice::from_ref(completion)).await;
+                results
+                    .push(alone.and_then(|mut one| one.pop().unwrap_or(Err(StoreError::Unsupported("empty batch")))));
+            }
+            results
+        }
+        Err(error) => super::batch::fail_all(&error, batch.len()),
+    }
+}
+
+async fn complete_batch(
+    db: &DatabaseConnection,
+    batch: &[Completion],
+) -> Result<Vec<Result<Finished, StoreError>>, StoreError> {
+    let now = Utc::now();
+    let txn = db.begin().await?;
+    let written = mark_completed(&txn, batch, now).await?;
+    let mut outputs = run_local(&txn, batch, &written).await?;
+    insert_activities(&txn, batch, &written, &outputs, now).await?;
+    // The lead moves of the completions written, in batch order.
+    let mut moved_by = Vec::new();
+    let mut moves = Vec::new();
+    for (i, completion) in batch.iter().enumerate() {
+        if let (true, Some((lead_id, stage))) = (written[i], completion.lead.clone()) {
+            moved_by.push(i);
+            moves.push(LeadMove { tenant_id: completion.lease.key.tenant_id.clone(), lead_id, stage });
+        }
+    }
+    let mut previous: Vec<PreviousStage> = vec![None; batch.len()];
+    if !moves.is_empty() {
+        for (i, before) in moved_by.into_iter().zip(move_leads(&txn, &moves).await?) {
+            previous[i] = Some(before);
+        }
+    }
+    txn.commit().await?;
+    Ok(batch
+        .iter()
+        .zip(written)
+        .zip(previous)
+        .enumerate()
+        .map(|(i, ((completion, written), previous))| match written {
+            true => Ok(Finished { previous, outputs: std::mem::take(&mut outputs[i]) }),
+            false => Err(StoreError::LeaseLost(completion.lease.key.message_id.clone())),
+        })
+        .collect())
+}
+
+/// Marks the batch's held claims completed with their replies; per
+/// completion, whether its lease was still held.
+async fn mark_completed(
+    txn: &DatabaseTransaction,
+    batch: &[Completion],
+    now: DateTime<Utc>,
+) -> Result<Vec<bool>, StoreError> {
+    let mut sql = String::from(
+        "UPDATE processed_messages AS p
+           SET status = 'completed', completed_at = v.column3, lease_expires_at = NULL, expires_at = v.column4,
+               reply = v.column5
+          FROM (VALUES ",
+    );
+    let mut values = Vec::with_capacity(batch.len() * 6);
+    // Key order, as the claims: concurrent batches lock shared rows in one order.
+    let mut ordered: Vec<&Completion> = batch.iter().collect();
+    ordered.sort_unstable_by(|a, b| a.lease.key.cmp(&b.lease.key));
+    push_rows(&mut sql, ordered.len(), "(?, ?, ?, ?, ?, ?)");
+    for completion in ordered {
+        let key = &completion.lease.key;
+        values.extend([
+            key.tenant_id.as_str().into(),
+            key.message_id.as_str().into(),
+            now.into(),
+            completion.expires_at.into(),
+            completion.reply.clone().into(),
+            completion.lease.token.into(),
+        ]);
+    }
+    sql.push_str(
+        ") AS v
+         WHERE p.tenant_id = v.column1 AND p.message_id = v.column2 AND p.lease_token = v.column6
+           AND p.lease_expires_at IS NOT NULL AND p.status = 'in_progress'
+         RETURNING tenant_id, message_id, lease_token",
+    );
+    let mut held = HashSet::new();
+    for row in txn.query_all_raw(stmt(txn.get_database_backend(), &sql, values)).await? {
+        held.insert(HeldKey::read(&row)?);
+    }
+    Ok(batch.iter().map(|c| held.contains(&HeldKey::of(&c.lease))).collect())
+}
+
+/// The local steps of the written completions, one [`LocalExecutor::execute_in`]
+/// call per action (in the order actions first appear); per completion, its
+/// steps' outputs.
+async fn run_local(
+    txn: &DatabaseTransaction,
+    batch: &[Completion],
+    written: &[bool],
+) -> Result<Vec<Vec<ActionOutput>>, StoreError> {
+    // Per action: its executor and its steps as (completion, position) pairs.
+    let mut groups: Vec<(&Arc<dyn LocalExecutor>, Vec<(usize, usize)>)> = Vec::new();
+    for (i, completion) in batch.iter().enumerate().filter(|(i, _)| written[*i]) {
+        for (j, step) in completion.local.iter().enumerate() {
+            match groups.iter_mut().find(|(executor, _)| executor.name() == step.action()) {
+                Some((_, members)) => members.push((i, j)),
+                None => groups.push((&step.executor, vec![(i, j)])),
+            }
+        }
+    }
+    let mut outputs: Vec<Vec<ActionOutput>> =
+        batch.iter().map(|c| vec![ActionOutput::default(); c.local.len()]).collect();
+    for (executor, members) in groups {
+        let contexts: Vec<ActionContext<'_>> = members.iter().map(|&(i, j)| batch[i].local[j].context()).collect();
+        let failure = |error: ActionError| {
+            let (i, j) = members[0];
+            LocalFailure { step_index: batch[i].local[j].step_index, action: executor.name().to_owned(), error }
+        };
+        let answers = executor.execute_in(txn, &contexts).await.map_err(failure)?;
+        if answers.len() != members.len() {
+            let error = format!("answered {} outputs for {} steps", answers.len(), members.len());
+            return Err(failure(ActionError::Permanent(error)).into());
+        }
+        for (&(i, j), output) in members.iter().zip(answers) {
+            outputs[i][j] = output;
+        }
+    }
+    Ok(outputs)
+}
+
+/// The written completions' activities, then an `action_executed` row per local step, in one `INSERT`.
+async fn insert_activities(
+    txn: &DatabaseTransaction,
+    batch: &[Completion],
+    written: &[bool],
+    outputs: &[Vec<ActionOutput>],
+    now: DateTime<Utc>,
+) -> Result<(), StoreError> {
+    let mut rows: Vec<(&Lease, NewActivity)> = Vec::new();
+    for (i, completion) in batch.iter().enumerate().filter(|(i, _)| written[*i]) {
+        rows.extend(completion.activities.iter().map(|activity| (&completion.lease, activity.clone())));
+        for (step, output) in completion.local.iter().zip(&outputs[i]) {
+            let row = NewActivity::action_executed(step.message.lead_id(), step.action(), step.step_index, output);
+            rows.push((&completion.lease, row));
+        }
+    }
+    if rows.is_empty() {
+        return Ok(());
+    }
+    let mut sql = String::from(
+        "INSERT INTO lead_activities (tenant_id, lead_id, message_id, activity_type, details, created_at) VALUES ",
+    );
+    push_rows(&mut sql, rows.len(), "(?, ?, ?, ?, ?, ?)");
+    let mut values: Vec<Value> = Vec::with_capacity(rows.len() * 6);
+    for (lease, activity) in rows {
+        values.extend([
+            lease.key.tenant_id.as_str().into(),
+            activity.lead_id.into(),
+            lease.key.message_id.as_str().into(),
+            activity.activity_type.into(),
+            activity.details.into(),
+            now.into(),
+        ]);
+    }
+    txn.execute_raw(stmt(txn.get_database_backend(), &sql, values)).await?;
+    Ok(())
+}
