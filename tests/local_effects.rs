@@ -42,7 +42,7 @@ async fn an_all_local_plan_commits_with_the_completion_and_logs_no_saga_steps() 
         // The audit trail names each local step with its output, in the same transaction.
         let executed = "message_id = 'wamid.l1' AND activity_type = 'action_executed'";
         assert_eq!(count(&t.db, "lead_activities", executed).await, 2, "{}", t.label);
-        let with_id = format!("{executed} AND details LIKE '%\"order_id\":{order_id}%'");
+        let with_id = format!("{executed} AND CAST(details -> 'output' ->> 'order_id' AS TEXT) = '{order_id}'");
         assert_eq!(count(&t.db, "lead_activities", &with_id).await, 1, "{}", t.label);
     }
 }
