@@ -202,3 +202,73 @@ impl LocalExecutor for Logged {
         Err(ActionError::permanent("not expected on a store without transactions"))
     }
 }
+
+#[tokio::test]
+async fn a_new_all_local_message_is_completed_without_a_claim_before() {
+    for t in testing::databases().await {
+        let store = Arc::new(SqlStore::new(t.db.clone()));
+        let handlers = HandlerRegistry::new(Plan(vec![order()]));
+        let orch = orchestrator(store.clone(), handlers, executors::builtin(store.connection()));
+        let outcome = orch.process(incoming("wamid.u1", order_intent())).await.unwrap();
+        assert!(matches!(outcome, Outcome::Completed(_)), "{}: {outcome:?}", t.label);
+        // One statement wrote the row: claimed and completed at the same instant, never leased.
+        let inserted_completed = "message_id = 'wamid.u1' AND status = 'completed' AND claimed_at = completed_at
+             AND attempt_count = 1 AND run_count = 1 AND lease_expires_at IS NULL AND reply IS NOT NULL";
+        assert_eq!(count(&t.db, "processed_messages", inserted_completed).await, 1, "{}", t.label);
+        // A message with an external step is claimed first, as before.
+        let log = CallLog::default();
+        let executors = executors::builtin(store.connection()).with(Scripted::new("crm", &log));
+        let orch = orchestrator(store.clone(), HandlerRegistry::new(plan(&["crm"])), executors);
+        assert!(matches!(orch.process(incoming("wamid.u2", order_intent())).await.unwrap(), Outcome::Completed(_)));
+        let claimed_then_completed = "message_id = 'wamid.u2' AND status = 'completed' AND claimed_at < completed_at";
+        assert_eq!(count(&t.db, "processed_messages", claimed_then_completed).await, 1, "{}", t.label);
+    }
+}
+
+#[tokio::test]
+async fn concurrent_deliveries_of_a_new_all_local_message_take_effect_once() {
+    for t in testing::databases().await {
+        let store = Arc::new(SqlStore::new(t.db.clone()));
+        let mut tasks = Vec::new();
+        for _ in 0..8 {
+            // Each delivery on its own worker, as after a rebalance.
+            let orch = orchestrator(
+                store.clone(),
+                HandlerRegistry::new(Plan(vec![order()])),
+                executors::builtin(store.connection()),
+            );
+            tasks.push(tokio::spawn(async move { orch.process(incoming("wamid.u3", order_intent())).await.unwrap() }));
+        }
+        let mut completed = 0;
+        for task in tasks {
+            match task.await.unwrap() {
+                Outcome::Completed(_) => completed += 1,
+                Outcome::Duplicate(_) | Outcome::Deferred { .. } => {}
+                other => panic!("{}: {other:?}", t.label),
+            }
+        }
+        assert_eq!(completed, 1, "{}", t.label);
+        assert_eq!(count(&t.db, "orders", "message_id = 'wamid.u3'").await, 1, "{}", t.label);
+        assert_eq!(
+            count(&t.db, "lead_activities", "message_id = 'wamid.u3' AND activity_type = 'message_handled'").await,
+            1
+        );
+    }
+}
+
+#[tokio::test]
+async fn an_all_local_message_whose_write_fails_is_claimed_and_counted_as_an_attempt() {
+    for t in testing::databases().await {
+        let store = Arc::new(SqlStore::new(t.db.clone()));
+        let plan = Plan(vec![order(), ActionRequest::new("explode", json!({}))]);
+        let executors = executors::builtin(store.connection()).with_local(Exploding);
+        let orch = orchestrator(store.clone(), HandlerRegistry::new(plan), executors);
+        let message = orchestrator::Incoming::new(text("wamid.u4", "+15551234567", "explode"), order_intent());
+        let outcome = orch.process(message).await.unwrap();
+        let Outcome::DeadLettered(dead) = outcome else { panic!("{}: {outcome:?}", t.label) };
+        assert!(dead.reason.contains("step 1 `explode` failed: the write was refused"), "{}: {}", t.label, dead.reason);
+        assert_eq!(count(&t.db, "orders", "message_id = 'wamid.u4'").await, 0, "{}", t.label);
+        let dead_lettered = "message_id = 'wamid.u4' AND dead_lettered_at IS NOT NULL AND attempt_count = 1";
+        assert_eq!(count(&t.db, "processed_messages", dead_lettered).await, 1, "{}", t.label);
+    }
+}

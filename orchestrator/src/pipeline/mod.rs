@@ -10,6 +10,7 @@
 //! | `outcome` | [`Outcome`] and its parts: what came out |
 //! | `builder` | [`OrchestratorBuilder`] |
 //! | `process` | [`Orchestrator`] and the decision path |
+//! | `unclaimed` | a new message with an all-local plan, completed with no claim before |
 //! | `dead_letter` | rejecting input, retry-or-give-up, dead-lettering |
 //! | `audit` | the audit rows and reply metadata of a completed message |
 //! | `observe` | the pipeline's metrics, recorded from the outcome |
@@ -21,6 +22,7 @@ mod incoming;
 mod observe;
 mod outcome;
 mod process;
+mod unclaimed;
 
 pub use builder::{BuildError, OrchestratorBuilder};
 pub use incoming::Incoming;

@@ -8,6 +8,7 @@ use chrono::Utc;
 use tracing::Instrument as _;
 
 use super::audit::{activities, reply_metadata};
+use super::unclaimed::{Decided, Unclaimed};
 use super::{
     Completed, DuplicateOf, Incoming, LeadStage, OrchestratorBuilder, Outcome, PipelineError, Provenance, observe,
 };
@@ -22,7 +23,9 @@ use crate::handler_registry::HandlerRegistry;
 use crate::local::LocalStep;
 use crate::retry::RetryPolicy;
 use crate::saga::{SagaReport, SagaRunner, StepOutcome, count_action};
-use crate::store::{Claim, DATABASE_BREAKER, GuardedStore, Lease, MessageKey, StageMove, Store, to_chrono};
+use crate::store::{
+    Claim, DATABASE_BREAKER, GuardedStore, Lease, LocalCompletion, MessageKey, StageMove, Store, to_chrono,
+};
 use crate::validate::validate;
 
 /// The pipeline, built from registries, a store, breakers and policies.
@@ -118,6 +121,12 @@ impl Orchestrator {
                 .await;
         };
         let key = MessageKey::new(tenant_id, message_id);
+        // A new message whose plan is all local needs no claim: its
+        // completion inserts the claim row, and the unique key dedupes.
+        let (incoming, decided) = match self.process_unclaimed(&key, incoming).await? {
+            Unclaimed::Completed(completed) => return Ok(Outcome::Completed(completed)),
+            Unclaimed::Claim { incoming, decided } => (incoming, decided),
+        };
 
         let claim = self.store.claim(&key, self.config.claim_lease).instrument(tracing::info_span!("dedupe")).await?;
         let (lease, attempt, run) = match claim {
@@ -143,7 +152,8 @@ impl Orchestrator {
         // lease let another worker take over), stop as if this worker had died.
         let finishing = AtomicBool::new(false);
         tokio::select! {
-            outcome = self.process_claimed(&lease, incoming, attempt, run, &finishing) => outcome,
+            // The decision taken before the claim holds for the same attempt and run.
+            outcome = self.process_claimed(&lease, incoming, attempt, run, &finishing, decided.filter(|_| attempt == 1 && run == 1)) => outcome,
             lost = self.keep_lease(&lease, &finishing) => Err(lost),
         }
     }
@@ -176,6 +186,7 @@ impl Orchestrator {
         attempt: u32,
         run: u32,
         finishing: &AtomicBool,
+        decided: Option<Decided>,
     ) -> Result<Outcome, PipelineError> {
         let key = &lease.key;
         let max_attempts = incoming.max_attempts.unwrap_or_else(|| self.retry.max_attempts()).max(1);
@@ -213,10 +224,11 @@ impl Orchestrator {
             return self.dead_letter(Some(lease), &origin, None, attempt, FailureType::ValidationError, reason).await;
         }
 
-        let handler = self.handlers.route(&ctx);
-        let handler_name = handler.intent().to_owned();
-        let decided = handler.handle(&ctx).instrument(tracing::info_span!("intent", handler = %handler_name)).await;
-        let outcome = match decided {
+        let Decided { handler: handler_name, outcome } = match decided {
+            Some(decided) => decided,
+            None => self.decide(&ctx).await,
+        };
+        let outcome = match outcome {
             Ok(outcome) => outcome,
             Err(error) => {
                 finishing.store(true, Ordering::Release);
@@ -235,8 +247,10 @@ impl Orchestrator {
         finishing.store(true, Ordering::Release);
         let report = match report {
             SagaReport::Succeeded { steps } => {
-                match self.succeed(lease, &ctx, handler_name, &outcome, steps, local).await {
-                    Ok(completed) => return Ok(Outcome::Completed(completed)),
+                match self.succeed(Ok(lease), &ctx, handler_name, &outcome, steps, local).await {
+                    Ok(Some(completed)) => return Ok(Outcome::Completed(completed)),
+                    // Only an unclaimed completion answers nothing.
+                    Ok(None) => return Err(crate::store::StoreError::LeaseLost(key.message_id.clone()).into()),
                     // The completion rolled back: nothing of the message was kept.
                     Err(crate::store::StoreError::Local(failure)) => {
                         self.saga.fail_local(lease, &ctx, &outcome.actions, &failure).await?
@@ -274,17 +288,27 @@ impl Orchestrator {
         }
     }
 
+    /// Routes the message and asks its handler for a plan.
+    pub(super) async fn decide(&self, ctx: &MessageContext) -> Decided {
+        let handler = self.handlers.route(ctx);
+        let name = handler.intent().to_owned();
+        let outcome = handler.handle(ctx).instrument(tracing::info_span!("intent", handler = %name)).await;
+        Decided { handler: name, outcome }
+    }
+
     /// Completes a message whose saga succeeded: its trailing local run,
-    /// audit rows, reply outbox and lead move in one transaction.
-    async fn succeed(
+    /// audit rows, reply outbox and lead move in one transaction, under its
+    /// lease, or (`Err(key)`) inserting its claim row: `None` when that row
+    /// exists already.
+    pub(super) async fn succeed(
         &self,
-        lease: &Lease,
+        claim: Result<&Lease, &MessageKey>,
         ctx: &MessageContext,
         handler: String,
         outcome: &IntentOutcome,
         mut steps: Vec<StepOutcome>,
         local: Vec<LocalStep>,
-    ) -> Result<Completed, crate::store::StoreError> {
+    ) -> Result<Option<Completed>, crate::store::StoreError> {
         let activities = activities(ctx, &handler, outcome, &steps);
         let response = outcome.response.clone().map(|reply| ResponseReady {
             original_message_id: ctx.message_id.clone(),
@@ -299,27 +323,40 @@ impl Orchestrator {
         let outbox = response.as_ref().and_then(|r| serde_json::to_value(r).ok());
         let ttl = self.config.dedupe_ttl;
         let lead = outcome.lead_stage.clone().map(|stage| StageMove { lead_id: ctx.lead_id().to_owned(), stage });
-        let change = match (&lead, local.is_empty()) {
-            (Some(lead), true) => {
-                Some(self.store.complete_moving_lead(lease, &activities, ttl, outbox.as_ref(), lead).await?)
+        let names: Vec<(u32, String)> = local.iter().map(|s| (s.step_index, s.action().to_owned())).collect();
+        let (key, written) = match claim {
+            Ok(lease) if local.is_empty() => {
+                let stage = match &lead {
+                    Some(lead) => {
+                        Some(self.store.complete_moving_lead(lease, &activities, ttl, outbox.as_ref(), lead).await?)
+                    }
+                    None => {
+                        self.store.complete(lease, &activities, ttl, outbox.as_ref()).await?;
+                        None
+                    }
+                };
+                (&lease.key, LocalCompletion { outputs: Vec::new(), stage })
             }
-            (None, true) => {
-                self.store.complete(lease, &activities, ttl, outbox.as_ref()).await?;
-                None
-            }
-            (_, false) => {
-                let names: Vec<(u32, String)> = local.iter().map(|s| (s.step_index, s.action().to_owned())).collect();
-                let written =
-                    self.store.complete_local(lease, &activities, ttl, outbox.as_ref(), lead.as_ref(), local).await?;
-                for ((step_index, action), output) in names.into_iter().zip(written.outputs) {
-                    count_action(&action, "succeeded");
-                    steps.push(StepOutcome { step_index, action, output, resumed: false });
-                }
-                written.stage
-            }
+            Ok(lease) => (
+                &lease.key,
+                self.store.complete_local(lease, &activities, ttl, outbox.as_ref(), lead.as_ref(), local).await?,
+            ),
+            Err(key) => match self
+                .store
+                .complete_unclaimed(key, &activities, ttl, outbox.as_ref(), lead.as_ref(), local)
+                .await?
+            {
+                Some(written) => (key, written),
+                None => return Ok(None),
+            },
         };
-        let lead_stage = lead.zip(change).map(|(lead, change)| Box::new(LeadStage { stage: lead.stage, change }));
-        Ok(Completed { key: lease.key.clone(), handler, steps, escalated: outcome.escalate, response, lead_stage })
+        for ((step_index, action), output) in names.into_iter().zip(written.outputs) {
+            count_action(&action, "succeeded");
+            steps.push(StepOutcome { step_index, action, output, resumed: false });
+        }
+        let lead_stage =
+            lead.zip(written.stage).map(|(lead, change)| Box::new(LeadStage { stage: lead.stage, change }));
+        Ok(Some(Completed { key: key.clone(), handler, steps, escalated: outcome.escalate, response, lead_stage }))
     }
 }
 

@@ -202,6 +202,27 @@ pub trait Store: SagaLog + Send + Sync {
         Ok(LocalCompletion { outputs: Vec::new(), stage })
     }
 
+    /// Completes a message that was never claimed, when its plan is all
+    /// local: inserts its claim row completed, with everything
+    /// [`complete_local`](Store::complete_local) writes, in one transaction,
+    /// unless a row for `key` exists. Answers `None` when one does (a
+    /// redelivery, a retry, another worker's message: the caller claims it
+    /// as usual) or when the store cannot (the default); nothing is written
+    /// then. The store's unique key does the deduper's job, with no claim
+    /// round trip before.
+    async fn complete_unclaimed(
+        &self,
+        key: &MessageKey,
+        activities: &[NewActivity],
+        ttl: Duration,
+        reply: Option<&Value>,
+        lead: Option<&StageMove>,
+        local: Vec<LocalStep>,
+    ) -> Result<Option<LocalCompletion>, StoreError> {
+        let _ = (key, activities, ttl, reply, lead, local);
+        Ok(None)
+    }
+
     /// The reply of a completed message that was never confirmed published.
     async fn pending_reply(&self, key: &MessageKey) -> Result<Option<Value>, StoreError>;
 

@@ -136,6 +136,18 @@ impl<S: Store + ?Sized> Store for GuardedStore<S> {
         self.guard(self.inner.complete_local(lease, activities, ttl, reply, lead, local)).await
     }
 
+    async fn complete_unclaimed(
+        &self,
+        key: &MessageKey,
+        activities: &[NewActivity],
+        ttl: Duration,
+        reply: Option<&Value>,
+        lead: Option<&StageMove>,
+        local: Vec<crate::local::LocalStep>,
+    ) -> Result<Option<super::LocalCompletion>, StoreError> {
+        self.guard(self.inner.complete_unclaimed(key, activities, ttl, reply, lead, local)).await
+    }
+
     async fn pending_reply(&self, key: &MessageKey) -> Result<Option<Value>, StoreError> {
         self.guard(self.inner.pending_reply(key)).await
     }

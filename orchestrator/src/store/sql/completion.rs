@@ -13,9 +13,12 @@ use crate::executor::{ActionContext, ActionError, ActionOutput};
 use crate::local::{LocalExecutor, LocalFailure, LocalStep};
 use crate::store::{Lease, NewActivity, StoreError};
 
-/// One completion to write while `lease` is held.
+/// One completion to write while `lease` is held, or, when `unclaimed`,
+/// of a message never claimed: its row is inserted completed unless one exists.
 pub(super) struct Completion {
     pub(super) lease: Lease,
+    /// The message was not claimed: `lease` is a fresh token for its new row.
+    pub(super) unclaimed: bool,
     pub(super) activities: Vec<NewActivity>,
     pub(super) expires_at: DateTime<Utc>,
     pub(super) reply: Option<serde_json::Value>,
@@ -37,11 +40,13 @@ pub(super) struct Finished {
 }
 
 /// Completes many messages in one transaction: one fenced `UPDATE ... FROM
-/// (VALUES ...)` for the claims; then, for those whose lease was still held,
+/// (VALUES ...)` for the claims and one `INSERT ... ON CONFLICT DO NOTHING`
+/// for the unclaimed; then, for those whose lease was still held or whose
+/// row was new,
 /// their local steps (one call per action for the whole batch), one `INSERT`
 /// for the lead activities and one read and one upsert for the lead moves.
-/// A message fenced out gets `LeaseLost` and leaves nothing behind; the
-/// others commit together. When a local step fails, the batch rolls back
+/// A message fenced out (or, unclaimed, found stored already) gets
+/// `LeaseLost` and leaves nothing behind; the others commit together. When a local step fails, the batch rolls back
 /// and each message is written alone, so only the failing one fails.
 pub(super) async fn complete_many(
     db: &DatabaseConnection,
@@ -69,7 +74,9 @@ async fn complete_batch(
 ) -> Result<Vec<Result<Finished, StoreError>>, StoreError> {
     let now = Utc::now();
     let txn = db.begin().await?;
-    let written = mark_completed(&txn, batch, now).await?;
+    let mut held = mark_completed(&txn, batch, now).await?;
+    held.extend(insert_completed(&txn, batch, now).await?);
+    let written: Vec<bool> = batch.iter().map(|c| held.contains(&HeldKey::of(&c.lease))).collect();
     let mut outputs = run_local(&txn, batch, &written).await?;
     insert_activities(&txn, batch, &written, &outputs, now).await?;
     // The lead moves of the completions written, in batch order.
@@ -100,23 +107,26 @@ async fn complete_batch(
         .collect())
 }
 
-/// Marks the batch's held claims completed with their replies; per
-/// completion, whether its lease was still held.
+/// Marks the batch's held claims completed with their replies; answers
+/// the leases still held.
 async fn mark_completed(
     txn: &DatabaseTransaction,
     batch: &[Completion],
     now: DateTime<Utc>,
-) -> Result<Vec<bool>, StoreError> {
+) -> Result<HashSet<HeldKey>, StoreError> {
+    // Key order, as the claims: concurrent batches lock shared rows in one order.
+    let mut ordered: Vec<&Completion> = batch.iter().filter(|c| !c.unclaimed).collect();
+    if ordered.is_empty() {
+        return Ok(HashSet::new());
+    }
+    ordered.sort_unstable_by(|a, b| a.lease.key.cmp(&b.lease.key));
     let mut sql = String::from(
         "UPDATE processed_messages AS p
            SET status = 'completed', completed_at = v.column3, lease_expires_at = NULL, expires_at = v.column4,
                reply = v.column5
           FROM (VALUES ",
     );
-    let mut values = Vec::with_capacity(batch.len() * 6);
-    // Key order, as the claims: concurrent batches lock shared rows in one order.
-    let mut ordered: Vec<&Completion> = batch.iter().collect();
-    ordered.sort_unstable_by(|a, b| a.lease.key.cmp(&b.lease.key));
+    let mut values = Vec::with_capacity(ordered.len() * 6);
     push_rows(&mut sql, ordered.len(), "(?, ?, ?, ?, ?, ?)");
     for completion in ordered {
         let key = &completion.lease.key;
@@ -135,11 +145,58 @@ async fn mark_completed(
            AND p.lease_expires_at IS NOT NULL AND p.status = 'in_progress'
          RETURNING tenant_id, message_id, lease_token",
     );
+    returned_keys(txn, &sql, values).await
+}
+
+/// Inserts the batch's unclaimed messages completed, skipping those stored
+/// already (a redelivery, or a message another worker holds: the caller
+/// claims those); answers the rows inserted. The unique key does the
+/// deduper's job, with no claim before.
+async fn insert_completed(
+    txn: &DatabaseTransaction,
+    batch: &[Completion],
+    now: DateTime<Utc>,
+) -> Result<HashSet<HeldKey>, StoreError> {
+    let mut ordered: Vec<&Completion> = batch.iter().filter(|c| c.unclaimed).collect();
+    if ordered.is_empty() {
+        return Ok(HashSet::new());
+    }
+    ordered.sort_unstable_by(|a, b| a.lease.key.cmp(&b.lease.key));
+    let mut sql = String::from(
+        "INSERT INTO processed_messages
+           (tenant_id, message_id, status, attempt_count, run_count, claimed_at, completed_at, lease_token,
+            expires_at, reply)
+         VALUES ",
+    );
+    push_rows(&mut sql, ordered.len(), "(?, ?, 'completed', 1, 1, ?, ?, ?, ?, ?)");
+    sql.push_str(" ON CONFLICT (tenant_id, message_id) DO NOTHING RETURNING tenant_id, message_id, lease_token");
+    let mut values = Vec::with_capacity(ordered.len() * 7);
+    for completion in ordered {
+        let key = &completion.lease.key;
+        values.extend([
+            key.tenant_id.as_str().into(),
+            key.message_id.as_str().into(),
+            now.into(),
+            now.into(),
+            completion.lease.token.into(),
+            completion.expires_at.into(),
+            completion.reply.clone().into(),
+        ]);
+    }
+    returned_keys(txn, &sql, values).await
+}
+
+/// The claims a statement returning `tenant_id, message_id, lease_token` changed.
+async fn returned_keys(
+    txn: &DatabaseTransaction,
+    sql: &str,
+    values: Vec<Value>,
+) -> Result<HashSet<HeldKey>, StoreError> {
     let mut held = HashSet::new();
-    for row in txn.query_all_raw(stmt(txn.get_database_backend(), &sql, values)).await? {
+    for row in txn.query_all_raw(stmt(txn.get_database_backend(), sql, values)).await? {
         held.insert(HeldKey::read(&row)?);
     }
-    Ok(batch.iter().map(|c| held.contains(&HeldKey::of(&c.lease))).collect())
+    Ok(held)
 }
 
 /// The local steps of the written completions, one [`LocalExecutor::execute_in`]

@@ -110,8 +110,24 @@ impl SqlStore {
         lead: Option<&StageMove>,
         local: Vec<crate::local::LocalStep>,
     ) -> Result<completion::Finished, StoreError> {
+        self.submit_completion(lease.clone(), false, activities, ttl, reply, lead, local).await
+    }
+
+    /// A completion, claimed or not, through the coalesced completion writer.
+    #[allow(clippy::too_many_arguments)]
+    async fn submit_completion(
+        &self,
+        lease: Lease,
+        unclaimed: bool,
+        activities: &[NewActivity],
+        ttl: Duration,
+        reply: Option<&serde_json::Value>,
+        lead: Option<&StageMove>,
+        local: Vec<crate::local::LocalStep>,
+    ) -> Result<completion::Finished, StoreError> {
         let completion = completion::Completion {
-            lease: lease.clone(),
+            lease,
+            unclaimed,
             activities: activities.to_vec(),
             expires_at: Utc::now() + super::to_chrono(ttl),
             reply: reply.cloned(),
@@ -204,6 +220,27 @@ impl Store for SqlStore {
         let finished = self.complete_with(lease, activities, ttl, reply, lead, local).await?;
         let stage = lead.map(|_| StageChange::Moved { from: finished.previous.flatten() });
         Ok(super::LocalCompletion { outputs: finished.outputs, stage })
+    }
+
+    async fn complete_unclaimed(
+        &self,
+        key: &MessageKey,
+        activities: &[NewActivity],
+        ttl: Duration,
+        reply: Option<&serde_json::Value>,
+        lead: Option<&StageMove>,
+        local: Vec<crate::local::LocalStep>,
+    ) -> Result<Option<super::LocalCompletion>, StoreError> {
+        let lease = Lease::new(key.clone());
+        match self.submit_completion(lease, true, activities, ttl, reply, lead, local).await {
+            Ok(finished) => {
+                let stage = lead.map(|_| StageChange::Moved { from: finished.previous.flatten() });
+                Ok(Some(super::LocalCompletion { outputs: finished.outputs, stage }))
+            }
+            // Stored already: the caller claims it to learn why.
+            Err(StoreError::LeaseLost(_)) => Ok(None),
+            Err(error) => Err(error),
+        }
     }
 
     async fn pending_reply(&self, key: &MessageKey) -> Result<Option<serde_json::Value>, StoreError> {
