@@ -80,6 +80,12 @@ impl OrchestratorBuilder {
         let database =
             Arc::new(CircuitBreaker::new(DATABASE_BREAKER, self.database_breaker.unwrap_or(DATABASE_BREAKER_CONFIG)));
         breakers.adopt(database.clone());
+        // Every executor's breaker exists from the start, so health lists
+        // them all, also those of local executors whose trailing steps never
+        // go through one (the database breaker guards the completion).
+        for name in self.executors.names() {
+            breakers.get(name);
+        }
         let store: Arc<dyn Store> = Arc::new(GuardedStore::new(store, database));
         let executors = Arc::new(self.executors);
         let saga = SagaRunner::new(executors.clone(), breakers.clone(), store.clone(), self.config.action_timeout);
