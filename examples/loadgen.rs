@@ -215,11 +215,52 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
 
 /// CPU seconds (user + system) of this process, from /proc (Linux).
 fn cpu_seconds() -> Option<f64> {
-    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+    process_cpu_seconds("self")
+}
+
+/// CPU seconds (user + system) of process `pid`, from /proc (Linux).
+fn process_cpu_seconds(pid: &str) -> Option<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     // Fields after the command name (which may hold spaces) start after ')'.
     let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
     let ticks: f64 = fields.get(11)?.parse::<f64>().ok()? + fields.get(12)?.parse::<f64>().ok()?;
     Some(ticks / 100.0)
+}
+
+/// CPU seconds of every PostgreSQL process on this machine (the server
+/// and its backends), per pid: `None` when there is none (another host,
+/// SQLite). A backend that exits during the run loses its share.
+fn postgres_cpu() -> Option<HashMap<String, f64>> {
+    let mut cpu = HashMap::new();
+    for entry in std::fs::read_dir("/proc").ok()?.flatten() {
+        let pid = entry.file_name().to_string_lossy().into_owned();
+        let is_postgres = std::fs::read_to_string(format!("/proc/{pid}/comm")).is_ok_and(|c| c.trim() == "postgres");
+        if let Some(seconds) = is_postgres.then(|| process_cpu_seconds(&pid)).flatten() {
+            cpu.insert(pid, seconds);
+        }
+    }
+    (!cpu.is_empty()).then_some(cpu)
+}
+
+/// PostgreSQL's CPU seconds between two [`postgres_cpu`] readings
+/// (backends started in between count from zero).
+fn postgres_cpu_between(before: &HashMap<String, f64>, after: &HashMap<String, f64>) -> f64 {
+    after.iter().map(|(pid, seconds)| seconds - before.get(pid).copied().unwrap_or(0.0)).sum()
+}
+
+/// The database's transactions and row writes so far (PostgreSQL's
+/// `pg_stat_database`, for the current database): commits, inserted, updated.
+async fn postgres_counters(db: &DatabaseConnection) -> Option<[i64; 3]> {
+    if db.get_database_backend() != sea_orm::DatabaseBackend::Postgres {
+        return None;
+    }
+    let sql = "SELECT xact_commit, tup_inserted, tup_updated FROM pg_stat_database WHERE datname = current_database()";
+    let row = db.query_one_raw(Statement::from_string(db.get_database_backend(), sql)).await.ok()??;
+    Some([
+        row.try_get("", "xact_commit").ok()?,
+        row.try_get("", "tup_inserted").ok()?,
+        row.try_get("", "tup_updated").ok()?,
+    ])
 }
 
 /// Peak resident memory in MiB (VmHWM), from /proc (Linux).
@@ -540,6 +581,8 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     timeline.replies.store(0, Ordering::Relaxed);
 
     let cpu_before = cpu_seconds();
+    let postgres_before = postgres_cpu();
+    let counters_before = postgres_counters(&db).await;
     let started = Instant::now();
     produce(&publisher, &run, &args, make, &timeline).await;
     let produced_in = started.elapsed();
@@ -549,7 +592,10 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     }
     let elapsed = started.elapsed();
     let cpu = cpu_before.zip(cpu_seconds()).map(|(b, a)| a - b);
+    let postgres = postgres_before.zip(postgres_cpu()).map(|(b, a)| postgres_cpu_between(&b, &a));
     let replied = timeline.replies.load(Ordering::Relaxed);
+    // Read after the last reply; the reply marks of the last batch may still be on their way.
+    let counters = counters_before.zip(postgres_counters(&db).await);
     let _ = stop.send(());
     let _ = tokio::time::timeout(Duration::from_secs(30), consuming).await;
     reader.abort();
@@ -580,6 +626,23 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             cpu * 1000.0 / replied.max(1) as f64
         ),
         None => println!("cpu:         n/a"),
+    }
+    if let Some(postgres) = postgres {
+        let ours = cpu.unwrap_or(f64::NAN);
+        println!(
+            "cpu, db:     PostgreSQL {:.3} s per 1,000 messages; with ours {:.3} s",
+            postgres * 1000.0 / replied.max(1) as f64,
+            (postgres + ours) * 1000.0 / replied.max(1) as f64
+        );
+    }
+    if let Some((before, after)) = counters {
+        let per = |i: usize| (after[i] - before[i]) as f64 / replied.max(1) as f64;
+        println!(
+            "database:    per message {:.2} transactions, {:.1} rows inserted, {:.1} rows updated",
+            per(0),
+            per(1),
+            per(2)
+        );
     }
     match peak_memory_mib() {
         Some(mib) => println!("memory:      {mib:.0} MiB peak resident"),
