@@ -5,6 +5,11 @@
 //! resumes: succeeded steps are not executed again, an interrupted
 //! compensation carries on. When a step fails, the steps before it are
 //! compensated in reverse order.
+//!
+//! A plan's trailing local steps are the exception
+//! ([`run_until_local`](SagaRunner::run_until_local), see [`crate::local`]):
+//! they are checked here and written by the completion, in its
+//! transaction, with no log rows of their own.
 
 use std::sync::Arc;
 use std::time::Duration;
