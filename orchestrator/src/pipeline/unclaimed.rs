@@ -25,6 +25,9 @@ pub(super) struct Decided {
 }
 
 /// How the unclaimed path ended.
+// Returned once per message and unpacked at once: boxing either variant
+// would only add an allocation.
+#[allow(clippy::large_enum_variant)]
 pub(super) enum Unclaimed {
     /// The message is completed.
     Completed(Completed),

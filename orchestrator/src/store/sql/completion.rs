@@ -199,6 +199,9 @@ async fn returned_keys(
     Ok(held)
 }
 
+/// One action's executor and its steps in a batch, as (completion, position) pairs.
+type ActionGroup<'a> = (&'a Arc<dyn LocalExecutor>, Vec<(usize, usize)>);
+
 /// The local steps of the written completions, one [`LocalExecutor::execute_in`]
 /// call per action (in the order actions first appear); per completion, its
 /// steps' outputs.
@@ -207,8 +210,7 @@ async fn run_local(
     batch: &[Completion],
     written: &[bool],
 ) -> Result<Vec<Vec<ActionOutput>>, StoreError> {
-    // Per action: its executor and its steps as (completion, position) pairs.
-    let mut groups: Vec<(&Arc<dyn LocalExecutor>, Vec<(usize, usize)>)> = Vec::new();
+    let mut groups: Vec<ActionGroup<'_>> = Vec::new();
     for (i, completion) in batch.iter().enumerate().filter(|(i, _)| written[*i]) {
         for (j, step) in completion.local.iter().enumerate() {
             match groups.iter_mut().find(|(executor, _)| executor.name() == step.action()) {
