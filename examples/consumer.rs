@@ -61,6 +61,18 @@ enum Command {
     /// Check or create the design's Kafka topics on KAFKA_BOOTSTRAP_SERVERS.
     #[command(subcommand)]
     Topics(TopicsCommand),
+    /// Print a JWT signed with JWT_SECRET (HS256), for trying the HTTP API.
+    Token {
+        /// The organisation it acts for (the JWT_ORG_CLAIM claim).
+        #[arg(long)]
+        org: Option<String>,
+        /// Space-separated scopes; `admin` opens /admin.
+        #[arg(long, default_value = "")]
+        scope: String,
+        /// How long it is valid, in seconds.
+        #[arg(long, default_value_t = 3600)]
+        ttl: u64,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -227,6 +239,7 @@ async fn main() -> std::process::ExitCode {
         Command::Migrate => database(&settings).await.map(|_| ()),
         Command::Dlq(command) => dlq(&settings, command).await,
         Command::Topics(command) => topics(&settings, command).await,
+        Command::Token { org, scope, ttl } => token(&settings, org.as_deref(), &scope, ttl),
     };
     telemetry.flush();
     match result {
@@ -237,6 +250,16 @@ async fn main() -> std::process::ExitCode {
             std::process::ExitCode::FAILURE
         }
     }
+}
+
+/// The `token` subcommand: prints an HS256 JWT.
+fn token(settings: &Settings, org: Option<&str>, scope: &str, ttl: u64) -> Result<(), Box<dyn std::error::Error>> {
+    let secret = settings.server.jwt_secret.as_ref().map(|s| s.expose()).filter(|s| !s.trim().is_empty());
+    let secret = secret.ok_or("JWT_SECRET is not set: `token` signs with it")?;
+    let claim = &settings.server.jwt_org_claim;
+    let ttl = std::time::Duration::from_secs(ttl);
+    println!("{}", http::auth::mint_hs256(secret.as_bytes(), claim, org, scope, ttl)?);
+    Ok(())
 }
 
 /// The `topics` subcommands.
@@ -498,12 +521,12 @@ async fn run(settings: &Settings, demo: bool) -> Result<(), Box<dyn std::error::
     let mut app = http::webhook::routes(webhook)
         .merge(http::health::routes(health))
         .merge(http::metrics::routes(Some(orchestrator.breakers().clone())));
-    match settings.server.admin_token() {
-        Some(token) => {
+    match (settings.server.admin_token(), settings.server.jwt()?) {
+        (None, None) => tracing::info!("neither ADMIN_TOKEN nor a JWT key set: the /admin/dlq routes are off"),
+        (token, jwt) => {
             let dlq = DlqService::new(store.clone()).with_publisher(publisher.clone());
-            app = app.merge(http::admin::routes(AdminState { dlq, token }));
+            app = app.merge(http::admin::routes(AdminState { dlq, token, jwt }));
         }
-        None => tracing::info!("ADMIN_TOKEN not set: the /admin/dlq routes are off"),
     }
     let addr = settings.server.http_addr;
     let listener = tokio::net::TcpListener::bind(addr).await?;

@@ -45,7 +45,7 @@ async fn admin_server(store: Arc<SqlStore>, publisher: Option<Publisher>, token:
         Some(publisher) => DlqService::new(store).with_publisher(publisher),
         None => DlqService::new(store),
     };
-    serve(http::admin::routes(AdminState { dlq, token: token.to_owned() })).await
+    serve(http::admin::routes(AdminState::new(dlq, token))).await
 }
 
 /// Percent-encodes a query-string value (reqwest is built without its `query` feature).
@@ -239,6 +239,54 @@ async fn admin_routes_refuse_requests_without_the_token() {
             client.get(format!("{closed}/admin/dlq")).header("authorization", value).send().await.unwrap().status();
         assert_eq!(status, 401, "empty configured token, {value:?}");
     }
+}
+
+#[tokio::test]
+async fn an_admin_scoped_jwt_opens_the_admin_routes_and_other_tokens_do_not() {
+    const SECRET: &[u8] = b"jwt-test-secret";
+    let t = testing::databases().await.remove(0);
+    let store = Arc::new(SqlStore::new(t.db.clone()));
+    let id = store
+        .dead_letter(None, &entry(Some("wamid.jwt"), Some("acme"), None, FailureType::UnknownError, "boom", b"{}"))
+        .await
+        .unwrap();
+    // JWTs only: no static token.
+    let jwt = http::auth::JwtVerifier::hs256(SECRET, "org_id");
+    let state = AdminState { dlq: DlqService::new(store.clone()), token: None, jwt: Some(jwt) };
+    let url = serve(http::admin::routes(state)).await;
+    let client = common::http_client();
+    let list = format!("{url}/admin/dlq");
+    let mint = |scope: &str, ttl: u64| {
+        http::auth::mint_hs256(SECRET, "org_id", Some("acme"), scope, Duration::from_secs(ttl)).unwrap()
+    };
+
+    let admin = client.get(&list).bearer_auth(mint("messages admin", 60)).send().await.unwrap();
+    assert_eq!(admin.status(), 200);
+    let body: Value = admin.json().await.unwrap();
+    assert_eq!(body["items"][0]["id"], id, "{body}");
+
+    let plain = client.get(&list).bearer_auth(mint("messages", 60)).send().await.unwrap();
+    assert_eq!(plain.status(), 403, "a valid token without the admin scope");
+    let body: Value = plain.json().await.unwrap();
+    assert!(body["error"].as_str().unwrap().contains("admin"), "{body}");
+
+    // An hour-old token, well past the minute of clock skew a verifier allows.
+    let old = chrono::Utc::now().timestamp() - 3600;
+    let claims = json!({ "exp": old, "nbf": old - 60, "org_id": "acme", "scope": "admin" });
+    let expired = jsonwebtoken::encode(
+        &jsonwebtoken::Header::default(),
+        &claims,
+        &jsonwebtoken::EncodingKey::from_secret(SECRET),
+    )
+    .unwrap();
+    let foreign = http::auth::mint_hs256(b"another secret", "org_id", None, "admin", Duration::from_secs(60)).unwrap();
+    for (case, token) in [("expired", expired), ("signed with another secret", foreign)] {
+        let refused = client.get(&list).bearer_auth(token).send().await.unwrap();
+        assert_eq!(refused.status(), 401, "{case}");
+    }
+    let status = client.post(format!("{url}/admin/dlq/{id}/discard")).bearer_auth(mint("", 60)).send().await.unwrap();
+    assert_eq!(status.status(), 403);
+    assert_eq!(store.get(id).await.unwrap().unwrap().status, DlqStatus::Failed, "a refused discard changes nothing");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

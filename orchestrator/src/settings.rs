@@ -23,6 +23,7 @@ use clap::builder::BoolishValueParser;
 use clap::{ArgAction, ArgMatches, Args, CommandFactory, FromArgMatches as _, Parser, ValueEnum};
 
 use crate::config::{ConfigError, PipelineConfig};
+use crate::http::auth::{JwtConfigError, JwtVerifier};
 use crate::kafka::config::{PROPERTY_PREFIX, masked_pass_through};
 use crate::kafka::{AiRouteSettings, IntentSource, KafkaConfig, ReplySettings};
 use crate::outbound::cloud_api::{DEFAULT_API_URL, TokensError, parse_tokens};
@@ -473,9 +474,21 @@ pub struct ServerSettings {
     /// Where the HTTP server listens (webhook, /health, /metrics, /admin).
     #[arg(long, env = "HTTP_ADDR", default_value = "127.0.0.1:8000")]
     pub http_addr: SocketAddr,
-    /// Bearer token of the DLQ admin API; unset: the /admin routes are off.
+    /// Bearer token of the DLQ admin API; unset (and no JWT key): the /admin routes are off.
     #[arg(long, env = "ADMIN_TOKEN", hide_env_values = true)]
     pub admin_token: Option<Secret>,
+    /// Secret of HS256 JWTs (admin-scoped ones open /admin).
+    #[arg(long, env = "JWT_SECRET", hide_env_values = true)]
+    pub jwt_secret: Option<Secret>,
+    /// PEM public key of RS256 or ES256 JWTs, instead of JWT_SECRET.
+    #[arg(long, env = "JWT_PUBLIC_KEY_FILE")]
+    pub jwt_public_key_file: Option<std::path::PathBuf>,
+    /// Algorithm of the public key's JWTs: RS256 or ES256.
+    #[arg(long, env = "JWT_ALGORITHM", default_value = "RS256")]
+    pub jwt_algorithm: String,
+    /// The JWT claim naming the caller's organisation (the tenant).
+    #[arg(long, env = "JWT_ORG_CLAIM", default_value = "org_id")]
+    pub jwt_org_claim: String,
     /// Read edge-function webhook requests from `whatsapp.webhook.inbound`.
     #[arg(long, env = "WEBHOOK_INBOUND_ENABLED", default_value_t = true, action = ArgAction::Set,
           value_parser = BoolishValueParser::new())]
@@ -491,10 +504,38 @@ impl ServerSettings {
         set_secret(&self.admin_token)
     }
 
+    /// The JWT verifier: HS256 with `JWT_SECRET`, or `JWT_ALGORITHM` with the
+    /// key in `JWT_PUBLIC_KEY_FILE`; `None` when neither is set.
+    pub fn jwt(&self) -> Result<Option<JwtVerifier>, JwtSettingsError> {
+        match (set_secret(&self.jwt_secret), &self.jwt_public_key_file) {
+            (Some(_), Some(_)) => Err(JwtSettingsError::Both),
+            (Some(secret), None) => Ok(Some(JwtVerifier::hs256(secret.as_bytes(), self.jwt_org_claim.clone()))),
+            (None, Some(path)) => {
+                let pem = std::fs::read(path).map_err(|error| JwtSettingsError::Read(path.clone(), error))?;
+                Ok(Some(JwtVerifier::public_key(&self.jwt_algorithm, &pem, self.jwt_org_claim.clone())?))
+            }
+            (None, None) => Ok(None),
+        }
+    }
+
     /// `SHUTDOWN_GRACE_MS` as a duration.
     pub fn shutdown_grace(&self) -> Duration {
         Duration::from_millis(self.shutdown_grace_ms)
     }
+}
+
+/// The JWT settings cannot make a verifier.
+#[derive(Debug, thiserror::Error)]
+pub enum JwtSettingsError {
+    /// Both a secret and a public key.
+    #[error("set JWT_SECRET or JWT_PUBLIC_KEY_FILE, not both")]
+    Both,
+    /// The key file cannot be read.
+    #[error("JWT_PUBLIC_KEY_FILE {0}: {1}")]
+    Read(std::path::PathBuf, std::io::Error),
+    /// The key or algorithm is wrong.
+    #[error(transparent)]
+    Key(#[from] JwtConfigError),
 }
 
 /// How logs are written.
@@ -609,6 +650,25 @@ mod tests {
         // Kafka's values are checked by KafkaConfig, naming the variable too.
         let settings = Settings::from_vars([("KAFKA_SECURITY_PROTOCOL", "carrier_pigeon")]).unwrap();
         assert_eq!(settings.kafka.config().unwrap_err().name, "KAFKA_SECURITY_PROTOCOL");
+    }
+
+    #[test]
+    fn jwt_settings_make_a_verifier_from_a_secret_or_a_key_file_and_refuse_both() {
+        assert!(Settings::from_vars([]).unwrap().server.jwt().unwrap().is_none());
+        let secret = Settings::from_vars([("JWT_SECRET", "k3y"), ("JWT_ORG_CLAIM", "tenant")]).unwrap();
+        let verifier = secret.server.jwt().unwrap().expect("a verifier");
+        let token = crate::http::auth::mint_hs256(b"k3y", "tenant", Some("acme"), "", Duration::from_secs(60)).unwrap();
+        assert_eq!(verifier.verify(&token).unwrap().organisation.as_deref(), Some("acme"));
+
+        let key = concat!(env!("CARGO_MANIFEST_DIR"), "/src/http/testdata/ec-public.pem");
+        let es256 = Settings::from_vars([("JWT_PUBLIC_KEY_FILE", key), ("JWT_ALGORITHM", "ES256")]).unwrap();
+        assert!(es256.server.jwt().unwrap().is_some());
+        let wrong = Settings::from_vars([("JWT_PUBLIC_KEY_FILE", key), ("JWT_ALGORITHM", "HS999")]).unwrap();
+        assert!(matches!(wrong.server.jwt(), Err(JwtSettingsError::Key(JwtConfigError::Algorithm(_)))));
+        let both = Settings::from_vars([("JWT_SECRET", "k3y"), ("JWT_PUBLIC_KEY_FILE", key)]).unwrap();
+        assert!(matches!(both.server.jwt(), Err(JwtSettingsError::Both)));
+        let missing = Settings::from_vars([("JWT_PUBLIC_KEY_FILE", "/nonexistent/key.pem")]).unwrap();
+        assert!(matches!(missing.server.jwt(), Err(JwtSettingsError::Read(..))));
     }
 
     #[test]

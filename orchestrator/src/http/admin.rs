@@ -1,4 +1,5 @@
-//! `/admin/dlq...`: the dead-letter queue over HTTP, behind a bearer token.
+//! `/admin/dlq...`: the dead-letter queue over HTTP, behind a bearer token:
+//! the static admin token, or a JWT with the `admin` scope (see [`super::auth`]).
 //!
 //! | route | does |
 //! | --- | --- |
@@ -10,7 +11,7 @@
 //! | `POST /admin/dlq/{id}/discard` | discard one |
 
 use axum::extract::{Path, Query, Request, State};
-use axum::http::{StatusCode, header};
+use axum::http::{HeaderMap, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -20,6 +21,7 @@ use chrono::{DateTime, Utc};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
+use super::auth::{AuthError, JwtVerifier};
 use crate::dlq::{BulkReplay, DlqError, DlqService};
 use crate::store::{DeadLetter, DlqFilter, FailureGroup, Page};
 
@@ -28,13 +30,30 @@ use crate::store::{DeadLetter, DlqFilter, FailureGroup, Page};
 pub struct AdminState {
     /// The operations.
     pub dlq: DlqService,
-    /// The bearer token every request must carry (`ADMIN_TOKEN`).
-    pub token: String,
+    /// The static bearer token (`ADMIN_TOKEN`); `None` or blank: none is accepted.
+    pub token: Option<String>,
+    /// Verifies JWTs (`JWT_SECRET` or `JWT_PUBLIC_KEY_FILE`): one whose
+    /// `scope` includes `admin` is accepted too.
+    pub jwt: Option<JwtVerifier>,
 }
 
-/// The admin routes, refusing requests without `Authorization: Bearer <token>` (401).
+impl AdminState {
+    /// Admin routes over `dlq` behind the static `token`.
+    pub fn new(dlq: DlqService, token: impl Into<String>) -> Self {
+        Self { dlq, token: Some(token.into()), jwt: None }
+    }
+
+    /// Also accepts JWTs with the `admin` scope that `jwt` verifies.
+    pub fn with_jwt(mut self, jwt: JwtVerifier) -> Self {
+        self.jwt = Some(jwt);
+        self
+    }
+}
+
+/// The admin routes, refusing requests without a valid bearer token (401)
+/// and those whose valid JWT lacks the `admin` scope (403).
 pub fn routes(state: AdminState) -> Router {
-    let token = state.token.clone();
+    let (token, jwt) = (state.token.clone().filter(|t| !t.trim().is_empty()), state.jwt.clone());
     Router::new()
         .route("/admin/dlq", get(list))
         .route("/admin/dlq/groups", get(groups))
@@ -43,30 +62,41 @@ pub fn routes(state: AdminState) -> Router {
         .route("/admin/dlq/{id}/replay", post(replay))
         .route("/admin/dlq/{id}/discard", post(discard))
         .layer(middleware::from_fn(move |request: Request, next: Next| {
-            let token = token.clone();
-            async move { authorize(&token, request, next).await }
+            let (token, jwt) = (token.clone(), jwt.clone());
+            async move {
+                match authorize(token.as_deref(), jwt.as_ref(), request.headers()) {
+                    Ok(()) => next.run(request).await,
+                    Err(error) => refusal(error),
+                }
+            }
         }))
         .with_state(state)
 }
 
-async fn authorize(token: &str, request: Request, next: Next) -> Response {
-    let given = request
-        .headers()
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        // The scheme is case-insensitive (RFC 9110).
-        .and_then(|v| v.split_once(' ').filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer")))
-        .map_or("", |(_, token)| token.trim());
-    let valid = crate::webhook::signature::secrets_match(given.as_bytes(), token.as_bytes());
-    if !valid {
-        return (
-            StatusCode::UNAUTHORIZED,
-            [(header::WWW_AUTHENTICATE, "Bearer")],
-            Json(json!({"error": "unauthorized"})),
-        )
-            .into_response();
+/// Accepts the static token (compared in constant time) or an admin-scoped JWT.
+fn authorize(token: Option<&str>, jwt: Option<&JwtVerifier>, headers: &HeaderMap) -> Result<(), AuthError> {
+    let given = super::auth::bearer(headers).ok_or(AuthError::Missing)?;
+    if token.is_some_and(|token| crate::webhook::signature::secrets_match(given.as_bytes(), token.as_bytes())) {
+        return Ok(());
     }
-    next.run(request).await
+    match jwt.map(|jwt| jwt.verify(given)) {
+        Some(Ok(caller)) if caller.admin => Ok(()),
+        Some(Ok(_)) => Err(AuthError::Forbidden("the token has no `admin` scope")),
+        Some(Err(error)) => Err(error),
+        None => Err(AuthError::Invalid("not the admin token".to_owned())),
+    }
+}
+
+/// A refusal: 403 for a valid token without the scope; otherwise 401 with
+/// the body the admin API always answered, which says nothing more.
+fn refusal(error: AuthError) -> Response {
+    match error {
+        AuthError::Forbidden(_) => error.into_response(),
+        AuthError::Missing | AuthError::Invalid(_) => {
+            (StatusCode::UNAUTHORIZED, [(header::WWW_AUTHENTICATE, "Bearer")], Json(json!({"error": "unauthorized"})))
+                .into_response()
+        }
+    }
 }
 
 /// Filters and paging, from the query string or a bulk-replay body.

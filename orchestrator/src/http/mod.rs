@@ -1,5 +1,6 @@
 //! The HTTP server (axum): the WhatsApp webhook, health checks, Prometheus
-//! metrics and the dead-letter admin API.
+//! metrics and the dead-letter admin API, with bearer authentication
+//! (`auth`: the admin token, and JWTs).
 //!
 //! Each part is a [`Router`] with its own state, merged by the caller, so a
 //! service embedding the library mounts only what it wants:
@@ -17,6 +18,7 @@
 use axum::Router;
 
 pub mod admin;
+pub mod auth;
 pub mod health;
 pub mod metrics;
 pub mod webhook;
