@@ -11,7 +11,7 @@ use super::claims::{HeldKey, LeadMove, move_leads};
 use super::statement::{push_rows, stmt};
 use crate::executor::{ActionContext, ActionError, ActionOutput};
 use crate::local::{LocalExecutor, LocalFailure, LocalStep};
-use crate::store::{Lease, NewActivity, StoreError};
+use crate::store::{Lease, LocalCompletion, NewActivity, StageChange, StoreError};
 
 /// One completion to write while `lease` is held, or, when `unclaimed`,
 /// of a message never claimed: its row is inserted completed unless one exists.
@@ -37,6 +37,14 @@ pub(super) struct Finished {
     pub(super) previous: PreviousStage,
     /// The local steps' outputs, in the completion's order.
     pub(super) outputs: Vec<ActionOutput>,
+}
+
+impl Finished {
+    /// What the store answers: the outputs, and the lead's move when `moved_lead`.
+    pub(super) fn into_local(self, moved_lead: bool) -> LocalCompletion {
+        let stage = moved_lead.then(|| StageChange::Moved { from: self.previous.flatten() });
+        LocalCompletion { outputs: self.outputs, stage }
+    }
 }
 
 /// Completes many messages in one transaction: one fenced `UPDATE ... FROM

@@ -218,8 +218,7 @@ impl Store for SqlStore {
         local: Vec<crate::local::LocalStep>,
     ) -> Result<super::LocalCompletion, StoreError> {
         let finished = self.complete_with(lease, activities, ttl, reply, lead, local).await?;
-        let stage = lead.map(|_| StageChange::Moved { from: finished.previous.flatten() });
-        Ok(super::LocalCompletion { outputs: finished.outputs, stage })
+        Ok(finished.into_local(lead.is_some()))
     }
 
     async fn complete_unclaimed(
@@ -233,10 +232,7 @@ impl Store for SqlStore {
     ) -> Result<Option<super::LocalCompletion>, StoreError> {
         let lease = Lease::new(key.clone());
         match self.submit_completion(lease, true, activities, ttl, reply, lead, local).await {
-            Ok(finished) => {
-                let stage = lead.map(|_| StageChange::Moved { from: finished.previous.flatten() });
-                Ok(Some(super::LocalCompletion { outputs: finished.outputs, stage }))
-            }
+            Ok(finished) => Ok(Some(finished.into_local(lead.is_some()))),
             // Stored already: the caller claims it to learn why.
             Err(StoreError::LeaseLost(_)) => Ok(None),
             Err(error) => Err(error),
