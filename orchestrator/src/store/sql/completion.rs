@@ -50,12 +50,12 @@ impl Finished {
 /// Completes many messages in one transaction: one fenced `UPDATE ... FROM
 /// (VALUES ...)` for the claims and one `INSERT ... ON CONFLICT DO NOTHING`
 /// for the unclaimed; then, for those whose lease was still held or whose
-/// row was new,
-/// their local steps (one call per action for the whole batch), one `INSERT`
-/// for the lead activities and one read and one upsert for the lead moves.
-/// A message fenced out (or, unclaimed, found stored already) gets
-/// `LeaseLost` and leaves nothing behind; the others commit together. When a local step fails, the batch rolls back
-/// and each message is written alone, so only the failing one fails.
+/// row was new, their local steps (one call per action for the whole
+/// batch), one `INSERT` for the lead activities and one read and one upsert
+/// for the lead moves. A message fenced out (or, unclaimed, found stored
+/// already) gets `LeaseLost` and leaves nothing behind; the others commit
+/// together. When a local step fails, the batch rolls back and each message
+/// is written alone, so only the failing one fails.
 pub(super) async fn complete_many(
     db: &DatabaseConnection,
     batch: Vec<Completion>,
@@ -67,8 +67,9 @@ pub(super) async fn complete_many(
             let mut results = Vec::with_capacity(batch.len());
             for completion in &batch {
                 let alone = complete_batch(db, std::slice::from_ref(completion)).await;
-                results
-                    .push(alone.and_then(|mut one| one.pop().unwrap_or(Err(StoreError::Unsupported("empty batch")))));
+                let nothing =
+                    || Err(StoreError::Database(sea_orm::DbErr::Custom("a batch of one answered nothing".into())));
+                results.push(alone.and_then(|mut one| one.pop().unwrap_or_else(nothing)));
             }
             results
         }
@@ -76,6 +77,7 @@ pub(super) async fn complete_many(
     }
 }
 
+/// One transaction for `batch`; `Err` when it rolled back.
 async fn complete_batch(
     db: &DatabaseConnection,
     batch: &[Completion],
