@@ -23,9 +23,7 @@ use crate::handler_registry::HandlerRegistry;
 use crate::local::LocalStep;
 use crate::retry::RetryPolicy;
 use crate::saga::{SagaReport, SagaRunner, StepOutcome, count_action};
-use crate::store::{
-    Claim, DATABASE_BREAKER, GuardedStore, Lease, LocalCompletion, MessageKey, StageMove, Store, to_chrono,
-};
+use crate::store::{Claim, DATABASE_BREAKER, Finish, GuardedStore, Lease, MessageKey, StageMove, Store, to_chrono};
 use crate::validate::validate;
 
 /// The pipeline, built from registries, a store, breakers and policies.
@@ -324,28 +322,10 @@ impl Orchestrator {
         let ttl = self.config.dedupe_ttl;
         let lead = outcome.lead_stage.clone().map(|stage| StageMove { lead_id: ctx.lead_id().to_owned(), stage });
         let names: Vec<(u32, String)> = local.iter().map(|s| (s.step_index, s.action().to_owned())).collect();
+        let finish = Finish { activities: &activities, ttl, reply: outbox.as_ref(), lead: lead.as_ref(), local };
         let (key, written) = match claim {
-            Ok(lease) if local.is_empty() => {
-                let stage = match &lead {
-                    Some(lead) => {
-                        Some(self.store.complete_moving_lead(lease, &activities, ttl, outbox.as_ref(), lead).await?)
-                    }
-                    None => {
-                        self.store.complete(lease, &activities, ttl, outbox.as_ref()).await?;
-                        None
-                    }
-                };
-                (&lease.key, LocalCompletion { outputs: Vec::new(), stage })
-            }
-            Ok(lease) => (
-                &lease.key,
-                self.store.complete_local(lease, &activities, ttl, outbox.as_ref(), lead.as_ref(), local).await?,
-            ),
-            Err(key) => match self
-                .store
-                .complete_unclaimed(key, &activities, ttl, outbox.as_ref(), lead.as_ref(), local)
-                .await?
-            {
+            Ok(lease) => (&lease.key, self.store.complete_local(lease, finish).await?),
+            Err(key) => match self.store.complete_unclaimed(key, finish).await? {
                 Some(written) => (key, written),
                 None => return Ok(None),
             },

@@ -104,6 +104,22 @@ impl NewActivity {
     }
 }
 
+/// What a completion writes besides the claim: the audit rows, the reply
+/// outbox, the lead's move and the plan's trailing local run.
+#[derive(Debug)]
+pub struct Finish<'a> {
+    /// The `lead_activities` rows (the local steps' are added by the store).
+    pub activities: &'a [NewActivity],
+    /// How long the dedupe record is kept.
+    pub ttl: Duration,
+    /// The reply, kept in the outbox until Kafka acknowledged it.
+    pub reply: Option<&'a Value>,
+    /// The lead's move, when the handler asked for one.
+    pub lead: Option<&'a StageMove>,
+    /// The trailing local run, written in the same transaction.
+    pub local: Vec<LocalStep>,
+}
+
 /// What a completion with a trailing local run wrote.
 #[derive(Debug, Clone, PartialEq)]
 pub struct LocalCompletion {
@@ -180,15 +196,8 @@ pub trait Store: SagaLog + Send + Sync {
     /// rolls it all back and answers [`StoreError::Local`]. Stores that
     /// cannot ([`runs_local_effects`](Store::runs_local_effects) is false)
     /// refuse a non-empty run with [`StoreError::Unsupported`].
-    async fn complete_local(
-        &self,
-        lease: &Lease,
-        activities: &[NewActivity],
-        ttl: Duration,
-        reply: Option<&Value>,
-        lead: Option<&StageMove>,
-        local: Vec<LocalStep>,
-    ) -> Result<LocalCompletion, StoreError> {
+    async fn complete_local(&self, lease: &Lease, finish: Finish<'_>) -> Result<LocalCompletion, StoreError> {
+        let Finish { activities, ttl, reply, lead, local } = finish;
         if !local.is_empty() {
             return Err(StoreError::Unsupported("local executors need a SQL store"));
         }
@@ -213,13 +222,9 @@ pub trait Store: SagaLog + Send + Sync {
     async fn complete_unclaimed(
         &self,
         key: &MessageKey,
-        activities: &[NewActivity],
-        ttl: Duration,
-        reply: Option<&Value>,
-        lead: Option<&StageMove>,
-        local: Vec<LocalStep>,
+        finish: Finish<'_>,
     ) -> Result<Option<LocalCompletion>, StoreError> {
-        let _ = (key, activities, ttl, reply, lead, local);
+        let _ = (key, finish);
         Ok(None)
     }
 

@@ -22,8 +22,8 @@ use super::outbound::{
     AttemptFailure, OutboundMessage, OutboundMessages, OutboundReply, ReplyKey, ReplyLease, SendClaim,
 };
 use super::{
-    Claim, DeadLetter, DeadLetterQueue, DeliveryStatuses, DlqFilter, DlqStatus, FailureGroup, KeyParking, Lease,
-    MessageKey, NewActivity, NewDeadLetter, Page, ParkCheck, ParkedMessage, PendingClassification,
+    Claim, DeadLetter, DeadLetterQueue, DeliveryStatuses, DlqFilter, DlqStatus, FailureGroup, Finish, KeyParking,
+    Lease, MessageKey, NewActivity, NewDeadLetter, Page, ParkCheck, ParkedMessage, PendingClassification,
     PendingClassifications, SagaLog, StageChange, StageMove, StepRecord, Store, StoreError,
 };
 use crate::breaker::{BreakerConfig, BreakerError, CircuitBreaker};
@@ -124,28 +124,16 @@ impl<S: Store + ?Sized> Store for GuardedStore<S> {
         self.inner.runs_local_effects()
     }
 
-    async fn complete_local(
-        &self,
-        lease: &Lease,
-        activities: &[NewActivity],
-        ttl: Duration,
-        reply: Option<&Value>,
-        lead: Option<&StageMove>,
-        local: Vec<crate::local::LocalStep>,
-    ) -> Result<super::LocalCompletion, StoreError> {
-        self.guard(self.inner.complete_local(lease, activities, ttl, reply, lead, local)).await
+    async fn complete_local(&self, lease: &Lease, finish: Finish<'_>) -> Result<super::LocalCompletion, StoreError> {
+        self.guard(self.inner.complete_local(lease, finish)).await
     }
 
     async fn complete_unclaimed(
         &self,
         key: &MessageKey,
-        activities: &[NewActivity],
-        ttl: Duration,
-        reply: Option<&Value>,
-        lead: Option<&StageMove>,
-        local: Vec<crate::local::LocalStep>,
+        finish: Finish<'_>,
     ) -> Result<Option<super::LocalCompletion>, StoreError> {
-        self.guard(self.inner.complete_unclaimed(key, activities, ttl, reply, lead, local)).await
+        self.guard(self.inner.complete_unclaimed(key, finish)).await
     }
 
     async fn pending_reply(&self, key: &MessageKey) -> Result<Option<Value>, StoreError> {

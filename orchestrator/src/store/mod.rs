@@ -29,7 +29,7 @@ mod saga_log;
 mod sql;
 
 pub use ai_pending::{PendingClassification, PendingClassifications};
-pub use claims::{Claim, Lease, LocalCompletion, MessageKey, NewActivity, StageChange, StageMove, Store};
+pub use claims::{Claim, Finish, Lease, LocalCompletion, MessageKey, NewActivity, StageChange, StageMove, Store};
 pub use dead_letters::{
     DeadLetter, DeadLetterQueue, DlqFilter, DlqStatus, FailureGroup, NewDeadLetter, Page, SourceInfo,
 };

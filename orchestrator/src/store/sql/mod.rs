@@ -12,8 +12,8 @@ use chrono::{DateTime, Utc};
 use sea_orm::DatabaseConnection;
 
 use super::{
-    Claim, DeadLetter, DeadLetterQueue, DlqFilter, DlqStatus, MessageKey, NewActivity, NewDeadLetter, Page, SagaLog,
-    StepRecord, Store, StoreError,
+    Claim, DeadLetter, DeadLetterQueue, DlqFilter, DlqStatus, Finish, MessageKey, NewActivity, NewDeadLetter, Page,
+    SagaLog, StepRecord, Store, StoreError,
 };
 
 use super::{
@@ -100,39 +100,21 @@ impl SqlStore {
         &self.db
     }
 
-    /// A completion through the coalesced completion writer.
-    async fn complete_with(
-        &self,
-        lease: &Lease,
-        activities: &[NewActivity],
-        ttl: Duration,
-        reply: Option<&serde_json::Value>,
-        lead: Option<&StageMove>,
-        local: Vec<crate::local::LocalStep>,
-    ) -> Result<completion::Finished, StoreError> {
-        self.submit_completion(lease.clone(), false, activities, ttl, reply, lead, local).await
-    }
-
-    /// A completion, claimed or not, through the coalesced completion writer.
-    #[allow(clippy::too_many_arguments)]
+    /// A completion, claimed (`unclaimed` false) or not, through the coalesced completion writer.
     async fn submit_completion(
         &self,
         lease: Lease,
         unclaimed: bool,
-        activities: &[NewActivity],
-        ttl: Duration,
-        reply: Option<&serde_json::Value>,
-        lead: Option<&StageMove>,
-        local: Vec<crate::local::LocalStep>,
+        finish: Finish<'_>,
     ) -> Result<completion::Finished, StoreError> {
         let completion = completion::Completion {
             lease,
             unclaimed,
-            activities: activities.to_vec(),
-            expires_at: Utc::now() + super::to_chrono(ttl),
-            reply: reply.cloned(),
-            lead: lead.map(|lead| (lead.lead_id.clone(), lead.stage.clone())),
-            local,
+            activities: finish.activities.to_vec(),
+            expires_at: Utc::now() + super::to_chrono(finish.ttl),
+            reply: finish.reply.cloned(),
+            lead: finish.lead.map(|lead| (lead.lead_id.clone(), lead.stage.clone())),
+            local: finish.local,
         };
         let completions = self.coalesced(&self.batches.completions, |db, batch| async move {
             completion::complete_many(&db, batch).await
@@ -189,7 +171,8 @@ impl Store for SqlStore {
         ttl: Duration,
         reply: Option<&serde_json::Value>,
     ) -> Result<(), StoreError> {
-        self.complete_with(lease, activities, ttl, reply, None, Vec::new()).await.map(drop)
+        let finish = Finish { activities, ttl, reply, lead: None, local: Vec::new() };
+        self.submit_completion(lease.clone(), false, finish).await.map(drop)
     }
 
     async fn complete_moving_lead(
@@ -200,7 +183,8 @@ impl Store for SqlStore {
         reply: Option<&serde_json::Value>,
         lead: &StageMove,
     ) -> Result<StageChange, StoreError> {
-        let finished = self.complete_with(lease, activities, ttl, reply, Some(lead), Vec::new()).await?;
+        let finish = Finish { activities, ttl, reply, lead: Some(lead), local: Vec::new() };
+        let finished = self.submit_completion(lease.clone(), false, finish).await?;
         Ok(StageChange::Moved { from: finished.previous.flatten() })
     }
 
@@ -208,31 +192,19 @@ impl Store for SqlStore {
         true
     }
 
-    async fn complete_local(
-        &self,
-        lease: &Lease,
-        activities: &[NewActivity],
-        ttl: Duration,
-        reply: Option<&serde_json::Value>,
-        lead: Option<&StageMove>,
-        local: Vec<crate::local::LocalStep>,
-    ) -> Result<super::LocalCompletion, StoreError> {
-        let finished = self.complete_with(lease, activities, ttl, reply, lead, local).await?;
-        Ok(finished.into_local(lead.is_some()))
+    async fn complete_local(&self, lease: &Lease, finish: Finish<'_>) -> Result<super::LocalCompletion, StoreError> {
+        let moved_lead = finish.lead.is_some();
+        Ok(self.submit_completion(lease.clone(), false, finish).await?.into_local(moved_lead))
     }
 
     async fn complete_unclaimed(
         &self,
         key: &MessageKey,
-        activities: &[NewActivity],
-        ttl: Duration,
-        reply: Option<&serde_json::Value>,
-        lead: Option<&StageMove>,
-        local: Vec<crate::local::LocalStep>,
+        finish: Finish<'_>,
     ) -> Result<Option<super::LocalCompletion>, StoreError> {
-        let lease = Lease::new(key.clone());
-        match self.submit_completion(lease, true, activities, ttl, reply, lead, local).await {
-            Ok(finished) => Ok(Some(finished.into_local(lead.is_some()))),
+        let moved_lead = finish.lead.is_some();
+        match self.submit_completion(Lease::new(key.clone()), true, finish).await {
+            Ok(finished) => Ok(Some(finished.into_local(moved_lead))),
             // Stored already: the caller claims it to learn why.
             Err(StoreError::LeaseLost(_)) => Ok(None),
             Err(error) => Err(error),
