@@ -269,7 +269,7 @@ impl HeldKey {
     }
 
     /// The key of a row returned as `tenant_id, message_id, lease_token`.
-    pub(super) fn read(row: &sea_orm::QueryResult) -> Result<Self, DbErr> {
+    fn read(row: &sea_orm::QueryResult) -> Result<Self, DbErr> {
         Ok(Self {
             tenant_id: row.try_get("", "tenant_id")?,
             message_id: row.try_get("", "message_id")?,
@@ -299,8 +299,17 @@ pub(super) async fn mark_many_dead_lettered(
            AND p.lease_expires_at IS NOT NULL AND p.status = 'in_progress'
          RETURNING tenant_id, message_id, lease_token",
     );
-    let mut held = std::collections::HashSet::with_capacity(leases.len());
-    for row in db.query_all_raw(stmt(db.get_database_backend(), &sql, values)).await? {
+    returned_keys(db, &sql, values).await
+}
+
+/// The claims a statement returning `tenant_id, message_id, lease_token` changed.
+pub(super) async fn returned_keys(
+    db: &impl ConnectionTrait,
+    sql: &str,
+    values: Vec<Value>,
+) -> Result<std::collections::HashSet<HeldKey>, StoreError> {
+    let mut held = std::collections::HashSet::new();
+    for row in db.query_all_raw(stmt(db.get_database_backend(), sql, values)).await? {
         held.insert(HeldKey::read(&row)?);
     }
     Ok(held)

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use chrono::{DateTime, Utc};
 use sea_orm::{ConnectionTrait, DatabaseConnection, DatabaseTransaction, TransactionTrait, Value};
 
-use super::claims::{HeldKey, LeadMove, move_leads};
+use super::claims::{HeldKey, LeadMove, move_leads, returned_keys};
 use super::statement::{push_rows, stmt};
 use crate::executor::{ActionContext, ActionError, ActionOutput};
 use crate::local::{LocalExecutor, LocalFailure, LocalStep};
@@ -117,6 +117,14 @@ async fn complete_batch(
         .collect())
 }
 
+/// The batch's claimed (or, with `unclaimed`, unclaimed) completions in key
+/// order, as the claims: concurrent batches lock shared rows in one order.
+fn in_key_order(batch: &[Completion], unclaimed: bool) -> Vec<&Completion> {
+    let mut ordered: Vec<&Completion> = batch.iter().filter(|c| c.unclaimed == unclaimed).collect();
+    ordered.sort_unstable_by(|a, b| a.lease.key.cmp(&b.lease.key));
+    ordered
+}
+
 /// Marks the batch's held claims completed with their replies; answers
 /// the leases still held.
 async fn mark_completed(
@@ -124,12 +132,10 @@ async fn mark_completed(
     batch: &[Completion],
     now: DateTime<Utc>,
 ) -> Result<HashSet<HeldKey>, StoreError> {
-    // Key order, as the claims: concurrent batches lock shared rows in one order.
-    let mut ordered: Vec<&Completion> = batch.iter().filter(|c| !c.unclaimed).collect();
+    let ordered = in_key_order(batch, false);
     if ordered.is_empty() {
         return Ok(HashSet::new());
     }
-    ordered.sort_unstable_by(|a, b| a.lease.key.cmp(&b.lease.key));
     let mut sql = String::from(
         "UPDATE processed_messages AS p
            SET status = 'completed', completed_at = v.column3, lease_expires_at = NULL, expires_at = v.column4,
@@ -167,11 +173,10 @@ async fn insert_completed(
     batch: &[Completion],
     now: DateTime<Utc>,
 ) -> Result<HashSet<HeldKey>, StoreError> {
-    let mut ordered: Vec<&Completion> = batch.iter().filter(|c| c.unclaimed).collect();
+    let ordered = in_key_order(batch, true);
     if ordered.is_empty() {
         return Ok(HashSet::new());
     }
-    ordered.sort_unstable_by(|a, b| a.lease.key.cmp(&b.lease.key));
     let mut sql = String::from(
         "INSERT INTO processed_messages
            (tenant_id, message_id, status, attempt_count, run_count, claimed_at, completed_at, lease_token,
@@ -194,19 +199,6 @@ async fn insert_completed(
         ]);
     }
     returned_keys(txn, &sql, values).await
-}
-
-/// The claims a statement returning `tenant_id, message_id, lease_token` changed.
-async fn returned_keys(
-    txn: &DatabaseTransaction,
-    sql: &str,
-    values: Vec<Value>,
-) -> Result<HashSet<HeldKey>, StoreError> {
-    let mut held = HashSet::new();
-    for row in txn.query_all_raw(stmt(txn.get_database_backend(), sql, values)).await? {
-        held.insert(HeldKey::read(&row)?);
-    }
-    Ok(held)
 }
 
 /// One action's executor and its steps in a batch, as (completion, position) pairs.
