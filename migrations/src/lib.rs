@@ -6,8 +6,8 @@
 //! `review_flags`, `sales_notifications`), the per-key ordering tables
 //! (`key_blocks`, `parked_messages`), the messages waiting for the AI service
 //! (`ai_pending`) and the delivery statuses of sent messages
-//! (`delivery_statuses`), each lead's stage (`leads`) and every reply sent
-//! (`outbound_messages`). Both SQLite and PostgreSQL are supported; the
+//! (`delivery_statuses`), each lead's stage (`leads`), every reply and API message sent
+//! (`outbound_messages`) and each organisation's daily API usage (`api_usage`). Both SQLite and PostgreSQL are supported; the
 //! orchestrator applies pending migrations at start-up.
 //!
 //! ```no_run
@@ -30,6 +30,7 @@ mod m20250101_000007_dlq_fingerprint;
 mod m20250101_000008_leads;
 mod m20250101_000009_dlq_trace_context;
 mod m20250101_000010_outbound_messages;
+mod m20250101_000011_api_messages;
 
 /// Every migration of the project, in order.
 pub struct Migrator;
@@ -48,6 +49,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20250101_000008_leads::Migration),
             Box::new(m20250101_000009_dlq_trace_context::Migration),
             Box::new(m20250101_000010_outbound_messages::Migration),
+            Box::new(m20250101_000011_api_messages::Migration),
         ]
     }
 }
@@ -68,4 +70,5 @@ pub const TABLES: &[&str] = &[
     "delivery_statuses",
     "leads",
     "outbound_messages",
+    "api_usage",
 ];

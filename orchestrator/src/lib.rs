@@ -59,6 +59,7 @@ pub mod kafka;
 pub mod local;
 pub mod maintenance;
 mod mask;
+pub mod message_service;
 pub mod metrics;
 pub mod outbound;
 pub mod pipeline;

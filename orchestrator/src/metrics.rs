@@ -53,7 +53,7 @@ pub struct Metrics {
     /// already published them (Meta's redeliveries; see [`crate::webhook::recent`]).
     pub webhook_duplicates: IntCounter,
     /// `whatsapp_outbound_total{status}`: replies by what became of an attempt (`sent`, `retried`,
-    /// `deferred`, `dead_lettered`, `duplicate`, `parked`).
+    /// `deferred`, `dead_lettered`, `duplicate`, `parked`, `withheld`: a cancelled or not yet due API message).
     pub outbound: IntCounterVec,
     /// `whatsapp_send_duration_seconds{result}`: Cloud API call time (`sent`, `retryable`, `throttled`, `permanent`).
     pub send_duration: HistogramVec,
@@ -65,6 +65,14 @@ pub struct Metrics {
     pub throttled: IntCounterVec,
     /// `whatsapp_replies_in_flight`: replies being sent now (waiting for a slot or for the Cloud API).
     pub replies_in_flight: IntGauge,
+    /// `message_service_processed_total{status}`: messages the send API took or refused (`queued`,
+    /// `scheduled`, `duplicate`, `invalid`, `rate_limited`, `cancelled`, `dispatched`).
+    pub message_service_processed: IntCounterVec,
+    /// `message_service_processing_duration_seconds{route}`: send API request time (`send`, `batch`,
+    /// `get`, `list`, `cancel`).
+    pub message_service_duration: HistogramVec,
+    /// `message_service_active_batches`: batch requests being processed now.
+    pub message_service_active_batches: IntGauge,
 }
 
 fn counter(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
@@ -111,6 +119,10 @@ impl Metrics {
         )
         .expect("valid metric definition");
         registry.register(Box::new(send_rate.clone())).expect("metric registered once");
+        let message_service_active_batches =
+            IntGauge::new("message_service_active_batches", "Send API batch requests being processed now.")
+                .expect("valid metric definition");
+        registry.register(Box::new(message_service_active_batches.clone())).expect("metric registered once");
         let r = &registry;
         Self {
             messages_received: counter(
@@ -194,6 +206,20 @@ impl Metrics {
             send_rate,
             throttled: counter(r, "whatsapp_throttled_total", "Sends WhatsApp throttled, by error code.", &["code"]),
             replies_in_flight,
+            message_service_processed: counter(
+                r,
+                "message_service_processed_total",
+                "Messages the send API accepted or refused, by status.",
+                &["status"],
+            ),
+            message_service_duration: histogram(
+                r,
+                "message_service_processing_duration_seconds",
+                "Send API request time, by route.",
+                &["route"],
+                vec![0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0],
+            ),
+            message_service_active_batches,
             registry,
         }
     }

@@ -104,9 +104,14 @@ pub enum ResponseContent {
         name: String,
         /// Language code, e.g. `en_US`.
         language: String,
-        /// Body parameters, in order.
+        /// Body parameters, in order (text only; `components` says more).
         #[serde(default)]
         parameters: Vec<String>,
+        /// The Cloud API's `template.components` as given (header, body and
+        /// button parameters of any kind); when present, sent instead of
+        /// `parameters`. Absent from the wire when empty.
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        components: Vec<serde_json::Value>,
     },
 }
 

@@ -1,6 +1,6 @@
 //! The HTTP server (axum): the WhatsApp webhook, health checks, Prometheus
-//! metrics and the dead-letter admin API, with bearer authentication
-//! (`auth`: the admin token, and JWTs).
+//! metrics, the dead-letter admin API and the send API (`api`, `/api/v1`),
+//! with bearer authentication (`auth`: the admin token, and JWTs).
 //!
 //! Each part is a [`Router`] with its own state, merged by the caller, so a
 //! service embedding the library mounts only what it wants:
@@ -18,12 +18,14 @@
 use axum::Router;
 
 pub mod admin;
+pub mod api;
 pub mod auth;
 pub mod health;
 pub mod metrics;
 pub mod webhook;
 
 pub use admin::AdminState;
+pub use api::ApiState;
 pub use health::HealthState;
 pub use webhook::{WebhookSettings, WebhookState};
 

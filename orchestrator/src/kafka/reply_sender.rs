@@ -325,6 +325,11 @@ impl ReplyWorker {
                 bump(&self.stats.duplicates, "duplicate");
                 return Settled::Final;
             }
+            SendClaim::Withheld { status } => {
+                tracing::info!(reply = %key.dead_letter_id(), status = status.as_str(), "message withheld: not sent");
+                crate::metrics::metrics().outbound.with_label_values(&["withheld"]).inc();
+                return Settled::Final;
+            }
             SendClaim::Busy { lease_expires_at } => {
                 let wait = (lease_expires_at - Utc::now()).to_std().unwrap_or_default();
                 self.defer(delivery, &key, reply, wait, None).await;

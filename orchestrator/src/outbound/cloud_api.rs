@@ -239,9 +239,11 @@ pub fn cloud_api_body(response: &ResponseReady) -> Value {
             }
             (media_type.as_str(), media)
         }
-        ResponseContent::Template { name, language, parameters } => {
+        ResponseContent::Template { name, language, parameters, components } => {
             let mut template = json!({ "name": name, "language": { "code": language } });
-            if !parameters.is_empty() {
+            if !components.is_empty() {
+                template["components"] = json!(components);
+            } else if !parameters.is_empty() {
                 template["components"] = json!([{
                     "type": "body",
                     "parameters": parameters.iter().map(|p| json!({ "type": "text", "text": p })).collect::<Vec<_>>()

@@ -451,8 +451,9 @@ impl DeliveryStatuses for MemoryStore {
         if let Some(next) = OutboundStatus::parse(&status.status)
             && let Some(row) =
                 state.outbound.values_mut().find(|r| r.message.wamid.as_deref() == Some(&status.message_id))
-            && row.message.status != OutboundStatus::Failed
+            && matches!(row.message.status, OutboundStatus::Queued | OutboundStatus::Sent | OutboundStatus::Delivered)
             && row.message.status < next
+            && next <= OutboundStatus::Failed
         {
             row.message.status = next;
             row.message.updated_at = Utc::now();
@@ -501,6 +502,9 @@ impl OutboundMessages for MemoryStore {
                 return Ok(SendClaim::AlreadySent { wamid: row.message.wamid.clone() });
             }
             OutboundStatus::Failed => return Ok(SendClaim::Failed),
+            status @ (OutboundStatus::Scheduled | OutboundStatus::Cancelled) => {
+                return Ok(SendClaim::Withheld { status });
+            }
             OutboundStatus::Queued => {}
         }
         if let Some(until) = row.lease_expires_at.filter(|until| *until >= now) {

@@ -12,11 +12,13 @@
 //! | `ai_pending` | [`PendingClassifications`] | messages waiting for the AI service |
 //! | `delivery` | [`DeliveryStatuses`] | WhatsApp's delivery statuses |
 //! | `outbound` | [`OutboundMessages`] | every reply sent (`outbound_messages`) |
+//! | `api_messages` | [`ApiMessages`] | the send API's messages in `outbound_messages`, their schedule and daily counts |
 //! | `error` | | [`StoreError`] |
 
 use std::time::Duration;
 
 mod ai_pending;
+pub mod api_messages;
 mod claims;
 mod dead_letters;
 mod delivery;
@@ -29,6 +31,10 @@ mod saga_log;
 mod sql;
 
 pub use ai_pending::{PendingClassification, PendingClassifications};
+pub use api_messages::{
+    ApiMessage, ApiMessageFilter, ApiMessagePage, ApiMessages, Cancellation, DueClaim, DueMessage, Inserted, Insertion,
+    NewApiMessage,
+};
 pub use claims::{Claim, Finish, Lease, LocalCompletion, MessageKey, NewActivity, StageChange, StageMove, Store};
 pub use dead_letters::{
     DeadLetter, DeadLetterQueue, DlqFilter, DlqStatus, FailureGroup, NewDeadLetter, Page, SourceInfo,

@@ -69,6 +69,12 @@ pub enum SendClaim {
     },
     /// Already dead-lettered and not replayed since.
     Failed,
+    /// Not to be sent by this copy: cancelled through the send API, or
+    /// scheduled for later (the scheduler publishes it when due).
+    Withheld {
+        /// `cancelled` or `scheduled`.
+        status: OutboundStatus,
+    },
     /// Another worker is sending it (or died doing so) until its lease runs out.
     Busy {
         /// When that lease runs out.
@@ -76,7 +82,9 @@ pub enum SendClaim {
     },
 }
 
-/// Status of a reply (`status` column), in the order a reply moves through them.
+/// Status of a reply or send API message (`status` column): a reply moves
+/// from `queued` through `sent`, `delivered` and `read` (or to `failed`); a
+/// scheduled message starts `scheduled`, and may be `cancelled` until it goes out.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum OutboundStatus {
     /// Waiting to be sent (or between attempts).
@@ -89,16 +97,22 @@ pub enum OutboundStatus {
     Read,
     /// Dead-lettered, or WhatsApp reported it failed.
     Failed,
+    /// A send API message waiting for its `scheduled_at`.
+    Scheduled,
+    /// A send API message cancelled before it went out.
+    Cancelled,
 }
 
 impl OutboundStatus {
     /// Every status.
-    pub const ALL: [OutboundStatus; 5] = [
+    pub const ALL: [OutboundStatus; 7] = [
         OutboundStatus::Queued,
         OutboundStatus::Sent,
         OutboundStatus::Delivered,
         OutboundStatus::Read,
         OutboundStatus::Failed,
+        OutboundStatus::Scheduled,
+        OutboundStatus::Cancelled,
     ];
 
     /// The column value.
@@ -109,6 +123,8 @@ impl OutboundStatus {
             OutboundStatus::Delivered => "delivered",
             OutboundStatus::Read => "read",
             OutboundStatus::Failed => "failed",
+            OutboundStatus::Scheduled => "scheduled",
+            OutboundStatus::Cancelled => "cancelled",
         }
     }
 

@@ -22,6 +22,7 @@ use super::{
 };
 
 mod ai_pending;
+mod api_messages;
 mod batch;
 mod claims;
 mod completion;
@@ -338,6 +339,55 @@ impl DeliveryStatuses for SqlStore {
 
     async fn statuses_of(&self, message_id: &str) -> Result<Vec<crate::store::DeliveryStatus>, StoreError> {
         delivery::of_message(&self.db, message_id).await
+    }
+}
+
+#[async_trait]
+impl super::ApiMessages for SqlStore {
+    async fn insert_api_messages(
+        &self,
+        tenant: &str,
+        messages: &[super::NewApiMessage],
+        daily_limit: Option<u64>,
+    ) -> Result<super::Inserted, StoreError> {
+        api_messages::insert(&self.db, tenant, messages, daily_limit).await
+    }
+
+    async fn mark_published(&self, ids: &[String]) -> Result<(), StoreError> {
+        api_messages::mark_published(&self.db, ids).await
+    }
+
+    async fn claim_due(
+        &self,
+        now: DateTime<Utc>,
+        limit: u64,
+        lease: Duration,
+    ) -> Result<super::DueClaim, StoreError> {
+        api_messages::claim_due(&self.db, now, limit, lease).await
+    }
+
+    async fn mark_dispatched(&self, token: i64, ids: &[String]) -> Result<u64, StoreError> {
+        api_messages::mark_dispatched(&self.db, token, ids).await
+    }
+
+    async fn api_message(&self, id: &str) -> Result<Option<super::ApiMessage>, StoreError> {
+        api_messages::get(&self.db, id).await
+    }
+
+    async fn list_api_messages(
+        &self,
+        tenant: &str,
+        filter: &super::ApiMessageFilter,
+    ) -> Result<super::ApiMessagePage, StoreError> {
+        api_messages::list(&self.db, tenant, filter).await
+    }
+
+    async fn cancel_api_message(&self, tenant: &str, id: &str) -> Result<super::Cancellation, StoreError> {
+        api_messages::cancel(&self.db, tenant, id).await
+    }
+
+    async fn due_count(&self, now: DateTime<Utc>) -> Result<u64, StoreError> {
+        api_messages::due_count(&self.db, now).await
     }
 }
 

@@ -174,6 +174,7 @@ async fn refusals(
                 SendClaim::AlreadySent { wamid: row.try_get("", "wamid")? }
             }
             Some(OutboundStatus::Failed) => SendClaim::Failed,
+            Some(status @ (OutboundStatus::Scheduled | OutboundStatus::Cancelled)) => SendClaim::Withheld { status },
             Some(OutboundStatus::Queued) => SendClaim::Busy {
                 lease_expires_at: row.try_get::<Option<DateTime<Utc>>>("", "lease_expires_at")?.unwrap_or(now),
             },
@@ -344,7 +345,8 @@ pub(super) async fn apply_status(
         OutboundStatus::Delivered => ("delivered_at", "('queued', 'sent')"),
         OutboundStatus::Read => ("read_at", "('queued', 'sent', 'delivered')"),
         OutboundStatus::Failed => ("failed_at", "('queued', 'sent', 'delivered', 'read')"),
-        OutboundStatus::Queued => return Ok(()),
+        // Not statuses WhatsApp reports.
+        OutboundStatus::Queued | OutboundStatus::Scheduled | OutboundStatus::Cancelled => return Ok(()),
     };
     db.execute_raw(stmt(
         db.get_database_backend(),

@@ -1,0 +1,111 @@
+//! Publishes the send API's messages when due: scheduled ones at their
+//! `scheduled_at`, and those sent now whose own publish did not happen.
+//!
+//! Each round claims due rows with a lease ([`ApiMessages::claim_due`]:
+//! `FOR UPDATE SKIP LOCKED` on PostgreSQL, so replicas share the work and
+//! never publish a row another one holds), publishes them to
+//! `conversation.responses`, and marks them dispatched under the claim's
+//! token. A scheduler that dies between publishing and marking leaves its
+//! rows to be claimed again when the lease runs out; the second copy is
+//! harmless, since the reply sender's claim in `outbound_messages` sends a
+//! message once whatever the copies.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::Utc;
+
+use crate::event::{Envelope, EventData, ResponseReady};
+use crate::publish::Publish;
+use crate::store::{ApiMessages, StoreError};
+
+/// How the scheduler runs.
+#[derive(Debug, Clone)]
+pub struct SchedulerSettings {
+    /// Time between rounds when nothing is due (`SCHEDULER_INTERVAL_MS`).
+    pub interval: Duration,
+    /// Messages claimed per round.
+    pub batch: u64,
+    /// How long a claim keeps other schedulers off its rows.
+    pub lease: Duration,
+}
+
+impl Default for SchedulerSettings {
+    fn default() -> Self {
+        Self { interval: Duration::from_secs(1), batch: 500, lease: Duration::from_secs(30) }
+    }
+}
+
+/// The scheduler (see the module docs).
+pub struct Scheduler {
+    store: Arc<dyn ApiMessages>,
+    publisher: Arc<dyn Publish>,
+    settings: SchedulerSettings,
+}
+
+/// What one round did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Round {
+    /// Rows claimed.
+    pub claimed: usize,
+    /// Published and marked.
+    pub dispatched: usize,
+}
+
+impl Scheduler {
+    /// A scheduler over `store`, publishing through `publisher`.
+    pub fn new(store: Arc<dyn ApiMessages>, publisher: Arc<dyn Publish>, settings: SchedulerSettings) -> Self {
+        Self { store, publisher, settings }
+    }
+
+    /// Rounds until `shutdown` resolves; a full round is followed by another at once.
+    pub async fn run(self, shutdown: impl std::future::Future<Output = ()>) {
+        tokio::pin!(shutdown);
+        loop {
+            let pause = match self.round().await {
+                Ok(round) if round.claimed as u64 >= self.settings.batch => Duration::ZERO,
+                Ok(_) => self.settings.interval,
+                Err(error) => {
+                    tracing::warn!(%error, "scheduler round failed; trying again");
+                    self.settings.interval
+                }
+            };
+            tokio::select! {
+                _ = &mut shutdown => return,
+                _ = tokio::time::sleep(pause) => {}
+            }
+        }
+    }
+
+    /// Claims what is due, publishes it and marks it dispatched.
+    pub async fn round(&self) -> Result<Round, StoreError> {
+        let claim = self.store.claim_due(Utc::now(), self.settings.batch, self.settings.lease).await?;
+        if claim.messages.is_empty() {
+            return Ok(Round::default());
+        }
+        let publishes = claim.messages.iter().map(|due| async move {
+            let reply: ResponseReady = match serde_json::from_str(&due.payload) {
+                Ok(reply) => reply,
+                Err(error) => {
+                    // Written by this service; unreadable means a corrupt row, kept for an operator.
+                    tracing::error!(%error, id = %due.id, "scheduled message unreadable: left in outbound_messages");
+                    return None;
+                }
+            };
+            let envelope = Envelope::new(EventData::ResponseReady(reply), crate::pipeline::PROCESSED_BY);
+            match self.publisher.publish_event(&envelope).await {
+                Ok(()) => Some(due.id.clone()),
+                Err(error) => {
+                    tracing::warn!(%error, id = %due.id, "scheduled message not published; claimed again later");
+                    None
+                }
+            }
+        });
+        let published: Vec<String> =
+            futures_util::future::join_all(publishes).await.into_iter().flatten().collect();
+        let dispatched = self.store.mark_dispatched(claim.token, &published).await?;
+        crate::metrics::metrics().message_service_processed.with_label_values(&["dispatched"]).inc_by(dispatched);
+        tracing::debug!(claimed = claim.messages.len(), dispatched, "scheduler round");
+        Ok(Round { claimed: claim.messages.len(), dispatched: dispatched as usize })
+    }
+}
