@@ -1,5 +1,6 @@
 //! The thin consumer binary: reads its configuration, builds the registries
-//! and runs the library's Kafka runtime, response sender and HTTP server;
+//! and runs the library's Kafka runtime, response sender, send API scheduler
+//! and HTTP server;
 //! also operates the dead-letter queue from the command line.
 //!
 //! With no `KAFKA_BOOTSTRAP_SERVERS` it starts an in-process broker (keeps
@@ -19,11 +20,12 @@ use chrono::{DateTime, Utc};
 use clap::{Args, CommandFactory, FromArgMatches, Parser, Subcommand};
 use orchestrator::dlq::{BulkReplay, DlqService};
 use orchestrator::event::{Envelope, EventData, MessageContent, MessageReceived, MessageType};
-use orchestrator::http::{self, AdminState, HealthState, WebhookState};
+use orchestrator::http::{self, AdminState, ApiState, HealthState, WebhookState};
 use orchestrator::kafka::topics::{self as kafka_topics, TopicCreation};
 use orchestrator::kafka::{
     ConsumerRuntime, EmbeddedKafka, KafkaConfig, Publisher, ResponseSender, RuntimeSettings, WebhookIngest,
 };
+use orchestrator::message_service::{MessageService, Scheduler};
 use orchestrator::outbound::{CloudApiSender, DryRunSender, WhatsAppSender};
 use orchestrator::settings::Settings;
 use orchestrator::store::{DlqFilter, Page};
@@ -437,7 +439,7 @@ async fn run(settings: &Settings, demo: bool) -> Result<(), Box<dyn std::error::
             .build()?,
     );
     // Every other use of the database goes through the pipeline's breaker too.
-    let store = orchestrator.guard(raw_store);
+    let store = orchestrator.guard(raw_store.clone());
     let cleanup = orchestrator::maintenance::spawn_dedupe_cleanup(store.clone(), std::time::Duration::from_secs(3600));
 
     let grace = settings.server.shutdown_grace();
@@ -518,10 +520,28 @@ async fn run(settings: &Settings, demo: bool) -> Result<(), Box<dyn std::error::
     } else {
         None
     };
+    // The send API: conversations the business starts, through the same reply path.
+    let messages =
+        MessageService::new(raw_store.clone(), Arc::new(publisher.clone()), settings.server.message_service());
+    health.message_service = Some(messages.clone());
+    let scheduler_task = if settings.server.scheduler_enabled {
+        let scheduler = Scheduler::new(raw_store.clone(), Arc::new(publisher.clone()), settings.server.scheduler());
+        Some(tokio::spawn(scheduler.run(wait(stopped.clone()))))
+    } else {
+        tracing::info!("SCHEDULER_ENABLED=false: another replica publishes scheduled messages");
+        None
+    };
     let mut app = http::webhook::routes(webhook)
         .merge(http::health::routes(health))
         .merge(http::metrics::routes(Some(orchestrator.breakers().clone())));
-    match (settings.server.admin_token(), settings.server.jwt()?) {
+    let jwt = settings.server.jwt()?;
+    match &jwt {
+        Some(jwt) => {
+            app = app.merge(http::api::routes(ApiState::new(messages, jwt.clone(), settings.server.api_rate())))
+        }
+        None => tracing::info!("no JWT key set (JWT_SECRET or JWT_PUBLIC_KEY_FILE): the /api/v1 send API is off"),
+    }
+    match (settings.server.admin_token(), jwt) {
         (None, None) => tracing::info!("neither ADMIN_TOKEN nor a JWT key set: the /admin/dlq routes are off"),
         (token, jwt) => {
             let dlq = DlqService::new(store.clone()).with_publisher(publisher.clone());
@@ -530,7 +550,7 @@ async fn run(settings: &Settings, demo: bool) -> Result<(), Box<dyn std::error::
     }
     let addr = settings.server.http_addr;
     let listener = tokio::net::TcpListener::bind(addr).await?;
-    tracing::info!(%addr, "HTTP server listening (webhook, /health, /metrics, /admin/dlq)");
+    tracing::info!(%addr, "HTTP server listening (webhook, /health, /metrics, /admin/dlq, /api/v1)");
     let http_task = tokio::spawn(http::serve(listener, app, wait(stopped.clone())));
 
     if demo {
@@ -572,6 +592,9 @@ async fn run(settings: &Settings, demo: bool) -> Result<(), Box<dyn std::error::
         ingest.await??;
     }
     http_task.await??;
+    if let Some(scheduler) = scheduler_task {
+        scheduler.await?;
+    }
     cleanup.abort();
     match missing_rx.borrow_and_update().clone() {
         Some(missing) => Err(missing.into()),

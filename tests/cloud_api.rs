@@ -98,7 +98,8 @@ fn interactive_replies_map_to_reply_buttons() {
     assert_eq!(template["template"]["language"]["code"], "es_MX");
     assert_eq!(template["template"]["components"][0]["parameters"][0], json!({ "type": "text", "text": "Ana" }));
     // Components given are sent as they are, instead of the text parameters.
-    let header = json!({ "type": "header", "parameters": [{ "type": "image", "image": { "link": "https://x/y.png" } }] });
+    let header =
+        json!({ "type": "header", "parameters": [{ "type": "image", "image": { "link": "https://x/y.png" } }] });
     let template = cloud_api_body(&reply(ResponseContent::Template {
         name: "order_ready".into(),
         language: "es_MX".into(),

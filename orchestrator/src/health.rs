@@ -4,7 +4,8 @@
 //! monitors already parse: `{"status", "timestamp", "uptime", "checks":
 //! {name: {"status", "latencyMs", "error"?, "statusCode"?}}, "worker":
 //! {"running", "metrics": {"processed", "failed", "retried",
-//! "deadLettered"}}}`, plus `circuit_breakers`, `sender` and `version`.
+//! "deadLettered"}}}`, plus `circuit_breakers`, `sender`, `message_service`
+//! (`activeBatches`, `scheduledDue`: messages due and not yet published) and `version`.
 //! The route is [`crate::http::health`].
 
 use std::sync::Arc;
@@ -71,6 +72,8 @@ pub struct HealthState {
     pub stats: Option<Arc<RuntimeStats>>,
     /// The reply sender's counters.
     pub replies: Option<Arc<ReplyStats>>,
+    /// The send API: its batches in progress and the scheduled messages due.
+    pub message_service: Option<crate::message_service::MessageService>,
     started: Option<Instant>,
 }
 
@@ -143,6 +146,10 @@ pub async fn report(state: &HealthState) -> (bool, Value) {
             "inFlight": crate::metrics::metrics().replies_in_flight.get(),
         })
     });
+    let message_service = match &state.message_service {
+        Some(service) => Some(message_service_report(service).await),
+        None => None,
+    };
     let status = match (failing.is_empty(), any_open) {
         (false, _) => "unhealthy",
         // A downstream is out, but this service works: messages wait for it.
@@ -158,6 +165,7 @@ pub async fn report(state: &HealthState) -> (bool, Value) {
         "circuit_breakers": breaker_states,
         "worker": worker,
         "sender": sender,
+        "message_service": message_service,
     });
     if !failing.is_empty() {
         let reasons: Vec<String> = failing
@@ -167,4 +175,15 @@ pub async fn report(state: &HealthState) -> (bool, Value) {
         body["reason"] = Value::from(reasons.join("; "));
     }
     (failing.is_empty(), body)
+}
+
+/// The send API's part: batches in progress, and messages due and not yet
+/// published (a number that keeps growing means the scheduler is behind or down).
+async fn message_service_report(service: &crate::message_service::MessageService) -> Value {
+    let active = crate::metrics::metrics().message_service_active_batches.get();
+    match tokio::time::timeout(PROBE_TIMEOUT, service.due_count()).await {
+        Ok(Ok(due)) => json!({ "activeBatches": active, "scheduledDue": due }),
+        Ok(Err(error)) => json!({ "activeBatches": active, "scheduledDue": null, "error": error.to_string() }),
+        Err(_) => json!({ "activeBatches": active, "scheduledDue": null, "error": "no answer in time" }),
+    }
 }

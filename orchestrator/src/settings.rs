@@ -471,13 +471,13 @@ impl WhatsAppSettings {
 #[derive(Debug, Clone, Args)]
 #[command(next_help_heading = "Server")]
 pub struct ServerSettings {
-    /// Where the HTTP server listens (webhook, /health, /metrics, /admin).
+    /// Where the HTTP server listens (webhook, /health, /metrics, /admin, /api/v1).
     #[arg(long, env = "HTTP_ADDR", default_value = "127.0.0.1:8000")]
     pub http_addr: SocketAddr,
     /// Bearer token of the DLQ admin API; unset (and no JWT key): the /admin routes are off.
     #[arg(long, env = "ADMIN_TOKEN", hide_env_values = true)]
     pub admin_token: Option<Secret>,
-    /// Secret of HS256 JWTs (admin-scoped ones open /admin).
+    /// Secret of HS256 JWTs: they open /api/v1 (admin-scoped ones /admin too).
     #[arg(long, env = "JWT_SECRET", hide_env_values = true)]
     pub jwt_secret: Option<Secret>,
     /// PEM public key of RS256 or ES256 JWTs, instead of JWT_SECRET.
@@ -489,6 +489,22 @@ pub struct ServerSettings {
     /// The JWT claim naming the caller's organisation (the tenant).
     #[arg(long, env = "JWT_ORG_CLAIM", default_value = "org_id")]
     pub jwt_org_claim: String,
+    /// Send API requests per second per organisation, in each process (0: unlimited).
+    #[arg(long, env = "API_RATE_LIMIT_PER_SECOND", default_value_t = 100)]
+    pub api_rate_limit_per_second: u32,
+    /// Send API requests an organisation may make at once after a quiet spell (0: the per-second rate).
+    #[arg(long, env = "API_RATE_LIMIT_BURST", default_value_t = 0)]
+    pub api_rate_limit_burst: u32,
+    /// Send API messages per organisation and UTC day, over all processes (0: unlimited).
+    #[arg(long, env = "API_DAILY_MESSAGE_LIMIT", default_value_t = 100_000)]
+    pub api_daily_message_limit: u64,
+    /// Run the scheduler of send API messages here (any number of replicas may).
+    #[arg(long, env = "SCHEDULER_ENABLED", default_value_t = true, action = ArgAction::Set,
+          value_parser = BoolishValueParser::new())]
+    pub scheduler_enabled: bool,
+    /// How often the scheduler looks for due messages (ms).
+    #[arg(long, env = "SCHEDULER_INTERVAL_MS", default_value_t = 1000, value_parser = clap::value_parser!(u64).range(1..))]
+    pub scheduler_interval_ms: u64,
     /// Read edge-function webhook requests from `whatsapp.webhook.inbound`.
     #[arg(long, env = "WEBHOOK_INBOUND_ENABLED", default_value_t = true, action = ArgAction::Set,
           value_parser = BoolishValueParser::new())]
@@ -515,6 +531,29 @@ impl ServerSettings {
                 Ok(Some(JwtVerifier::public_key(&self.jwt_algorithm, &pem, self.jwt_org_claim.clone())?))
             }
             (None, None) => Ok(None),
+        }
+    }
+
+    /// Each organisation's send API request rate; `None` when unlimited.
+    pub fn api_rate(&self) -> Option<crate::http::api::RequestRate> {
+        let per_second = std::num::NonZeroU32::new(self.api_rate_limit_per_second)?;
+        let burst = std::num::NonZeroU32::new(self.api_rate_limit_burst).unwrap_or(per_second);
+        Some(crate::http::api::RequestRate { per_second, burst })
+    }
+
+    /// The message service's settings (`API_DAILY_MESSAGE_LIMIT`).
+    pub fn message_service(&self) -> crate::message_service::MessageServiceSettings {
+        crate::message_service::MessageServiceSettings {
+            daily_limit: (self.api_daily_message_limit > 0).then_some(self.api_daily_message_limit),
+            ..Default::default()
+        }
+    }
+
+    /// The scheduler's settings (`SCHEDULER_INTERVAL_MS`).
+    pub fn scheduler(&self) -> crate::message_service::SchedulerSettings {
+        crate::message_service::SchedulerSettings {
+            interval: Duration::from_millis(self.scheduler_interval_ms),
+            ..Default::default()
         }
     }
 

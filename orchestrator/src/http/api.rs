@@ -166,8 +166,9 @@ impl IntoResponse for ServiceError {
 fn parse<T: serde::de::DeserializeOwned>(body: &Bytes) -> Result<T, Vec<FieldError>> {
     let deserializer = &mut serde_json::Deserializer::from_slice(body);
     serde_path_to_error::deserialize(deserializer).map_err(|e| {
+        // `.` is the document itself, `?` a place the parser never reached (not JSON).
         let field = match e.path().to_string() {
-            path if path == "." => "body".to_owned(),
+            path if path == "." || path == "?" => "body".to_owned(),
             path => path,
         };
         vec![FieldError::new(field, e.inner().to_string())]
@@ -310,7 +311,10 @@ impl ListQuery {
         let status = self.status.as_deref().and_then(|s| {
             let parsed = OutboundStatus::parse(s);
             if parsed.is_none() {
-                errors.push(FieldError::new("status", "one of scheduled, queued, sent, delivered, read, failed, cancelled"));
+                errors.push(FieldError::new(
+                    "status",
+                    "one of scheduled, queued, sent, delivered, read, failed, cancelled",
+                ));
             }
             parsed
         });

@@ -136,7 +136,10 @@ impl MessageService {
         match answers.pop() {
             Some(Ok(accepted)) => Ok(accepted),
             Some(Err(_)) => Err(ServiceError::IdempotencyConflict(idempotency_key.unwrap_or_default().to_owned())),
-            None => Err(StoreError::Corrupt { table: "outbound_messages", reason: "no answer for the message".into() }.into()),
+            None => {
+                Err(StoreError::Corrupt { table: "outbound_messages", reason: "no answer for the message".into() }
+                    .into())
+            }
         }
     }
 
@@ -170,7 +173,8 @@ impl MessageService {
                 },
                 Err(error) => {
                     let path = error.path().to_string();
-                    let field = if path == "." { format!("messages[{index}]") } else { format!("messages[{index}].{path}") };
+                    let field =
+                        if path == "." { format!("messages[{index}]") } else { format!("messages[{index}].{path}") };
                     vec![FieldError::new(field, error.into_inner().to_string())]
                 }
             };
@@ -215,7 +219,8 @@ impl MessageService {
             priority: request.priority.unwrap_or_default(),
             metadata,
         };
-        let dispatch_due_at = checked.scheduled_at.unwrap_or(now + crate::store::to_chrono(self.settings.publish_grace));
+        let dispatch_due_at =
+            checked.scheduled_at.unwrap_or(now + crate::store::to_chrono(self.settings.publish_grace));
         let message = NewApiMessage {
             id,
             tenant_id: tenant.to_owned(),
@@ -313,7 +318,10 @@ impl MessageService {
     /// `tenant`'s messages, newest first.
     pub async fn list(&self, tenant: &str, filter: &ApiMessageFilter) -> Result<MessageList, ServiceError> {
         let page = self.store.list_api_messages(tenant, filter).await?;
-        Ok(MessageList { messages: page.messages.iter().map(view).collect(), next_cursor: page.next.map(|n| n.to_string()) })
+        Ok(MessageList {
+            messages: page.messages.iter().map(view).collect(),
+            next_cursor: page.next.map(|n| n.to_string()),
+        })
     }
 
     /// Cancels a message of `tenant` that has not gone out.

@@ -101,8 +101,7 @@ impl Scheduler {
                 }
             }
         });
-        let published: Vec<String> =
-            futures_util::future::join_all(publishes).await.into_iter().flatten().collect();
+        let published: Vec<String> = futures_util::future::join_all(publishes).await.into_iter().flatten().collect();
         let dispatched = self.store.mark_dispatched(claim.token, &published).await?;
         crate::metrics::metrics().message_service_processed.with_label_values(&["dispatched"]).inc_by(dispatched);
         tracing::debug!(claimed = claim.messages.len(), dispatched, "scheduler round");

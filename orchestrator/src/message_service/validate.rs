@@ -89,7 +89,8 @@ fn free_form(
                 None
             }
             Some(text) if text.chars().count() > MAX_TEXT_CHARS => {
-                errors.push(FieldError::new("content.text", format!("at most {MAX_TEXT_CHARS} characters once filled")));
+                errors
+                    .push(FieldError::new("content.text", format!("at most {MAX_TEXT_CHARS} characters once filled")));
                 None
             }
             Some(text) => Some(ResponseContent::text(text)),
@@ -112,10 +113,16 @@ fn free_form(
         if media_type == "audio" {
             errors.push(FieldError::new("content.text", "audio messages have no caption"));
         } else if caption.chars().count() > MAX_CAPTION_CHARS {
-            errors.push(FieldError::new("content.text", format!("a caption is at most {MAX_CAPTION_CHARS} characters")));
+            errors
+                .push(FieldError::new("content.text", format!("a caption is at most {MAX_CAPTION_CHARS} characters")));
         }
     }
-    Some(ResponseContent::Media { media_type: media_type.to_owned(), media_id: None, url: Some(url.to_owned()), caption })
+    Some(ResponseContent::Media {
+        media_type: media_type.to_owned(),
+        media_id: None,
+        url: Some(url.to_owned()),
+        caption,
+    })
 }
 
 /// The media kind a URL's extension names; `document` when it names none we know.
@@ -151,10 +158,9 @@ pub fn fill(text: &str, variables: &BTreeMap<String, Value>, errors: &mut Vec<Fi
                 match variables.get(name) {
                     Some(Value::String(value)) => out.push_str(value),
                     Some(value @ (Value::Number(_) | Value::Bool(_))) => out.push_str(&value.to_string()),
-                    Some(_) => errors.push(FieldError::new(
-                        format!("variables.{name}"),
-                        "must be a string, number or boolean",
-                    )),
+                    Some(_) => {
+                        errors.push(FieldError::new(format!("variables.{name}"), "must be a string, number or boolean"))
+                    }
                     None => errors.push(FieldError::new(
                         "content.text",
                         format!("unknown placeholder `{{{name}}}`: not in `variables`"),
@@ -239,7 +245,11 @@ mod tests {
     #[test]
     fn placeholders_are_filled_and_braces_escaped() {
         let mut errors = Vec::new();
-        let filled = fill("Hi {name}, {{literal}} order {n} {ok} { x } }", &vars(json!({"name": "Ana", "n": 42, "ok": true})), &mut errors);
+        let filled = fill(
+            "Hi {name}, {{literal}} order {n} {ok} { x } }",
+            &vars(json!({"name": "Ana", "n": 42, "ok": true})),
+            &mut errors,
+        );
         assert_eq!(filled.as_deref(), Some("Hi Ana, {literal} order 42 true { x } }"));
         assert!(errors.is_empty());
         let missing = fill("Hi {name} {nope}", &vars(json!({"name": "Ana"})), &mut errors);

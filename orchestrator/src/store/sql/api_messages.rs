@@ -59,10 +59,8 @@ fn placeholders(n: usize) -> String {
 async fn by_ids(db: &impl ConnectionTrait, ids: &[&str]) -> Result<HashMap<String, ApiMessage>, StoreError> {
     let mut found = HashMap::with_capacity(ids.len());
     for chunk in ids.chunks(INSERT_CHUNK) {
-        let sql = format!(
-            "SELECT {COLUMNS} FROM outbound_messages WHERE api_message_id IN ({})",
-            placeholders(chunk.len())
-        );
+        let sql =
+            format!("SELECT {COLUMNS} FROM outbound_messages WHERE api_message_id IN ({})", placeholders(chunk.len()));
         let values = chunk.iter().map(|id| Value::from(*id)).collect();
         for row in db.query_all_raw(stmt(db.get_database_backend(), &sql, values)).await? {
             let message = read(&row)?;

@@ -357,12 +357,7 @@ impl super::ApiMessages for SqlStore {
         api_messages::mark_published(&self.db, ids).await
     }
 
-    async fn claim_due(
-        &self,
-        now: DateTime<Utc>,
-        limit: u64,
-        lease: Duration,
-    ) -> Result<super::DueClaim, StoreError> {
+    async fn claim_due(&self, now: DateTime<Utc>, limit: u64, lease: Duration) -> Result<super::DueClaim, StoreError> {
         api_messages::claim_due(&self.db, now, limit, lease).await
     }
 
