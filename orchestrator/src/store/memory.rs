@@ -451,7 +451,7 @@ impl DeliveryStatuses for MemoryStore {
         if let Some(next) = OutboundStatus::parse(&status.status)
             && let Some(row) =
                 state.outbound.values_mut().find(|r| r.message.wamid.as_deref() == Some(&status.message_id))
-            && matches!(row.message.status, OutboundStatus::Queued | OutboundStatus::Sent | OutboundStatus::Delivered)
+            && row.message.status < OutboundStatus::Failed
             && row.message.status < next
             && next <= OutboundStatus::Failed
         {
