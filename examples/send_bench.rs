@@ -130,6 +130,8 @@ async fn client(
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let args = Arc::new(Args::parse());
+    // reqwest is built without a default TLS provider; these clients speak plain HTTP, but it insists.
+    let _ = rustls::crypto::ring::default_provider().install_default();
     let url = std::env::var("DATABASE_URL").unwrap_or_else(|_| {
         let file = std::env::temp_dir().join(format!("send-bench-{}.db", uuid::Uuid::new_v4().simple()));
         format!("sqlite://{}?mode=rwc", file.display())
