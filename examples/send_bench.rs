@@ -107,7 +107,9 @@ async fn client(
         let last = (first + per_request).min(args.messages);
         let (path, payload) = match args.mode {
             Mode::Single => ("/api/v1/messages", body(first)),
-            Mode::Batch => ("/api/v1/messages/batch", json!({ "messages": (first..last).map(body).collect::<Vec<_>>() })),
+            Mode::Batch => {
+                ("/api/v1/messages/batch", json!({ "messages": (first..last).map(body).collect::<Vec<_>>() }))
+            }
         };
         let started = Instant::now();
         let response = http

@@ -2,7 +2,8 @@
 //! grace period even with the broker gone, its log file carries no colour
 //! codes, and on a cluster without the design's topics it refuses to start
 //! naming them (`consumer topics check` lists them too), as a publish to a
-//! missing topic stops it instead of retrying forever.
+//! missing topic stops it instead of retrying forever. With a JWT key it
+//! serves the send API, and sends what it accepts, now or when scheduled.
 
 mod common;
 
@@ -137,4 +138,76 @@ async fn a_publish_to_a_missing_topic_is_a_clear_error_not_an_endless_retry() {
         .await
         .expect("reported to whoever runs the process");
     assert_eq!(missing.0, ["conversation.nowhere"]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_a_jwt_secret_the_consumer_serves_the_send_api_and_sends_now_and_when_scheduled() {
+    let kafka = EmbeddedKafka::start(2).unwrap();
+    let dir = temp_dir("send-api");
+    let log = dir.join("consumer.log");
+    let (mut command, http) = consumer(&dir, kafka.bootstrap_servers());
+    command.env("JWT_SECRET", "process-test-secret").env("SCHEDULER_INTERVAL_MS", "200").stdout(Stdio::null());
+    command.stderr(std::fs::File::create(&log).unwrap());
+    let mut child = tokio::process::Command::from(command).kill_on_drop(true).spawn().unwrap();
+    let client = common::http_client();
+    let started = Instant::now();
+    while !client.get(format!("http://{http}/health")).send().await.is_ok_and(|r| r.status() == 200) {
+        let log_text = std::fs::read_to_string(&log).unwrap_or_default();
+        assert!(started.elapsed() < Duration::from_secs(60), "consumer did not start:\n{log_text}");
+        assert!(child.try_wait().unwrap().is_none(), "consumer exited:\n{log_text}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let token = orchestrator::http::auth::mint_hs256(
+        b"process-test-secret",
+        "org_id",
+        Some("acme"),
+        "",
+        Duration::from_secs(600),
+    )
+    .unwrap();
+    let due = (chrono::Utc::now() + chrono::Duration::seconds(2)).to_rfc3339();
+    let mut ids = Vec::new();
+    for body in [
+        serde_json::json!({ "recipient_phone": "+15551234567", "content": { "text": "now" } }),
+        serde_json::json!({ "recipient_phone": "+15557654321", "content": { "text": "later" }, "scheduled_at": due }),
+    ] {
+        let response = client
+            .post(format!("http://{http}/api/v1/messages"))
+            .bearer_auth(&token)
+            .header("content-type", "application/json")
+            .body(body.to_string())
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status().as_u16(), 202);
+        let answer: serde_json::Value = response.json().await.unwrap();
+        ids.push(answer["id"].as_str().unwrap().to_owned());
+    }
+    // The dry-run sender "sends" both: the first at once, the second when due.
+    for id in &ids {
+        let started = Instant::now();
+        loop {
+            let shown: serde_json::Value = client
+                .get(format!("http://{http}/api/v1/messages/{id}"))
+                .bearer_auth(&token)
+                .send()
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap();
+            if shown["status"] == "sent" {
+                break;
+            }
+            let log_text = std::fs::read_to_string(&log).unwrap_or_default();
+            assert!(started.elapsed() < Duration::from_secs(30), "{id} not sent: {shown}\n{log_text}");
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+    let unauthorised = client.get(format!("http://{http}/api/v1/messages")).send().await.unwrap();
+    assert_eq!(unauthorised.status().as_u16(), 401);
+    let pid = child.id().unwrap().to_string();
+    assert!(Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
+    let _ = tokio::time::timeout(Duration::from_secs(40), child.wait()).await;
+    std::fs::remove_dir_all(dir).unwrap();
 }
