@@ -21,7 +21,9 @@ use orchestrator::http::auth::{JwtVerifier, mint_hs256};
 use orchestrator::http::{self, ApiState, HealthState};
 use orchestrator::message_service::{MessageService, MessageServiceSettings, Scheduler, SchedulerSettings};
 use orchestrator::publish::{Publish, PublishError};
-use orchestrator::store::{ApiMessages, DeliveryStatus, DeliveryStatuses};
+use orchestrator::store::{
+    ApiMessages, DeliveryStatus, DeliveryStatuses, OutboundMessages, OutboundReply, ReplyKey, ReplyLease, SendClaim,
+};
 use orchestrator::testing;
 use serde_json::{Value, json};
 
@@ -127,6 +129,24 @@ impl Api {
     async fn post(&self, org: &str, body: &Value) -> (u16, Value) {
         let (status, _, body) = self.call(reqwest::Method::POST, "/api/v1/messages", Some(org), Some(body), None).await;
         (status, body)
+    }
+
+    /// Claims a published message's row as the reply sender does before sending it.
+    async fn claim_as_sender(&self, reply: &ResponseReady) -> ReplyLease {
+        let outbound = OutboundReply {
+            key: ReplyKey {
+                tenant_id: reply.tenant().unwrap().into(),
+                original_message_id: reply.original_message_id.clone(),
+                reply_index: 0,
+            },
+            phone_number_id: None,
+            recipient_phone: reply.to_phone.clone(),
+            payload: serde_json::to_string(reply).unwrap(),
+        };
+        match self.store.claim_send(&outbound, Duration::from_secs(30)).await.unwrap() {
+            SendClaim::Acquired { lease, .. } => lease,
+            other => panic!("the API's row is not claimable: {other:?}"),
+        }
     }
 
     async fn get(&self, org: &str, path: &str) -> (u16, Value) {
@@ -461,23 +481,7 @@ async fn the_status_history_follows_the_sender_and_the_webhook() {
         let (_, sent) = api.post("acme", &text_to("+15551234567", "track me")).await;
         let id = sent["id"].as_str().unwrap();
         // The reply sender claims and sends it as it would any reply.
-        let reply = &api.recorder.replies()[0];
-        let outbound = orchestrator::store::OutboundReply {
-            key: orchestrator::store::ReplyKey {
-                tenant_id: "acme".into(),
-                original_message_id: reply.original_message_id.clone(),
-                reply_index: 0,
-            },
-            phone_number_id: None,
-            recipient_phone: reply.to_phone.clone(),
-            payload: serde_json::to_string(reply).unwrap(),
-        };
-        use orchestrator::store::OutboundMessages as _;
-        let orchestrator::store::SendClaim::Acquired { lease, .. } =
-            api.store.claim_send(&outbound, Duration::from_secs(30)).await.unwrap()
-        else {
-            panic!("{label}: the API's row is claimable")
-        };
+        let lease = api.claim_as_sender(&api.recorder.replies()[0]).await;
         // While it is being sent it cannot be cancelled.
         let path = format!("/api/v1/messages/{id}");
         let (status, _, too_late) = api.call(reqwest::Method::DELETE, &path, Some("acme"), None, None).await;
@@ -504,22 +508,7 @@ async fn the_status_history_follows_the_sender_and_the_webhook() {
         assert_eq!((shown["status"].as_str(), shown["wamid"].as_str()), (Some("read"), Some("wamid.T1")));
         // A failure reported by the webhook keeps WhatsApp's code and title.
         let (_, failing) = api.post("acme", &text_to("+15557654321", "will fail")).await;
-        let reply = api.recorder.replies()[1].clone();
-        let outbound = orchestrator::store::OutboundReply {
-            key: orchestrator::store::ReplyKey {
-                tenant_id: "acme".into(),
-                original_message_id: reply.original_message_id.clone(),
-                reply_index: 0,
-            },
-            phone_number_id: None,
-            recipient_phone: reply.to_phone.clone(),
-            payload: serde_json::to_string(&reply).unwrap(),
-        };
-        let orchestrator::store::SendClaim::Acquired { lease, .. } =
-            api.store.claim_send(&outbound, Duration::from_secs(30)).await.unwrap()
-        else {
-            panic!("claimable")
-        };
+        let lease = api.claim_as_sender(&api.recorder.replies()[1]).await;
         api.store.record_sent(&lease, Some("wamid.T2")).await.unwrap();
         api.store
             .record_status(&DeliveryStatus {
