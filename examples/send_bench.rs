@@ -17,7 +17,12 @@
 //!
 //! Prints accepted/s (the API's answers), delivered/s (the fake's
 //! receipts), request latency (one HTTP request: a message, or a batch) and
-//! acceptance-to-delivery latency percentiles.
+//! acceptance-to-delivery latency percentiles; with `--urgent-every`, the
+//! latter apart for `Urgent` and `Normal` messages:
+//!
+//! ```sh
+//! cargo run --release --example send_bench -- --messages 4000 --max-rate 200 --urgent-every 50
+//! ```
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -59,6 +64,19 @@ struct Args {
     /// Requests in flight at once.
     #[arg(long, default_value_t = 32)]
     concurrency: usize,
+    /// The sender's sends per second per business number (default: far above what the API accepts).
+    #[arg(long, default_value_t = 10_000.0)]
+    max_rate: f64,
+    /// Every Nth message is `Urgent` (0: none): with a `--max-rate` below the
+    /// offered load, shows how long an urgent message waits behind the rest.
+    #[arg(long, default_value_t = 0)]
+    urgent_every: usize,
+}
+
+impl Args {
+    fn urgent(&self, i: usize) -> bool {
+        self.urgent_every > 0 && i % self.urgent_every == self.urgent_every - 1
+    }
 }
 
 fn percentile(sorted: &[f64], p: f64) -> f64 {
@@ -83,9 +101,10 @@ fn recipient(i: usize) -> String {
     format!("+1555{i:07}")
 }
 
-fn body(i: usize) -> Value {
+fn body(args: &Args, i: usize) -> Value {
+    let priority = if args.urgent(i) { "Urgent" } else { "Normal" };
     json!({ "recipient_phone": recipient(i), "content": { "text": "Hi {name}, your code is {code}" },
-            "variables": { "name": "Ana", "code": i } })
+            "variables": { "name": "Ana", "code": i }, "priority": priority })
 }
 
 /// Sends requests `first..last` (messages, or batches of messages) and
@@ -106,9 +125,10 @@ async fn client(
         }
         let last = (first + per_request).min(args.messages);
         let (path, payload) = match args.mode {
-            Mode::Single => ("/api/v1/messages", body(first)),
+            Mode::Single => ("/api/v1/messages", body(&args, first)),
             Mode::Batch => {
-                ("/api/v1/messages/batch", json!({ "messages": (first..last).map(body).collect::<Vec<_>>() }))
+                let messages: Vec<Value> = (first..last).map(|i| body(&args, i)).collect();
+                ("/api/v1/messages/batch", json!({ "messages": messages }))
             }
         };
         let started = Instant::now();
@@ -155,7 +175,13 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let store = Arc::new(SqlStore::new(db.clone()));
     let whatsapp = Arc::new(CloudApiSender::new(cloud, BreakerConfig::default())?);
     let reply_settings = ReplySettings {
-        rate: RateSettings { max_rate: 10_000.0, burst: 10_000, ..RateSettings::default() },
+        rate: RateSettings {
+            max_rate: args.max_rate,
+            burst: (args.max_rate as u32).clamp(1, 10_000),
+            ..RateSettings::default()
+        },
+        // Replies wait in process for their slot up to this long, not in the retry topic.
+        max_rate_wait: Duration::from_secs(600),
         max_in_flight: 512,
         ..ReplySettings::default()
     };
@@ -217,10 +243,11 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let deliveries = fake.accepted();
     let last_delivery = deliveries.iter().map(|d| d.at).max().unwrap_or(started);
     let by_recipient: HashMap<String, usize> = (0..args.messages).map(|i| (recipient(i)[1..].to_owned(), i)).collect();
-    let mut delivery_latencies = Vec::with_capacity(args.messages);
+    let (mut delivery_latencies, mut urgent_latencies) = (Vec::with_capacity(args.messages), Vec::new());
     for delivery in &deliveries {
         let Some(&i) = by_recipient.get(delivery.to()) else { continue };
-        delivery_latencies.push(delivery.at.saturating_duration_since(accepted_at[&i]).as_secs_f64() * 1000.0);
+        let latency = delivery.at.saturating_duration_since(accepted_at[&i]).as_secs_f64() * 1000.0;
+        if args.urgent(i) { urgent_latencies.push(latency) } else { delivery_latencies.push(latency) }
     }
     assert_eq!(deliveries.len(), args.messages + 1, "each message delivered once");
     let deliver_time = last_delivery.duration_since(started);
@@ -236,7 +263,12 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         deliver_time.as_secs_f64()
     );
     summary("request latency", request_latencies);
-    summary("accepted-to-delivered", delivery_latencies);
+    if urgent_latencies.is_empty() {
+        summary("accepted-to-delivered", delivery_latencies);
+    } else {
+        summary("accepted-to-delivered Normal", delivery_latencies);
+        summary("accepted-to-delivered Urgent", urgent_latencies);
+    }
     let _ = stop.send(true);
     sender_task.await??;
     Ok(())
