@@ -252,6 +252,40 @@ async fn replies_go_out_concurrently_once_each_and_in_order_per_recipient() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn urgent_replies_overtake_a_saturated_backlog_but_not_their_recipients_earlier_reply() {
+    let fake = FakeCloudApi::start(FakeSettings::default()).await.unwrap();
+    // 20 sends a second: a backlog of 60 normal replies takes three seconds.
+    let settings = ReplySettings {
+        rate: RateSettings { max_rate: 20.0, ..RateSettings::default() },
+        max_rate_wait: Duration::from_secs(60),
+        ..quick_settings()
+    };
+    let stage = Stage::start(Arc::new(sender(fake.url(), 5, Duration::from_secs(60))), settings).await;
+    let backlog: Vec<String> = (0..60).map(|p| format!("+1555100{p:04}")).collect();
+    for phone in &backlog {
+        stage.publish(numbered(phone, 0)).await;
+    }
+    // A recipient with a normal reply already waiting, then an urgent one for it and for another.
+    stage.publish(numbered("+15552000000", 0)).await;
+    wait_until("the backlog to start", Duration::from_secs(30), || fake.accepted().len() >= 3).await;
+    let urgent = |phone: &str| {
+        let mut reply = numbered(phone, 1);
+        reply.priority = Priority::Urgent;
+        reply
+    };
+    stage.publish(urgent("+15552000000")).await;
+    stage.publish(urgent("+15553000000")).await;
+    wait_until("every reply sent", Duration::from_secs(60), || fake.accepted().len() >= 63).await;
+    let order: Vec<String> = fake.accepted().iter().map(|a| a.text().to_owned()).collect();
+    let position = |text: &str| order.iter().position(|t| t == text).unwrap_or_else(|| panic!("{text} not sent"));
+    let overtaken = order.len() - position("+15553000000 #1") - 1;
+    assert!(overtaken >= 40, "the urgent reply overtook only {overtaken} of ~60 waiting: {order:?}");
+    // Per recipient, order holds: its earlier normal reply still goes first.
+    assert!(position("+15552000000 #0") < position("+15552000000 #1"), "{order:?}");
+    stage.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failed_send_is_retried_through_the_retry_topic_and_the_recipients_next_reply_waits_for_it() {
     let fake = FakeCloudApi::start(FakeSettings::default()).await.unwrap();
     let stage = Stage::start(Arc::new(sender(fake.url(), 5, Duration::from_secs(60))), quick_settings()).await;

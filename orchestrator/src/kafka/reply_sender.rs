@@ -5,7 +5,8 @@
 //! Per reply: it is parked behind an earlier reply to the same recipient
 //! that waits in retry (so a recipient's replies go out in order), claimed
 //! in `outbound_messages` (a reply already sent is not sent again), given a
-//! slot by the [`SendLimits`], and sent. Then:
+//! slot by the [`SendLimits`] (an `Urgent` one before the `Normal` and
+//! `Low` ones waiting), and sent. Then:
 //!
 //! - sent: the `wamid` is recorded;
 //! - the breaker is open, the rate slot is far off, or another worker holds
@@ -354,12 +355,11 @@ impl ReplyWorker {
             return Settled::Waiting;
         }
         let number = reply.business_number().unwrap_or("default");
-        match self.limits.reserve(number, &reply.to_phone, self.settings.max_rate_wait) {
-            Slot::Wait(wait) => tokio::time::sleep(wait).await,
-            Slot::TooLong(wait) => {
-                self.defer(delivery, &key, reply, wait, Some((&lease, "waiting for a send-rate slot"))).await;
-                return Settled::Waiting;
-            }
+        // Urgent replies take the number's next slot ahead of the others waiting.
+        let slot = self.limits.acquire(number, &reply.to_phone, reply.priority, self.settings.max_rate_wait).await;
+        if let Slot::TooLong(wait) = slot {
+            self.defer(delivery, &key, reply, wait, Some((&lease, "waiting for a send-rate slot"))).await;
+            return Settled::Waiting;
         }
         let metrics = crate::metrics::metrics();
         metrics.replies_in_flight.inc();
