@@ -21,7 +21,7 @@
 //! latter apart for `Urgent` and `Normal` messages:
 //!
 //! ```sh
-//! cargo run --release --example send_bench -- --messages 4000 --max-rate 200 --urgent-every 50
+//! cargo run --release --example send_bench -- --messages 4000 --max-rate 200 --urgent-every 50 --sender-in-flight 8192
 //! ```
 
 use std::collections::HashMap;
@@ -67,6 +67,10 @@ struct Args {
     /// The sender's sends per second per business number (default: far above what the API accepts).
     #[arg(long, default_value_t = 10_000.0)]
     max_rate: f64,
+    /// Replies the sender holds at once (`REPLY_MAX_IN_FLIGHT`): those beyond it wait in Kafka,
+    /// where an urgent one cannot overtake them.
+    #[arg(long, default_value_t = 512)]
+    sender_in_flight: usize,
     /// Every Nth message is `Urgent` (0: none): with a `--max-rate` below the
     /// offered load, shows how long an urgent message waits behind the rest.
     #[arg(long, default_value_t = 0)]
@@ -182,7 +186,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         },
         // Replies wait in process for their slot up to this long, not in the retry topic.
         max_rate_wait: Duration::from_secs(600),
-        max_in_flight: 512,
+        max_in_flight: args.sender_in_flight,
         ..ReplySettings::default()
     };
     let sender = ResponseSender::new(&config, whatsapp, store.clone(), reply_settings)?;
