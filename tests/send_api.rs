@@ -658,7 +658,9 @@ async fn per_second_and_daily_limits_answer_429_with_retry_after_per_organisatio
         assert_eq!(post("acme").await.0, 202, "{label}: the third still fits");
         tokio::time::sleep(Duration::from_millis(1100)).await;
         assert_eq!(post("acme").await.0, 429, "{label}: the fourth does not");
-        assert_eq!(common::count(&api._db.db, "api_usage", "tenant_id = 'acme' AND messages = 3").await, 1);
+        // The day's count is the sum of the organisation's counter rows.
+        let three = "tenant_id = 'acme' AND (SELECT SUM(messages) FROM api_usage WHERE tenant_id = 'acme') = 3";
+        assert!(common::count(&api._db.db, "api_usage", three).await >= 1, "{label}: 3 counted");
     }
 }
 

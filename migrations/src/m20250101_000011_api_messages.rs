@@ -60,8 +60,10 @@ impl MigrationTrait for Migration {
                     .col(string("tenant_id"))
                     // UTC day, `YYYY-MM-DD`.
                     .col(string("day"))
+                    // One of a few rows per organisation and day, so concurrent requests do not queue on one.
+                    .col(integer("shard"))
                     .col(big_integer("messages"))
-                    .primary_key(Index::create().col("tenant_id").col("day"))
+                    .primary_key(Index::create().col("tenant_id").col("day").col("shard"))
                     .to_owned(),
             )
             .await

@@ -171,7 +171,11 @@ pub enum Cancellation {
 #[async_trait]
 pub trait ApiMessages: Send + Sync {
     /// Stores the messages not stored before (by id), in one transaction
-    /// that also counts the new ones against `tenant`'s `daily_limit`.
+    /// that also counts the new ones against `tenant`'s `daily_limit`. The
+    /// count is spread over a few rows so concurrent requests do not queue
+    /// on one; requests committing at the same instant see each other's
+    /// counts only once committed, so together they may pass the limit by
+    /// what they carry.
     async fn insert_api_messages(
         &self,
         tenant: &str,

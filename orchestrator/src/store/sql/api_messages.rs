@@ -15,6 +15,9 @@ use crate::store::api_messages::{
 use crate::store::outbound::OutboundStatus;
 use crate::store::{StoreError, to_chrono};
 
+/// Counter rows per organisation and day: concurrent requests update different rows.
+const USAGE_SHARDS: u64 = 16;
+
 /// Rows per insert (13 parameters each).
 const INSERT_CHUNK: usize = 500;
 
@@ -116,16 +119,22 @@ pub(super) async fn insert(
     if !created.is_empty() {
         // Counted in the transaction that stores them: a refusal rolls both back.
         let day = now.format("%Y-%m-%d").to_string();
+        let shard = (uuid::Uuid::new_v4().as_u64_pair().0 % USAGE_SHARDS) as i32;
+        txn.execute_raw(stmt(
+            backend,
+            "INSERT INTO api_usage (tenant_id, day, shard, messages) VALUES (?, ?, ?, ?)
+             ON CONFLICT (tenant_id, day, shard) DO UPDATE SET messages = api_usage.messages + excluded.messages",
+            vec![tenant.into(), day.as_str().into(), shard.into(), (created.len() as i64).into()],
+        ))
+        .await?;
         let row = txn
             .query_one_raw(stmt(
                 backend,
-                "INSERT INTO api_usage (tenant_id, day, messages) VALUES (?, ?, ?)
-                 ON CONFLICT (tenant_id, day) DO UPDATE SET messages = api_usage.messages + excluded.messages
-                 RETURNING messages",
-                vec![tenant.into(), day.into(), (created.len() as i64).into()],
+                "SELECT CAST(COALESCE(SUM(messages), 0) AS BIGINT) AS messages FROM api_usage WHERE tenant_id = ? AND day = ?",
+                vec![tenant.into(), day.into()],
             ))
             .await?
-            .ok_or_else(|| corrupt("api_usage", "upsert returned no row".into()))?;
+            .ok_or_else(|| corrupt("api_usage", "SUM returned no row".into()))?;
         let total = row.try_get::<i64>("", "messages")?.max(0) as u64;
         if let Some(limit) = daily_limit.filter(|limit| total > *limit) {
             txn.rollback().await?;
