@@ -26,14 +26,12 @@ const COLUMNS: &str = "id, api_message_id, tenant_id, recipient_phone, phone_num
     delivered_at, read_at, failed_at, cancelled_at";
 
 fn read(row: &QueryResult) -> Result<ApiMessage, StoreError> {
-    let status: String = row.try_get("", "status")?;
     Ok(ApiMessage {
         id: row.try_get("", "api_message_id")?,
         tenant_id: row.try_get("", "tenant_id")?,
         recipient_phone: row.try_get("", "recipient_phone")?,
         phone_number_id: row.try_get("", "phone_number_id")?,
-        status: OutboundStatus::parse(&status)
-            .ok_or_else(|| corrupt("outbound_messages", format!("unknown status `{status}`")))?,
+        status: super::outbound::status_of(row)?,
         attempt_count: row.try_get::<i32>("", "attempt_count")?.max(0) as u32,
         wamid: row.try_get("", "wamid")?,
         error_code: row.try_get("", "error_code")?,

@@ -361,6 +361,12 @@ pub(super) async fn apply_status(
     Ok(())
 }
 
+/// The row's `status` column, which this version must know.
+pub(super) fn status_of(row: &QueryResult) -> Result<OutboundStatus, StoreError> {
+    let status: String = row.try_get("", "status")?;
+    OutboundStatus::parse(&status).ok_or_else(|| corrupt("outbound_messages", format!("unknown status `{status}`")))
+}
+
 pub(super) async fn get(db: &impl ConnectionTrait, key: &ReplyKey) -> Result<Option<OutboundMessage>, StoreError> {
     let row = db
         .query_one_raw(stmt(
@@ -376,14 +382,12 @@ pub(super) async fn get(db: &impl ConnectionTrait, key: &ReplyKey) -> Result<Opt
         ))
         .await?;
     row.map(|row| {
-        let status: String = row.try_get("", "status")?;
         Ok(OutboundMessage {
             id: row.try_get("", "id")?,
             key: row_key(&row)?,
             phone_number_id: row.try_get("", "phone_number_id")?,
             recipient_phone: row.try_get("", "recipient_phone")?,
-            status: OutboundStatus::parse(&status)
-                .ok_or_else(|| corrupt("outbound_messages", format!("unknown status `{status}`")))?,
+            status: status_of(&row)?,
             attempt_count: row.try_get::<i32>("", "attempt_count")?.max(0) as u32,
             wamid: row.try_get("", "wamid")?,
             error_code: row.try_get("", "error_code")?,
