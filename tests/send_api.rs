@@ -775,7 +775,10 @@ async fn a_scheduler_that_dies_holding_messages_leaves_them_to_the_next_after_it
         assert_eq!(api.recorder.ids(), [scheduled["id"].as_str().unwrap()]);
         // The dead one's token no longer marks anything.
         assert_eq!(
-            api.store.mark_dispatched(claim.token, &[scheduled["id"].as_str().unwrap().to_owned()]).await.unwrap(),
+            api.store
+                .mark_dispatched(Some(claim.token), &[scheduled["id"].as_str().unwrap().to_owned()])
+                .await
+                .unwrap(),
             0
         );
     }

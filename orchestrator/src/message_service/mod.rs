@@ -259,7 +259,7 @@ impl MessageService {
                     let status = if new.scheduled_at.is_some() { "scheduled" } else { "queued" };
                     metrics.message_service_processed.with_label_values(&[status]).inc();
                     if new.scheduled_at.is_none() {
-                        to_publish.push(prepared.reply);
+                        to_publish.push((new.id.clone(), prepared.reply));
                     }
                     Ok(first_answer(&new.id, new.scheduled_at))
                 }
@@ -274,7 +274,7 @@ impl MessageService {
                         && found.dispatched_at.is_none()
                         && found.scheduled_at.is_none()
                     {
-                        to_publish.push(prepared.reply);
+                        to_publish.push((new.id.clone(), prepared.reply));
                     }
                     Ok(first_answer(&found.id, found.scheduled_at))
                 }
@@ -287,23 +287,12 @@ impl MessageService {
 
     /// Publishes replies and marks those acknowledged; the rest wait for the
     /// scheduler (their `dispatch_due_at`), so none is lost.
-    async fn publish_now(&self, replies: Vec<ResponseReady>) {
+    async fn publish_now(&self, replies: Vec<(String, ResponseReady)>) {
         if replies.is_empty() {
             return;
         }
-        let sends = replies.into_iter().map(|reply| async move {
-            let id = reply.original_message_id.trim_start_matches("api:").to_owned();
-            let envelope = Envelope::new(EventData::ResponseReady(reply), crate::pipeline::PROCESSED_BY);
-            self.publisher.publish_event(&envelope).await.map(|()| id)
-        });
-        let mut published = Vec::new();
-        for result in futures_util::future::join_all(sends).await {
-            match result {
-                Ok(id) => published.push(id),
-                Err(error) => tracing::warn!(%error, "message stored, not published: the scheduler publishes it"),
-            }
-        }
-        if let Err(error) = self.store.mark_published(&published).await {
+        let published = publish_replies(self.publisher.as_ref(), replies).await;
+        if let Err(error) = self.store.mark_dispatched(None, &published).await {
             // Unmarked ones are published again by the scheduler; the sender's claim sends each once.
             tracing::warn!(%error, "published messages not marked");
         }
@@ -356,6 +345,23 @@ impl MessageService {
             Some(message) => Ok(message),
         }
     }
+}
+
+/// Publishes each `(id, reply)` to `conversation.responses`, all at once;
+/// answers the ids Kafka acknowledged. A failure is logged: the message's
+/// row stays due, and the scheduler publishes it later.
+async fn publish_replies(publisher: &dyn Publish, replies: Vec<(String, ResponseReady)>) -> Vec<String> {
+    let sends = replies.into_iter().map(|(id, reply)| async move {
+        let envelope = Envelope::new(EventData::ResponseReady(reply), crate::pipeline::PROCESSED_BY);
+        match publisher.publish_event(&envelope).await {
+            Ok(()) => Some(id),
+            Err(error) => {
+                tracing::warn!(%error, %id, "message not published: the scheduler publishes it when due");
+                None
+            }
+        }
+    });
+    futures_util::future::join_all(sends).await.into_iter().flatten().collect()
 }
 
 /// The id of a message: derived from the idempotency key (and batch

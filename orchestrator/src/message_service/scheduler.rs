@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use chrono::Utc;
 
-use crate::event::{Envelope, EventData, ResponseReady};
+use crate::event::ResponseReady;
 use crate::publish::Publish;
 use crate::store::{ApiMessages, StoreError};
 
@@ -83,26 +83,18 @@ impl Scheduler {
         if claim.messages.is_empty() {
             return Ok(Round::default());
         }
-        let publishes = claim.messages.iter().map(|due| async move {
-            let reply: ResponseReady = match serde_json::from_str(&due.payload) {
-                Ok(reply) => reply,
+        let mut replies = Vec::with_capacity(claim.messages.len());
+        for due in &claim.messages {
+            match serde_json::from_str::<ResponseReady>(&due.payload) {
+                Ok(reply) => replies.push((due.id.clone(), reply)),
+                // Written by this service; unreadable means a corrupt row, kept for an operator.
                 Err(error) => {
-                    // Written by this service; unreadable means a corrupt row, kept for an operator.
-                    tracing::error!(%error, id = %due.id, "scheduled message unreadable: left in outbound_messages");
-                    return None;
-                }
-            };
-            let envelope = Envelope::new(EventData::ResponseReady(reply), crate::pipeline::PROCESSED_BY);
-            match self.publisher.publish_event(&envelope).await {
-                Ok(()) => Some(due.id.clone()),
-                Err(error) => {
-                    tracing::warn!(%error, id = %due.id, "scheduled message not published; claimed again later");
-                    None
+                    tracing::error!(%error, id = %due.id, "scheduled message unreadable: left in outbound_messages")
                 }
             }
-        });
-        let published: Vec<String> = futures_util::future::join_all(publishes).await.into_iter().flatten().collect();
-        let dispatched = self.store.mark_dispatched(claim.token, &published).await?;
+        }
+        let published = super::publish_replies(self.publisher.as_ref(), replies).await;
+        let dispatched = self.store.mark_dispatched(Some(claim.token), &published).await?;
         crate::metrics::metrics().message_service_processed.with_label_values(&["dispatched"]).inc_by(dispatched);
         tracing::debug!(claimed = claim.messages.len(), dispatched, "scheduler round");
         Ok(Round { claimed: claim.messages.len(), dispatched: dispatched as usize })

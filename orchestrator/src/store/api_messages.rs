@@ -112,8 +112,6 @@ pub enum Inserted {
 pub struct DueMessage {
     /// The public id.
     pub id: String,
-    /// The recipient (the record's key).
-    pub recipient_phone: String,
     /// The `ResponseReady` as JSON.
     pub payload: String,
 }
@@ -183,15 +181,15 @@ pub trait ApiMessages: Send + Sync {
         daily_limit: Option<u64>,
     ) -> Result<Inserted, StoreError>;
 
-    /// Marks messages the API published itself: the scheduler leaves them.
-    async fn mark_published(&self, ids: &[String]) -> Result<(), StoreError>;
-
     /// Claims up to `limit` messages due at `now` and not published, for `lease`;
     /// a scheduled one becomes `queued`.
     async fn claim_due(&self, now: DateTime<Utc>, limit: u64, lease: Duration) -> Result<DueClaim, StoreError>;
 
-    /// Marks claimed messages published, if the claim `token` still holds them.
-    async fn mark_dispatched(&self, token: i64, ids: &[String]) -> Result<u64, StoreError>;
+    /// Marks messages published to `conversation.responses`, so the
+    /// scheduler leaves them: with `claim`, those the scheduler's claim
+    /// token still holds; without, those the API published itself and no
+    /// scheduler holds. Answers how many were marked.
+    async fn mark_dispatched(&self, claim: Option<i64>, ids: &[String]) -> Result<u64, StoreError>;
 
     /// One message, whatever its organisation (the caller checks it).
     async fn api_message(&self, id: &str) -> Result<Option<ApiMessage>, StoreError>;

@@ -154,21 +154,6 @@ pub(super) async fn insert(
     answers.collect::<Result<Vec<_>, _>>().map(Inserted::Stored)
 }
 
-pub(super) async fn mark_published(db: &DatabaseConnection, ids: &[String]) -> Result<(), StoreError> {
-    let now = Utc::now();
-    for chunk in ids.chunks(INSERT_CHUNK) {
-        let sql = format!(
-            "UPDATE outbound_messages SET dispatched_at = ?, dispatch_due_at = NULL
-             WHERE api_message_id IN ({}) AND dispatch_due_at IS NOT NULL AND dispatch_token IS NULL",
-            placeholders(chunk.len())
-        );
-        let mut values: Vec<Value> = vec![now.into()];
-        values.extend(chunk.iter().map(|id| Value::from(id.as_str())));
-        db.execute_raw(stmt(db.get_database_backend(), &sql, values)).await?;
-    }
-    Ok(())
-}
-
 pub(super) async fn claim_due(
     db: &DatabaseConnection,
     now: DateTime<Utc>,
@@ -188,7 +173,7 @@ pub(super) async fn claim_due(
            WHERE dispatch_due_at <= ? AND status IN ('scheduled', 'queued')
              AND (dispatch_lease_until IS NULL OR dispatch_lease_until < ?)
            ORDER BY dispatch_due_at LIMIT ? {skip_locked})
-         RETURNING api_message_id, recipient_phone, payload, dispatch_due_at"
+         RETURNING api_message_id, payload, dispatch_due_at"
     );
     let values =
         vec![(now + to_chrono(lease)).into(), token.into(), now.into(), now.into(), now.into(), (limit as i64).into()];
@@ -196,28 +181,31 @@ pub(super) async fn claim_due(
     for row in db.query_all_raw(stmt(backend, &sql, values)).await? {
         due.push((
             row.try_get("", "dispatch_due_at")?,
-            DueMessage {
-                id: row.try_get("", "api_message_id")?,
-                recipient_phone: row.try_get("", "recipient_phone")?,
-                payload: row.try_get("", "payload")?,
-            },
+            DueMessage { id: row.try_get("", "api_message_id")?, payload: row.try_get("", "payload")? },
         ));
     }
     due.sort_by_key(|(at, _)| *at);
     Ok(DueClaim { token, messages: due.into_iter().map(|(_, m)| m).collect() })
 }
 
-pub(super) async fn mark_dispatched(db: &DatabaseConnection, token: i64, ids: &[String]) -> Result<u64, StoreError> {
+pub(super) async fn mark_dispatched(
+    db: &DatabaseConnection,
+    claim: Option<i64>,
+    ids: &[String],
+) -> Result<u64, StoreError> {
     let now = Utc::now();
+    // A scheduler's claim fences its own rows; the API's own publish may mark only rows no scheduler holds.
+    let held = if claim.is_some() { "dispatch_token = ?" } else { "dispatch_token IS NULL" };
     let mut marked = 0;
     for chunk in ids.chunks(INSERT_CHUNK) {
         let sql = format!(
             "UPDATE outbound_messages
              SET dispatched_at = ?, dispatch_due_at = NULL, dispatch_lease_until = NULL, dispatch_token = NULL
-             WHERE dispatch_token = ? AND api_message_id IN ({})",
+             WHERE dispatch_due_at IS NOT NULL AND {held} AND api_message_id IN ({})",
             placeholders(chunk.len())
         );
-        let mut values: Vec<Value> = vec![now.into(), token.into()];
+        let mut values: Vec<Value> = vec![now.into()];
+        values.extend(claim.map(Value::from));
         values.extend(chunk.iter().map(|id| Value::from(id.as_str())));
         marked += db.execute_raw(stmt(db.get_database_backend(), &sql, values)).await?.rows_affected();
     }

@@ -353,16 +353,12 @@ impl super::ApiMessages for SqlStore {
         api_messages::insert(&self.db, tenant, messages, daily_limit).await
     }
 
-    async fn mark_published(&self, ids: &[String]) -> Result<(), StoreError> {
-        api_messages::mark_published(&self.db, ids).await
-    }
-
     async fn claim_due(&self, now: DateTime<Utc>, limit: u64, lease: Duration) -> Result<super::DueClaim, StoreError> {
         api_messages::claim_due(&self.db, now, limit, lease).await
     }
 
-    async fn mark_dispatched(&self, token: i64, ids: &[String]) -> Result<u64, StoreError> {
-        api_messages::mark_dispatched(&self.db, token, ids).await
+    async fn mark_dispatched(&self, claim: Option<i64>, ids: &[String]) -> Result<u64, StoreError> {
+        api_messages::mark_dispatched(&self.db, claim, ids).await
     }
 
     async fn api_message(&self, id: &str) -> Result<Option<super::ApiMessage>, StoreError> {
