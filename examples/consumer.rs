@@ -20,10 +20,11 @@ use chrono::{DateTime, Utc};
 use clap::{Args, CommandFactory, FromArgMatches, Parser, Subcommand};
 use orchestrator::dlq::{BulkReplay, DlqService};
 use orchestrator::event::{Envelope, EventData, MessageContent, MessageReceived, MessageType};
-use orchestrator::http::{self, AdminState, ApiState, HealthState, WebhookState};
+use orchestrator::http::auth::Credentials;
+use orchestrator::http::{self, AdminState, ApiState, HealthState, InboxState, WebhookState};
 use orchestrator::kafka::topics::{self as kafka_topics, TopicCreation};
 use orchestrator::kafka::{
-    ConsumerRuntime, EmbeddedKafka, KafkaConfig, Publisher, ResponseSender, RuntimeSettings, WebhookIngest,
+    ConsumerRuntime, EmbeddedKafka, InboxFeed, KafkaConfig, Publisher, ResponseSender, RuntimeSettings, WebhookIngest,
 };
 use orchestrator::message_service::{MessageService, Scheduler};
 use orchestrator::outbound::{CloudApiSender, DryRunSender, WhatsAppSender};
@@ -541,16 +542,26 @@ async fn run(settings: &Settings, demo: bool) -> Result<(), Box<dyn std::error::
         }
         None => tracing::info!("no JWT key set (JWT_SECRET or JWT_PUBLIC_KEY_FILE): the /api/v1 send API is off"),
     }
-    match (settings.server.admin_token(), jwt) {
-        (None, None) => tracing::info!("neither ADMIN_TOKEN nor a JWT key set: the /admin/dlq routes are off"),
-        (token, jwt) => {
-            let dlq = DlqService::new(store.clone()).with_publisher(publisher.clone());
-            app = app.merge(http::admin::routes(AdminState { dlq, token, jwt }));
-        }
+    let credentials = Credentials { admin_token: settings.server.admin_token(), jwt };
+    let mut routes = vec!["/webhook", "/health", "/metrics"];
+    if credentials.jwt.is_some() {
+        routes.push("/api/v1/messages");
+    }
+    if credentials.any() {
+        let dlq = DlqService::new(store.clone()).with_publisher(publisher.clone());
+        let (token, jwt) = (credentials.admin_token.clone(), credentials.jwt.clone());
+        app = app.merge(http::admin::routes(AdminState { dlq, token, jwt }));
+        // The live inbox and the console, for organisations' JWTs and operators.
+        let feed = InboxFeed::new(&kafka, settings.server.stream_max_connections as usize);
+        let inbox = InboxState { credentials: credentials.clone(), conversations: raw_store.clone(), feed: Some(feed) };
+        app = app.merge(http::inbox::routes(inbox)).merge(http::console::routes(credentials));
+        routes.extend(["/admin/dlq", "/api/v1/stream", "/api/v1/conversations", "/console"]);
+    } else {
+        tracing::info!("neither ADMIN_TOKEN nor a JWT key set: /admin, the live inbox and /console are off");
     }
     let addr = settings.server.http_addr;
     let listener = tokio::net::TcpListener::bind(addr).await?;
-    tracing::info!(%addr, "HTTP server listening (webhook, /health, /metrics, /admin/dlq, /api/v1)");
+    tracing::info!(%addr, routes = %routes.join(" "), "HTTP server listening");
     let http_task = tokio::spawn(http::serve(listener, app, wait(stopped.clone())));
 
     if demo {

@@ -7,8 +7,10 @@
 //! (`key_blocks`, `parked_messages`), the messages waiting for the AI service
 //! (`ai_pending`) and the delivery statuses of sent messages
 //! (`delivery_statuses`), each lead's stage (`leads`), every reply and API message sent
-//! (`outbound_messages`) and each organisation's daily API usage (`api_usage`). Both SQLite and PostgreSQL are supported; the
-//! orchestrator applies pending migrations at start-up.
+//! (`outbound_messages`), each organisation's daily API usage (`api_usage`)
+//! and the inbox's history (`conversations`, `conversation_messages`). Both
+//! SQLite and PostgreSQL are supported; the orchestrator applies pending
+//! migrations at start-up.
 //!
 //! ```no_run
 //! use migrations::{Migrator, MigratorTrait};
@@ -31,6 +33,7 @@ mod m20250101_000008_leads;
 mod m20250101_000009_dlq_trace_context;
 mod m20250101_000010_outbound_messages;
 mod m20250101_000011_api_messages;
+mod m20250101_000012_conversations;
 
 /// Every migration of the project, in order.
 pub struct Migrator;
@@ -50,6 +53,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20250101_000009_dlq_trace_context::Migration),
             Box::new(m20250101_000010_outbound_messages::Migration),
             Box::new(m20250101_000011_api_messages::Migration),
+            Box::new(m20250101_000012_conversations::Migration),
         ]
     }
 }
@@ -71,4 +75,6 @@ pub const TABLES: &[&str] = &[
     "leads",
     "outbound_messages",
     "api_usage",
+    "conversations",
+    "conversation_messages",
 ];

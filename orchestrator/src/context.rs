@@ -41,6 +41,15 @@ impl Inbound {
         }
     }
 
+    /// What an inbox shows of it: its text, else its kind (`[image]`, `[contact]`).
+    pub fn preview(&self) -> String {
+        match (self.text(), self) {
+            (Some(text), _) => text.to_owned(),
+            (None, Inbound::Message(m)) => format!("[{}]", format!("{:?}", m.message_type).to_lowercase()),
+            (None, Inbound::Interaction(_)) => "[interaction]".to_owned(),
+        }
+    }
+
     /// When WhatsApp received it.
     pub fn received_at(&self) -> DateTime<Utc> {
         match self {

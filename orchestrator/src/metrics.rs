@@ -73,6 +73,10 @@ pub struct Metrics {
     pub message_service_duration: HistogramVec,
     /// `message_service_active_batches`: batch requests being processed now.
     pub message_service_active_batches: IntGauge,
+    /// `inbox_events_total{result}`: `MessageProcessed` events for live inboxes (`published`, `failed`).
+    pub inbox_events: IntCounterVec,
+    /// `inbox_streams_open`: `/api/v1/stream` connections open now.
+    pub inbox_streams: IntGauge,
 }
 
 fn counter(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
@@ -123,6 +127,9 @@ impl Metrics {
             IntGauge::new("message_service_active_batches", "Send API batch requests being processed now.")
                 .expect("valid metric definition");
         registry.register(Box::new(message_service_active_batches.clone())).expect("metric registered once");
+        let inbox_streams =
+            IntGauge::new("inbox_streams_open", "Live inbox streams open now.").expect("valid metric definition");
+        registry.register(Box::new(inbox_streams.clone())).expect("metric registered once");
         let r = &registry;
         Self {
             messages_received: counter(
@@ -220,6 +227,13 @@ impl Metrics {
                 vec![0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0],
             ),
             message_service_active_batches,
+            inbox_events: counter(
+                r,
+                "inbox_events_total",
+                "MessageProcessed events for live inboxes, by result (published, failed).",
+                &["result"],
+            ),
+            inbox_streams,
             registry,
         }
     }

@@ -46,6 +46,12 @@ pub trait Publish: Send + Sync {
         headers: &[(&str, &[u8])],
     ) -> Result<(), PublishError>;
 
+    /// Queues a notification for live inboxes (`MessageProcessed`) without
+    /// waiting for it; a transport that feeds no inbox ignores it.
+    fn announce(&self, envelope: &Envelope) {
+        let _ = envelope;
+    }
+
     /// Publishes an event to its type's topic, keyed by its phone number.
     async fn publish_event(&self, envelope: &Envelope) -> Result<(), PublishError> {
         let topic = envelope.event_type().topic();

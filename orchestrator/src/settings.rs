@@ -505,6 +505,9 @@ pub struct ServerSettings {
     /// How often the scheduler looks for due messages (ms).
     #[arg(long, env = "SCHEDULER_INTERVAL_MS", default_value_t = 1000, value_parser = clap::value_parser!(u64).range(1..))]
     pub scheduler_interval_ms: u64,
+    /// Live inbox streams (`/api/v1/stream`) this process serves at once; each reads Kafka itself.
+    #[arg(long, env = "STREAM_MAX_CONNECTIONS", default_value_t = 256, value_parser = clap::value_parser!(u64).range(1..=100_000))]
+    pub stream_max_connections: u64,
     /// Read edge-function webhook requests from `whatsapp.webhook.inbound`.
     #[arg(long, env = "WEBHOOK_INBOUND_ENABLED", default_value_t = true, action = ArgAction::Set,
           value_parser = BoolishValueParser::new())]

@@ -10,7 +10,8 @@ use serde_json::value::RawValue;
 use uuid::Uuid;
 
 use super::{
-    AiProcessRequest, AiProcessResult, InteractionReceived, MessageFailed, MessageReceived, ResponseReady, topics,
+    AiProcessRequest, AiProcessResult, InteractionReceived, MessageFailed, MessageProcessed, MessageReceived,
+    ResponseReady, topics,
 };
 
 /// Largest envelope [`Envelope::decode`] accepts; bigger payloads are rejected
@@ -35,17 +36,20 @@ pub enum EventType {
     AiProcessRequest,
     /// The AI service's answer.
     AiProcessResult,
+    /// What became of a message (for live inboxes, `conversation.processed`).
+    MessageProcessed,
 }
 
 impl EventType {
     /// Every event type, in wire order.
-    pub const ALL: [EventType; 6] = [
+    pub const ALL: [EventType; 7] = [
         EventType::MessageReceived,
         EventType::InteractionReceived,
         EventType::ResponseReady,
         EventType::MessageFailed,
         EventType::AiProcessRequest,
         EventType::AiProcessResult,
+        EventType::MessageProcessed,
     ];
 
     /// The name on the wire.
@@ -57,6 +61,7 @@ impl EventType {
             EventType::MessageFailed => "MessageFailed",
             EventType::AiProcessRequest => "AiProcessRequest",
             EventType::AiProcessResult => "AiProcessResult",
+            EventType::MessageProcessed => "MessageProcessed",
         }
     }
 
@@ -74,6 +79,7 @@ impl EventType {
             EventType::MessageFailed => topics::FAILURES,
             EventType::AiProcessRequest => topics::AI_REQUEST,
             EventType::AiProcessResult => topics::AI_RESULT,
+            EventType::MessageProcessed => topics::PROCESSED,
         }
     }
 }
@@ -100,6 +106,8 @@ pub enum EventData {
     AiProcessRequest(AiProcessRequest),
     /// See [`AiProcessResult`].
     AiProcessResult(AiProcessResult),
+    /// See [`MessageProcessed`].
+    MessageProcessed(MessageProcessed),
 }
 
 impl EventData {
@@ -112,6 +120,7 @@ impl EventData {
             EventData::MessageFailed(_) => EventType::MessageFailed,
             EventData::AiProcessRequest(_) => EventType::AiProcessRequest,
             EventData::AiProcessResult(_) => EventType::AiProcessResult,
+            EventData::MessageProcessed(_) => EventType::MessageProcessed,
         }
     }
 
@@ -124,6 +133,7 @@ impl EventData {
             EventData::MessageFailed(f) => Some(&f.phone),
             EventData::AiProcessRequest(r) => Some(&r.from_phone),
             EventData::AiProcessResult(_) => None,
+            EventData::MessageProcessed(p) => Some(&p.phone),
         }
     }
 }
@@ -346,6 +356,7 @@ impl<D: DataSource> RawEnvelope<'_, D> {
             EventType::MessageFailed => EventData::MessageFailed(self.data.parse().map_err(invalid)?),
             EventType::AiProcessRequest => EventData::AiProcessRequest(self.data.parse().map_err(invalid)?),
             EventType::AiProcessResult => EventData::AiProcessResult(self.data.parse().map_err(invalid)?),
+            EventType::MessageProcessed => EventData::MessageProcessed(self.data.parse().map_err(invalid)?),
         };
         Ok(Envelope {
             event_id: self.event_id,

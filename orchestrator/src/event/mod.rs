@@ -9,6 +9,7 @@ mod envelope;
 mod failure;
 pub mod headers;
 mod inbound;
+mod processed;
 mod response;
 pub mod timestamp;
 
@@ -19,6 +20,7 @@ pub use envelope::{
 };
 pub use failure::{FailureType, MessageFailed};
 pub use inbound::{InteractionReceived, InteractionType, MessageContent, MessageReceived, MessageType, Selection};
+pub use processed::{MessageProcessed, ProcessedKind};
 pub use response::{Button, ListRow, ListSection, Priority, ResponseContent, ResponseReady, ResponseType, reply_meta};
 
 /// A typed event payload: which `event_type` it is and how it sits in [`EventData`].
@@ -54,7 +56,15 @@ macro_rules! event_types {
     )*};
 }
 
-event_types!(MessageReceived, InteractionReceived, ResponseReady, MessageFailed, AiProcessRequest, AiProcessResult);
+event_types!(
+    MessageReceived,
+    InteractionReceived,
+    ResponseReady,
+    MessageFailed,
+    AiProcessRequest,
+    AiProcessResult,
+    MessageProcessed
+);
 
 /// Kafka topic names fixed by the design.
 pub mod topics {
@@ -74,4 +84,7 @@ pub mod topics {
     pub const WEBHOOK_INBOUND: &str = "whatsapp.webhook.inbound";
     /// Message types the orchestrator does not handle, as WhatsApp sent them.
     pub const WEBHOOK_UNHANDLED: &str = "whatsapp.webhook.unhandled";
+    /// `MessageProcessed` events: what became of each message, for live
+    /// inboxes (`/api/v1/stream`); kept for a bounded time (see `consumer topics create`).
+    pub const PROCESSED: &str = "conversation.processed";
 }

@@ -116,6 +116,20 @@ pub enum ResponseContent {
 }
 
 impl ResponseContent {
+    /// What an inbox shows of it: its text, a caption, or its kind
+    /// (`[image]`, `[template order_update]`).
+    pub fn preview(&self) -> String {
+        match self {
+            ResponseContent::Text { message } => message.clone(),
+            ResponseContent::Interactive { body_text, .. } | ResponseContent::List { body_text, .. } => {
+                body_text.clone()
+            }
+            ResponseContent::Media { caption: Some(caption), .. } => caption.clone(),
+            ResponseContent::Media { media_type, .. } => format!("[{media_type}]"),
+            ResponseContent::Template { name, .. } => format!("[template {name}]"),
+        }
+    }
+
     /// Plain text content.
     pub fn text(message: impl Into<String>) -> Self {
         ResponseContent::Text { message: message.into() }

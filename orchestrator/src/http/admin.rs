@@ -11,7 +11,7 @@
 //! | `POST /admin/dlq/{id}/discard` | discard one |
 
 use axum::extract::{Path, Query, Request, State};
-use axum::http::{HeaderMap, StatusCode, header};
+use axum::http::StatusCode;
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -21,7 +21,7 @@ use chrono::{DateTime, Utc};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use super::auth::{AuthError, JwtVerifier};
+use super::auth::{Access, AuthError, Credentials, JwtVerifier, refusal};
 use crate::dlq::{BulkReplay, DlqError, DlqService};
 use crate::store::{DeadLetter, DlqFilter, FailureGroup, Page};
 
@@ -53,7 +53,7 @@ impl AdminState {
 /// The admin routes, refusing requests without a valid bearer token (401)
 /// and those whose valid JWT lacks the `admin` scope (403).
 pub fn routes(state: AdminState) -> Router {
-    let (token, jwt) = (state.token.clone().filter(|t| !t.trim().is_empty()), state.jwt.clone());
+    let credentials = Credentials { admin_token: state.token.clone(), jwt: state.jwt.clone() };
     Router::new()
         .route("/admin/dlq", get(list))
         .route("/admin/dlq/groups", get(groups))
@@ -62,41 +62,16 @@ pub fn routes(state: AdminState) -> Router {
         .route("/admin/dlq/{id}/replay", post(replay))
         .route("/admin/dlq/{id}/discard", post(discard))
         .layer(middleware::from_fn(move |request: Request, next: Next| {
-            let (token, jwt) = (token.clone(), jwt.clone());
+            let credentials = credentials.clone();
             async move {
-                match authorize(token.as_deref(), jwt.as_ref(), request.headers()) {
-                    Ok(()) => next.run(request).await,
+                match credentials.access_of(request.headers()) {
+                    Ok(Access::Operator) => next.run(request).await,
+                    Ok(Access::Organisation(_)) => refusal(AuthError::Forbidden("the token has no `admin` scope")),
                     Err(error) => refusal(error),
                 }
             }
         }))
         .with_state(state)
-}
-
-/// Accepts the static token (compared in constant time) or an admin-scoped JWT.
-fn authorize(token: Option<&str>, jwt: Option<&JwtVerifier>, headers: &HeaderMap) -> Result<(), AuthError> {
-    let given = super::auth::bearer(headers).ok_or(AuthError::Missing)?;
-    if token.is_some_and(|token| crate::webhook::signature::secrets_match(given.as_bytes(), token.as_bytes())) {
-        return Ok(());
-    }
-    match jwt.map(|jwt| jwt.verify(given)) {
-        Some(Ok(caller)) if caller.admin => Ok(()),
-        Some(Ok(_)) => Err(AuthError::Forbidden("the token has no `admin` scope")),
-        Some(Err(error)) => Err(error),
-        None => Err(AuthError::Invalid("not the admin token".to_owned())),
-    }
-}
-
-/// A refusal: 403 for a valid token without the scope; otherwise 401 with
-/// the body the admin API always answered, which says nothing more.
-fn refusal(error: AuthError) -> Response {
-    match error {
-        AuthError::Forbidden(_) => error.into_response(),
-        AuthError::Missing | AuthError::Invalid(_) => {
-            (StatusCode::UNAUTHORIZED, [(header::WWW_AUTHENTICATE, "Bearer")], Json(json!({"error": "unauthorized"})))
-                .into_response()
-        }
-    }
 }
 
 /// Filters and paging, from the query string or a bulk-replay body.

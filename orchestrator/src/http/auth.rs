@@ -88,6 +88,18 @@ impl IntoResponse for AuthError {
     }
 }
 
+/// A refusal: 403 for a valid token that may not do this; otherwise a bare
+/// 401 that says nothing more.
+pub fn refusal(error: AuthError) -> Response {
+    match error {
+        AuthError::Forbidden(_) => error.into_response(),
+        AuthError::Missing | AuthError::Invalid(_) => {
+            (StatusCode::UNAUTHORIZED, [(header::WWW_AUTHENTICATE, "Bearer")], Json(json!({"error": "unauthorized"})))
+                .into_response()
+        }
+    }
+}
+
 impl JwtVerifier {
     /// HS256 tokens signed with `secret`.
     pub fn hs256(secret: &[u8], org_claim: impl Into<String>) -> Self {
@@ -137,6 +149,61 @@ impl JwtVerifier {
     /// Verifies the request's bearer token.
     pub fn verify_request(&self, headers: &HeaderMap) -> Result<Caller, AuthError> {
         self.verify(bearer(headers).ok_or(AuthError::Missing)?)
+    }
+}
+
+/// What a bearer token opens on the routes that both operators and
+/// organisations use (the live stream, conversations, the console).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Access {
+    /// The admin token, or a JWT with the `admin` scope: every organisation.
+    Operator,
+    /// A JWT naming an organisation: that one only.
+    Organisation(String),
+}
+
+/// The tokens a server accepts: the static admin token and JWTs.
+#[derive(Debug, Clone, Default)]
+pub struct Credentials {
+    /// The static admin token (`ADMIN_TOKEN`); `None` or blank: none is accepted.
+    pub admin_token: Option<String>,
+    /// Verifies JWTs.
+    pub jwt: Option<JwtVerifier>,
+}
+
+impl Credentials {
+    /// Whether any token can be accepted at all.
+    pub fn any(&self) -> bool {
+        self.admin_token().is_some() || self.jwt.is_some()
+    }
+
+    fn admin_token(&self) -> Option<&str> {
+        self.admin_token.as_deref().filter(|t| !t.trim().is_empty())
+    }
+
+    /// What `token` opens: the admin token (compared in constant time), an
+    /// admin JWT, or an organisation's JWT.
+    pub fn access(&self, token: &str) -> Result<Access, AuthError> {
+        if self
+            .admin_token()
+            .is_some_and(|admin| crate::webhook::signature::secrets_match(token.as_bytes(), admin.as_bytes()))
+        {
+            return Ok(Access::Operator);
+        }
+        let Some(jwt) = &self.jwt else { return Err(AuthError::Invalid("not the admin token".to_owned())) };
+        let caller = jwt.verify(token)?;
+        if caller.admin {
+            return Ok(Access::Operator);
+        }
+        match caller.organisation.filter(|org| !org.trim().is_empty()) {
+            Some(organisation) => Ok(Access::Organisation(organisation)),
+            None => Err(AuthError::Forbidden("the token names no organisation and has no `admin` scope")),
+        }
+    }
+
+    /// [`access`](Self::access) of the request's bearer token.
+    pub fn access_of(&self, headers: &HeaderMap) -> Result<Access, AuthError> {
+        self.access(bearer(headers).ok_or(AuthError::Missing)?)
     }
 }
 

@@ -20,13 +20,16 @@ use axum::Router;
 pub mod admin;
 pub mod api;
 pub mod auth;
+pub mod console;
 pub mod health;
+pub mod inbox;
 pub mod metrics;
 pub mod webhook;
 
 pub use admin::AdminState;
 pub use api::ApiState;
 pub use health::HealthState;
+pub use inbox::InboxState;
 pub use webhook::{WebhookSettings, WebhookState};
 
 /// Serves `app` on `listener` until `shutdown` resolves, then finishes the

@@ -3,7 +3,7 @@
 use std::time::Duration;
 
 use rdkafka::error::KafkaError;
-use rdkafka::message::{Header, OwnedHeaders};
+use rdkafka::message::{Header, Message as _, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 
 use super::KafkaConfig;
@@ -29,6 +29,39 @@ impl Publisher {
     pub async fn publish(&self, envelope: &Envelope) -> Result<(i32, i64), PublishError> {
         let topic = envelope.event_type().topic();
         self.send(topic, envelope.data.phone(), &envelope.encode(), &[]).await
+    }
+
+    /// Queues an event for live inboxes without waiting for Kafka: a
+    /// notification must not hold up the message it reports. Its delivery
+    /// is counted in `inbox_events_total`; a failure is logged with the
+    /// event (the message itself is recorded in the database either way).
+    pub fn announce(&self, envelope: &Envelope) {
+        let topic = envelope.event_type().topic();
+        let payload = envelope.encode();
+        let mut record = FutureRecord::<str, [u8]>::to(topic).payload(&payload);
+        if let Some(key) = envelope.data.phone() {
+            record = record.key(key);
+        }
+        let counter = |result: &str| crate::metrics::metrics().inbox_events.with_label_values(&[result]).inc();
+        match self.producer.send_result(record) {
+            Ok(delivery) => {
+                tokio::spawn(async move {
+                    match delivery.await {
+                        Ok(Ok(_)) => counter("published"),
+                        Ok(Err((error, message))) => {
+                            counter("failed");
+                            let event = message.payload().map(String::from_utf8_lossy).unwrap_or_default();
+                            tracing::warn!(%error, %event, "an inbox event was not published");
+                        }
+                        Err(_) => counter("failed"),
+                    }
+                });
+            }
+            Err((error, _)) => {
+                counter("failed");
+                tracing::warn!(%error, event = %String::from_utf8_lossy(&payload), "an inbox event was not queued");
+            }
+        }
     }
 
     /// Sends bytes with headers (plus the current span's `traceparent`);
@@ -94,6 +127,10 @@ impl Publish for Publisher {
         headers: &[(&str, &[u8])],
     ) -> Result<(), PublishError> {
         self.send(topic, key, payload, headers).await.map(|_| ())
+    }
+
+    fn announce(&self, envelope: &Envelope) {
+        Publisher::announce(self, envelope);
     }
 }
 

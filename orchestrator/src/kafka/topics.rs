@@ -24,8 +24,8 @@ pub const CONSUMED_TOPICS: [&str; 2] = [topics::MESSAGES, topics::INTERACTIONS];
 pub const RETRIED_TOPICS: [&str; 3] = [topics::MESSAGES, topics::INTERACTIONS, topics::RESPONSES];
 
 /// Every topic of the design: the event topics, the webhook's raw and
-/// unhandled topics, each retried topic's `.retry` and `.dlq`, and the
-/// edge-function topic's `.dlq`.
+/// unhandled topics, the live inbox's `conversation.processed`, each
+/// retried topic's `.retry` and `.dlq`, and the edge-function topic's `.dlq`.
 pub fn all_topics() -> Vec<String> {
     let mut all: Vec<String> = [
         topics::MESSAGES,
@@ -36,6 +36,7 @@ pub fn all_topics() -> Vec<String> {
         topics::AI_RESULT,
         topics::WEBHOOK_INBOUND,
         topics::WEBHOOK_UNHANDLED,
+        topics::PROCESSED,
     ]
     .iter()
     .map(|t| (*t).to_owned())
@@ -112,6 +113,10 @@ pub async fn missing_at_runtime() -> MissingTopics {
     MissingTopics(found)
 }
 
+/// How long `conversation.processed` keeps events: how long an inbox may be
+/// away and still resume without missing any (`retention.ms` at creation).
+pub const PROCESSED_RETENTION: Duration = Duration::from_secs(3 * 24 * 3600);
+
 /// What creating one topic came to.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum TopicCreation {
@@ -133,8 +138,15 @@ pub async fn create_topics(
     timeout: Duration,
 ) -> Result<Vec<(String, TopicCreation)>, KafkaError> {
     let admin: AdminClient<DefaultClientContext> = config.admin_config().create()?;
-    let new: Vec<NewTopic<'_>> =
-        names.iter().map(|name| NewTopic::new(name, partitions, TopicReplication::Fixed(replication))).collect();
+    let retention = PROCESSED_RETENTION.as_millis().to_string();
+    let new: Vec<NewTopic<'_>> = names
+        .iter()
+        .map(|name| {
+            let topic = NewTopic::new(name, partitions, TopicReplication::Fixed(replication));
+            // Notifications, not records of truth: kept for a bounded time.
+            if name == topics::PROCESSED { topic.set("retention.ms", &retention) } else { topic }
+        })
+        .collect();
     let options = AdminOptions::new().operation_timeout(Some(timeout)).request_timeout(Some(timeout));
     let results = admin.create_topics(&new, &options).await?;
     Ok(results

@@ -227,6 +227,7 @@ impl MessageService {
             recipient_phone: checked.recipient_phone,
             phone_number_id: request.phone_number_id.clone(),
             payload: serde_json::to_string(&reply).unwrap_or_default(),
+            preview: reply.content.preview(),
             request_hash: request_hash(request),
             scheduled_at: checked.scheduled_at,
             dispatch_due_at,

@@ -23,7 +23,10 @@ use crate::handler_registry::HandlerRegistry;
 use crate::local::LocalStep;
 use crate::retry::RetryPolicy;
 use crate::saga::{SagaReport, SagaRunner, StepOutcome, count_action};
-use crate::store::{Claim, DATABASE_BREAKER, Finish, GuardedStore, Lease, MessageKey, StageMove, Store, to_chrono};
+use crate::store::{
+    Claim, ConversationTurn, DATABASE_BREAKER, Direction, Finish, GuardedStore, Lease, MessageKey, StageMove, Store,
+    ThreadEntry, to_chrono,
+};
 use crate::validate::validate;
 
 /// The pipeline, built from registries, a store, breakers and policies.
@@ -96,6 +99,17 @@ impl Orchestrator {
         outcome
     }
 
+    /// The organisation a message belongs to: its intent's, else the one
+    /// its metadata names, else the default; `None` when none applies.
+    pub fn tenant_of<'a>(&'a self, incoming: &'a Incoming) -> Option<&'a str> {
+        incoming.intent.tenant_id.as_deref().or(incoming.inbound.tenant_hint()).or(self.default_tenant())
+    }
+
+    /// The organisation of messages that name none (`None`: such messages are refused).
+    pub fn default_tenant(&self) -> Option<&str> {
+        self.config.default_tenant.as_deref()
+    }
+
     async fn process_inner(&self, incoming: Incoming) -> Result<Outcome, PipelineError> {
         let event_id = incoming.event_id.to_string();
         let message_id = incoming.inbound.message_id(&event_id).to_owned();
@@ -105,14 +119,7 @@ impl Orchestrator {
                 .dead_letter(None, &incoming.provenance(), Some(&message_id), 1, FailureType::ValidationError, reason)
                 .await;
         }
-        let tenant = incoming
-            .intent
-            .tenant_id
-            .as_deref()
-            .or(incoming.inbound.tenant_hint())
-            .or(self.config.default_tenant.as_deref())
-            .map(str::to_owned);
-        let Some(tenant_id) = tenant else {
+        let Some(tenant_id) = self.tenant_of(&incoming).map(str::to_owned) else {
             let reason = "no tenant: neither the intent nor the message names one".to_owned();
             return self
                 .dead_letter(None, &incoming.provenance(), Some(&message_id), 1, FailureType::ValidationError, reason)
@@ -322,7 +329,15 @@ impl Orchestrator {
         let ttl = self.config.dedupe_ttl;
         let lead = outcome.lead_stage.clone().map(|stage| StageMove { lead_id: ctx.lead_id().to_owned(), stage });
         let names: Vec<(u32, String)> = local.iter().map(|s| (s.step_index, s.action().to_owned())).collect();
-        let finish = Finish { activities: &activities, ttl, reply: outbox.as_ref(), lead: lead.as_ref(), local };
+        let turn = conversation_turn(ctx, response.as_ref());
+        let finish = Finish {
+            activities: &activities,
+            ttl,
+            reply: outbox.as_ref(),
+            lead: lead.as_ref(),
+            local,
+            conversation: Some(&turn),
+        };
         let (key, written) = match claim {
             Ok(lease) => (&lease.key, self.store.complete_local(lease, finish).await?),
             Err(key) => match self.store.complete_unclaimed(key, finish).await? {
@@ -338,6 +353,26 @@ impl Orchestrator {
             lead.zip(written.stage).map(|(lead, change)| Box::new(LeadStage { stage: lead.stage, change }));
         Ok(Some(Completed { key: key.clone(), handler, steps, escalated: outcome.escalate, response, lead_stage }))
     }
+}
+
+/// The message and its reply as the inbox's history shows them.
+fn conversation_turn(ctx: &MessageContext, response: Option<&ResponseReady>) -> ConversationTurn {
+    let mut entries = vec![ThreadEntry {
+        direction: Direction::Inbound,
+        message_id: ctx.message_id.clone(),
+        reply_index: 0,
+        text: Some(ctx.inbound.preview()),
+        intent: Some(ctx.intent.name.clone()),
+    }];
+    // The reply's row is `outbound_messages`' (original message, reply index): its status is read from there.
+    entries.extend(response.map(|reply| ThreadEntry {
+        direction: Direction::Outbound,
+        message_id: reply.original_message_id.clone(),
+        reply_index: reply.reply_index(),
+        text: Some(reply.content.preview()),
+        intent: None,
+    }));
+    ConversationTurn { phone: ctx.phone().to_owned(), entries }
 }
 
 impl std::fmt::Debug for Orchestrator {

@@ -31,6 +31,8 @@ pub struct NewApiMessage {
     pub phone_number_id: Option<String>,
     /// The `ResponseReady` to publish, as JSON.
     pub payload: String,
+    /// What the conversation's history shows of it.
+    pub preview: String,
     /// SHA-256 of the request, hex: a retry must carry the same request.
     pub request_hash: String,
     /// When it should go out; `None`: now.

@@ -118,6 +118,9 @@ pub struct Finish<'a> {
     pub lead: Option<&'a StageMove>,
     /// The trailing local run, written in the same transaction.
     pub local: Vec<LocalStep>,
+    /// The message and its reply in the inbox's history, written in the
+    /// same transaction by a store that keeps one (the SQL store).
+    pub conversation: Option<&'a super::ConversationTurn>,
 }
 
 /// What a completion with a trailing local run wrote.
@@ -197,7 +200,7 @@ pub trait Store: SagaLog + Send + Sync {
     /// cannot ([`runs_local_effects`](Store::runs_local_effects) is false)
     /// refuse a non-empty run with [`StoreError::Unsupported`].
     async fn complete_local(&self, lease: &Lease, finish: Finish<'_>) -> Result<LocalCompletion, StoreError> {
-        let Finish { activities, ttl, reply, lead, local } = finish;
+        let Finish { activities, ttl, reply, lead, local, conversation: _ } = finish;
         if !local.is_empty() {
             return Err(StoreError::Unsupported("local executors need a SQL store"));
         }

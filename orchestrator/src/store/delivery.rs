@@ -31,11 +31,22 @@ impl DeliveryStatus {
     }
 }
 
+/// The message we sent that a status moved forward.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MovedMessage {
+    /// Its organisation.
+    pub tenant_id: String,
+    /// Its `outbound_messages` key: the message replied to, or `api:<id>`.
+    pub message_id: String,
+}
+
 /// Delivery statuses reported by the webhook for messages we sent.
 #[async_trait]
 pub trait DeliveryStatuses: Send + Sync {
     /// Records a status; the same status of the same message again is a no-op (webhook retries).
-    async fn record_status(&self, status: &DeliveryStatus) -> Result<(), StoreError>;
+    /// Answers the organisation and key of the message it moved forward
+    /// (`None`: not one of ours, or the status was not news).
+    async fn record_status(&self, status: &DeliveryStatus) -> Result<Option<MovedMessage>, StoreError>;
 
     /// The statuses of one message, oldest first.
     async fn statuses_of(&self, message_id: &str) -> Result<Vec<DeliveryStatus>, StoreError>;

@@ -213,7 +213,7 @@ impl<S: PendingClassifications + ?Sized> PendingClassifications for GuardedStore
 
 #[async_trait]
 impl<S: DeliveryStatuses + ?Sized> DeliveryStatuses for GuardedStore<S> {
-    async fn record_status(&self, status: &DeliveryStatus) -> Result<(), StoreError> {
+    async fn record_status(&self, status: &DeliveryStatus) -> Result<Option<super::MovedMessage>, StoreError> {
         self.guard(self.inner.record_status(status)).await
     }
 

@@ -442,7 +442,10 @@ impl PendingClassifications for MemoryStore {
 
 #[async_trait]
 impl DeliveryStatuses for MemoryStore {
-    async fn record_status(&self, status: &crate::store::DeliveryStatus) -> Result<(), StoreError> {
+    async fn record_status(
+        &self,
+        status: &crate::store::DeliveryStatus,
+    ) -> Result<Option<super::MovedMessage>, StoreError> {
         let mut state = self.state();
         if !state.statuses.iter().any(|s| s.message_id == status.message_id && s.status == status.status) {
             state.statuses.push(status.clone());
@@ -461,8 +464,13 @@ impl DeliveryStatuses for MemoryStore {
                 row.message.error = status.error.clone();
                 row.message.error_code = status.error_code();
             }
+            let key = &row.message.key;
+            return Ok(Some(super::MovedMessage {
+                tenant_id: key.tenant_id.clone(),
+                message_id: key.original_message_id.clone(),
+            }));
         }
-        Ok(())
+        Ok(None)
     }
 
     async fn statuses_of(&self, message_id: &str) -> Result<Vec<crate::store::DeliveryStatus>, StoreError> {

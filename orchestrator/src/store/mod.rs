@@ -13,6 +13,7 @@
 //! | `delivery` | [`DeliveryStatuses`] | WhatsApp's delivery statuses |
 //! | `outbound` | [`OutboundMessages`] | every reply sent (`outbound_messages`) |
 //! | `api_messages` | [`ApiMessages`] | the send API's messages in `outbound_messages`, their schedule and daily counts |
+//! | `conversations` | [`Conversations`] | the inbox's history: conversations and their messages (SQL store) |
 //! | `error` | | [`StoreError`] |
 
 use std::time::Duration;
@@ -20,6 +21,7 @@ use std::time::Duration;
 mod ai_pending;
 pub mod api_messages;
 mod claims;
+pub mod conversations;
 mod dead_letters;
 mod delivery;
 mod error;
@@ -36,10 +38,13 @@ pub use api_messages::{
     NewApiMessage,
 };
 pub use claims::{Claim, Finish, Lease, LocalCompletion, MessageKey, NewActivity, StageChange, StageMove, Store};
+pub use conversations::{
+    Conversation, ConversationCursor, ConversationTurn, Conversations, Direction, ThreadEntry, ThreadMessage,
+};
 pub use dead_letters::{
     DeadLetter, DeadLetterQueue, DlqFilter, DlqStatus, FailureGroup, NewDeadLetter, Page, SourceInfo,
 };
-pub use delivery::{DeliveryStatus, DeliveryStatuses};
+pub use delivery::{DeliveryStatus, DeliveryStatuses, MovedMessage};
 pub use error::StoreError;
 pub use guarded::{DATABASE_BREAKER, DATABASE_BREAKER_CONFIG, GuardedStore};
 pub use memory::MemoryStore;

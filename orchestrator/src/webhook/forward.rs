@@ -5,9 +5,9 @@
 
 use std::sync::Arc;
 
-use crate::event::{Envelope, EventData, FailureType, topics};
+use crate::event::{Envelope, EventData, FailureType, MessageProcessed, ProcessedKind, topics};
 use crate::publish::Publish;
-use crate::store::{DeliveryStatuses, NewDeadLetter, SourceInfo, Store};
+use crate::store::{DeliveryStatus, DeliveryStatuses, MovedMessage, NewDeadLetter, SourceInfo, Store};
 use crate::webhook::recent::{RecentMessageIds, Turn};
 use crate::webhook::{Notification, NotifiedMessage, PayloadError, SignatureError, parse, verify_signature};
 
@@ -134,10 +134,23 @@ pub async fn forward(state: &WebhookState, notification: &Notification) -> Resul
         return Err(error);
     }
     for status in &notification.statuses {
-        state.statuses.record_status(status).await.map_err(|e| e.to_string())?;
+        let moved = state.statuses.record_status(status).await.map_err(|e| e.to_string())?;
         crate::metrics::metrics().delivery_statuses.with_label_values(&[crate::metrics::label(&status.status)]).inc();
+        if let Some(moved) = moved {
+            state.publisher.announce(&status_event(status, &moved));
+        }
     }
     Ok(())
+}
+
+/// A status that moved one of our messages forward, for live inboxes.
+fn status_event(status: &DeliveryStatus, moved: &MovedMessage) -> Envelope {
+    let mut event =
+        MessageProcessed::new(&moved.tenant_id, &status.recipient_phone, &moved.message_id, ProcessedKind::Status);
+    event.status = Some(status.status.clone());
+    event.error = status.error.clone();
+    event.occurred_at = status.timestamp;
+    Envelope::new(EventData::MessageProcessed(event), crate::pipeline::PROCESSED_BY)
 }
 
 /// Publishes `event` unless this process already published it. When another

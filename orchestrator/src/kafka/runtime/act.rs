@@ -1,13 +1,14 @@
 //! Turning an outcome into Kafka actions: the reply to
 //! `conversation.responses`, a retry copy to `<topic>.retry` (blocking the
 //! phone behind it), or the dead letter to `<topic>.dlq` and its
-//! `MessageFailed`. Each is safe to repeat.
+//! `MessageFailed`. Each is safe to repeat. Then the `MessageProcessed`
+//! that live inboxes read.
 
 use chrono::{DateTime, Utc};
 
 use super::Worker;
-use super::records::Delivered;
-use crate::event::{Envelope, EventData, ResponseReady};
+use super::records::{Decoded, Delivered};
+use crate::event::{Envelope, EventData, MessageProcessed, ProcessedKind, ResponseReady};
 use crate::intent::Intent;
 use crate::kafka::{PublishError, headers};
 use crate::pipeline::{DuplicateOf, Outcome, PROCESSED_BY};
@@ -130,5 +131,55 @@ pub(super) fn retry_copy(payload: &[u8], attempt: Option<u32>) -> Vec<u8> {
             envelope.encode()
         }
         _ => payload.to_vec(),
+    }
+}
+
+impl Worker {
+    /// Tells live inboxes what became of the message (`conversation.processed`);
+    /// duplicates and deferrals changed nothing and are not told.
+    pub(super) fn announce(&self, delivered: &Delivered, decoded: &Decoded, outcome: &Outcome, intent: &Intent) {
+        let incoming = match decoded {
+            Decoded::Inbound(incoming) => Some(incoming.as_ref()),
+            _ => None,
+        };
+        let tenant = incoming
+            .and_then(|incoming| {
+                // The decoded copy has no intent yet: the one it was processed with names the tenant.
+                intent.tenant_id.as_deref().or(incoming.inbound.tenant_hint())
+            })
+            .or(self.orchestrator.default_tenant())
+            .unwrap_or_default();
+        let phone = incoming.map(|i| i.inbound.phone()).or(delivered.key.as_deref()).unwrap_or_default();
+        let event = match outcome {
+            Outcome::Completed(done) => {
+                let mut event =
+                    MessageProcessed::new(&done.key.tenant_id, phone, &done.key.message_id, ProcessedKind::Completed);
+                event.actions = done.steps.iter().map(|s| s.action.clone()).collect();
+                event.reply = done.response.as_ref().map(|r| r.content.preview());
+                event
+            }
+            Outcome::RetryScheduled { next_attempt, reason, .. } => {
+                let message_id = decoded.message_id().unwrap_or_default();
+                let mut event = MessageProcessed::new(tenant, phone, &message_id, ProcessedKind::Retried);
+                event.attempt = next_attempt.saturating_sub(1).max(1);
+                event.error = Some(reason.clone());
+                event
+            }
+            Outcome::DeadLettered(dead) => {
+                let phone = if dead.event.phone.is_empty() { phone } else { &dead.event.phone };
+                let mut event =
+                    MessageProcessed::new(tenant, phone, &dead.event.message_id, ProcessedKind::DeadLettered);
+                event.attempt = dead.event.attempt_count;
+                event.error = Some(format!("{}: {}", dead.failure_type, dead.reason));
+                event
+            }
+            Outcome::Duplicate(_) | Outcome::Deferred { .. } => return,
+        };
+        let event = MessageProcessed {
+            text: incoming.map(|i| i.inbound.preview()),
+            intent: incoming.map(|_| intent.name.clone()),
+            ..event
+        };
+        self.publisher.announce(&Envelope::new(EventData::MessageProcessed(event), PROCESSED_BY));
     }
 }

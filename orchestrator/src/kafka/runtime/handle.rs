@@ -81,6 +81,7 @@ impl Worker {
         let message_id = decoded.message_id();
         let outcome = until_ok("processing", || self.process(delivered, decoded, &intent)).await;
         until_ok("publishing the outcome", || self.act(delivered, message_id.as_deref(), &outcome, &intent)).await;
+        self.announce(delivered, decoded, &outcome, &intent);
         crate::metrics::metrics().outcomes.with_label_values(&[outcome_label(&outcome)]).inc();
         Some(outcome)
     }

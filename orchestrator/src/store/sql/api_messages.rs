@@ -13,7 +13,7 @@ use crate::store::api_messages::{
     NewApiMessage,
 };
 use crate::store::outbound::OutboundStatus;
-use crate::store::{StoreError, to_chrono};
+use crate::store::{ConversationTurn, Direction, StoreError, ThreadEntry, to_chrono};
 
 /// Counter rows per organisation and day: concurrent requests update different rows.
 const USAGE_SHARDS: u64 = 16;
@@ -48,6 +48,11 @@ fn read(row: &QueryResult) -> Result<ApiMessage, StoreError> {
         failed_at: row.try_get("", "failed_at")?,
         cancelled_at: row.try_get("", "cancelled_at")?,
     })
+}
+
+/// A send API message's `original_message_id`: its id, apart from replies' message ids.
+fn outbound_key(id: &str) -> String {
+    format!("api:{id}")
 }
 
 /// `?, ?, ...` for `n` values.
@@ -96,7 +101,7 @@ pub(super) async fn insert(
                 let status = if m.scheduled_at.is_some() { OutboundStatus::Scheduled } else { OutboundStatus::Queued };
                 [
                     m.tenant_id.as_str().into(),
-                    format!("api:{}", m.id).into(),
+                    outbound_key(&m.id).into(),
                     m.phone_number_id.clone().into(),
                     m.recipient_phone.as_str().into(),
                     status.as_str().into(),
@@ -139,6 +144,23 @@ pub(super) async fn insert(
             return Ok(Inserted::OverDailyLimit { used: total - created.len() as u64, limit });
         }
     }
+    // The new ones join their conversations' history, in this transaction.
+    let turns: Vec<ConversationTurn> = messages
+        .iter()
+        .filter(|m| created.contains(&m.id))
+        .map(|m| ConversationTurn {
+            phone: m.recipient_phone.clone(),
+            entries: vec![ThreadEntry {
+                direction: Direction::Outbound,
+                message_id: outbound_key(&m.id),
+                reply_index: 0,
+                text: Some(m.preview.clone()),
+                intent: None,
+            }],
+        })
+        .collect();
+    let turns: Vec<(&str, &ConversationTurn)> = turns.iter().map(|turn| (tenant, turn)).collect();
+    super::conversations::write_turns(&txn, &turns, now).await?;
     let earlier: Vec<&str> = messages.iter().map(|m| m.id.as_str()).filter(|id| !created.contains(*id)).collect();
     let existing = if earlier.is_empty() { HashMap::new() } else { by_ids(&txn, &earlier).await? };
     txn.commit().await?;

@@ -11,7 +11,7 @@ use super::claims::{HeldKey, LeadMove, move_leads, returned_keys};
 use super::statement::{push_rows, stmt};
 use crate::executor::{ActionContext, ActionError, ActionOutput};
 use crate::local::{LocalExecutor, LocalFailure, LocalStep};
-use crate::store::{Lease, LocalCompletion, NewActivity, StageChange, StoreError};
+use crate::store::{ConversationTurn, Lease, LocalCompletion, NewActivity, StageChange, StoreError};
 
 /// One completion to write while `lease` is held, or, when `unclaimed`,
 /// of a message never claimed: its row is inserted completed unless one exists.
@@ -26,6 +26,8 @@ pub(super) struct Completion {
     pub(super) lead: Option<(String, String)>,
     /// The trailing local run, written in the transaction.
     pub(super) local: Vec<LocalStep>,
+    /// The message and its reply in the inbox's history.
+    pub(super) conversation: Option<ConversationTurn>,
 }
 
 /// Per completion, the stage its lead was in before its move (`None` for a
@@ -51,8 +53,9 @@ impl Finished {
 /// (VALUES ...)` for the claims and one `INSERT ... ON CONFLICT DO NOTHING`
 /// for the unclaimed; then, for those whose lease was still held or whose
 /// row was new, their local steps (one call per action for the whole
-/// batch), one `INSERT` for the lead activities and one read and one upsert
-/// for the lead moves. A message fenced out (or, unclaimed, found stored
+/// batch), one `INSERT` for the lead activities, one `INSERT` and one
+/// upsert for the inbox's history, and one read and one upsert for the lead
+/// moves. A message fenced out (or, unclaimed, found stored
 /// already) gets `LeaseLost` and leaves nothing behind; the others commit
 /// together. When a local step fails, the batch rolls back and each message
 /// is written alone, so only the failing one fails.
@@ -89,6 +92,14 @@ async fn complete_batch(
     let written: Vec<bool> = batch.iter().map(|c| held.contains(&HeldKey::of(&c.lease))).collect();
     let mut outputs = run_local(&txn, batch, &written).await?;
     insert_activities(&txn, batch, &written, &outputs, now).await?;
+    let turns: Vec<(&str, &ConversationTurn)> = batch
+        .iter()
+        .zip(&written)
+        .filter_map(|(c, written)| {
+            Some((c.lease.key.tenant_id.as_str(), c.conversation.as_ref().filter(|_| *written)?))
+        })
+        .collect();
+    super::conversations::write_turns(&txn, &turns, now).await?;
     // The lead moves of the completions written, in batch order.
     let mut moved_by = Vec::new();
     let mut moves = Vec::new();

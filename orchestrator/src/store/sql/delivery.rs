@@ -5,21 +5,32 @@ use chrono::Utc;
 use sea_orm::{ConnectionTrait, DatabaseConnection, TransactionTrait};
 
 use super::statement::stmt;
-use crate::store::DeliveryStatus;
 use crate::store::StoreError;
 use crate::store::outbound::OutboundStatus;
+use crate::store::{DeliveryStatus, MovedMessage};
 
 /// Keeps the status and moves the reply it is about (by `wamid`) forward, in one transaction.
-pub(super) async fn record(db: &DatabaseConnection, status: &DeliveryStatus) -> Result<(), StoreError> {
+pub(super) async fn record(
+    db: &DatabaseConnection,
+    status: &DeliveryStatus,
+) -> Result<Option<MovedMessage>, StoreError> {
     let txn = db.begin().await?;
     insert(&txn, status).await?;
+    let mut moved = None;
     if let Some(state) = OutboundStatus::parse(&status.status) {
         let error = status.error.as_deref();
-        super::outbound::apply_status(&txn, &status.message_id, state, status.timestamp, error, status.error_code())
-            .await?;
+        moved = super::outbound::apply_status(
+            &txn,
+            &status.message_id,
+            state,
+            status.timestamp,
+            error,
+            status.error_code(),
+        )
+        .await?;
     }
     txn.commit().await?;
-    Ok(())
+    Ok(moved)
 }
 
 async fn insert(db: &impl ConnectionTrait, status: &DeliveryStatus) -> Result<(), StoreError> {

@@ -26,6 +26,7 @@ mod api_messages;
 mod batch;
 mod claims;
 mod completion;
+mod conversations;
 mod dead_letters;
 mod delivery;
 mod outbound;
@@ -116,6 +117,7 @@ impl SqlStore {
             reply: finish.reply.cloned(),
             lead: finish.lead.map(|lead| (lead.lead_id.clone(), lead.stage.clone())),
             local: finish.local,
+            conversation: finish.conversation.cloned(),
         };
         let completions = self.coalesced(&self.batches.completions, |db, batch| async move {
             completion::complete_many(&db, batch).await
@@ -172,7 +174,7 @@ impl Store for SqlStore {
         ttl: Duration,
         reply: Option<&serde_json::Value>,
     ) -> Result<(), StoreError> {
-        let finish = Finish { activities, ttl, reply, lead: None, local: Vec::new() };
+        let finish = Finish { activities, ttl, reply, lead: None, local: Vec::new(), conversation: None };
         self.submit_completion(lease.clone(), false, finish).await.map(drop)
     }
 
@@ -184,7 +186,7 @@ impl Store for SqlStore {
         reply: Option<&serde_json::Value>,
         lead: &StageMove,
     ) -> Result<StageChange, StoreError> {
-        let finish = Finish { activities, ttl, reply, lead: Some(lead), local: Vec::new() };
+        let finish = Finish { activities, ttl, reply, lead: Some(lead), local: Vec::new(), conversation: None };
         let finished = self.submit_completion(lease.clone(), false, finish).await?;
         Ok(StageChange::Moved { from: finished.previous.flatten() })
     }
@@ -333,7 +335,10 @@ impl PendingClassifications for SqlStore {
 
 #[async_trait]
 impl DeliveryStatuses for SqlStore {
-    async fn record_status(&self, status: &crate::store::DeliveryStatus) -> Result<(), StoreError> {
+    async fn record_status(
+        &self,
+        status: &crate::store::DeliveryStatus,
+    ) -> Result<Option<super::MovedMessage>, StoreError> {
         delivery::record(&self.db, status).await
     }
 
@@ -379,6 +384,32 @@ impl super::ApiMessages for SqlStore {
 
     async fn due_count(&self, now: DateTime<Utc>) -> Result<u64, StoreError> {
         api_messages::due_count(&self.db, now).await
+    }
+}
+
+#[async_trait]
+impl super::Conversations for SqlStore {
+    async fn conversations(
+        &self,
+        tenant: Option<&str>,
+        before: Option<&super::ConversationCursor>,
+        limit: u64,
+    ) -> Result<Vec<super::Conversation>, StoreError> {
+        conversations::conversations(&self.db, tenant, before, limit).await
+    }
+
+    async fn thread(
+        &self,
+        tenant: &str,
+        phone: &str,
+        before: Option<i64>,
+        limit: u64,
+    ) -> Result<Vec<super::ThreadMessage>, StoreError> {
+        conversations::thread(&self.db, tenant, phone, before, limit).await
+    }
+
+    async fn mark_read(&self, tenant: &str, phone: &str) -> Result<bool, StoreError> {
+        conversations::mark_read(&self.db, tenant, phone).await
     }
 }
 

@@ -339,26 +339,34 @@ pub(super) async fn apply_status(
     at: DateTime<Utc>,
     error: Option<&str>,
     error_code: Option<i64>,
-) -> Result<(), StoreError> {
+) -> Result<Option<crate::store::MovedMessage>, StoreError> {
     let (column, before) = match status {
         OutboundStatus::Sent => ("sent_at", "('queued')"),
         OutboundStatus::Delivered => ("delivered_at", "('queued', 'sent')"),
         OutboundStatus::Read => ("read_at", "('queued', 'sent', 'delivered')"),
         OutboundStatus::Failed => ("failed_at", "('queued', 'sent', 'delivered', 'read')"),
         // Not statuses WhatsApp reports.
-        OutboundStatus::Queued | OutboundStatus::Scheduled | OutboundStatus::Cancelled => return Ok(()),
+        OutboundStatus::Queued | OutboundStatus::Scheduled | OutboundStatus::Cancelled => return Ok(None),
     };
-    db.execute_raw(stmt(
-        db.get_database_backend(),
-        &format!(
-            "UPDATE outbound_messages SET status = ?, {column} = ?, updated_at = ?,
+    let row = db
+        .query_one_raw(stmt(
+            db.get_database_backend(),
+            &format!(
+                "UPDATE outbound_messages SET status = ?, {column} = ?, updated_at = ?,
                error = COALESCE(?, error), error_code = COALESCE(?, error_code)
-             WHERE wamid = ? AND status IN {before}"
-        ),
-        vec![status.as_str().into(), at.into(), Utc::now().into(), error.into(), error_code.into(), wamid.into()],
-    ))
-    .await?;
-    Ok(())
+             WHERE wamid = ? AND status IN {before}
+             RETURNING tenant_id, original_message_id"
+            ),
+            vec![status.as_str().into(), at.into(), Utc::now().into(), error.into(), error_code.into(), wamid.into()],
+        ))
+        .await?;
+    row.map(|row| {
+        Ok(crate::store::MovedMessage {
+            tenant_id: row.try_get("", "tenant_id")?,
+            message_id: row.try_get("", "original_message_id")?,
+        })
+    })
+    .transpose()
 }
 
 /// The row's `status` column, which this version must know.

@@ -1,0 +1,311 @@
+//! The live inbox: `/api/v1/stream` (Server-Sent Events of
+//! `MessageProcessed`, resumable with `Last-Event-ID`) and the
+//! conversations' history, for organisations (a JWT naming one: theirs
+//! only) and operators (the admin token or an admin JWT: any, chosen with
+//! `?organisation=`).
+//!
+//! | route | does |
+//! | --- | --- |
+//! | `GET /api/v1/stream` | live events from now, or after `Last-Event-ID` (header, or `last_event_id`) |
+//! | `GET /api/v1/conversations` | conversations latest first, with unread counts (`limit`, `before`) |
+//! | `GET /api/v1/conversations/{phone}/messages` | a thread newest first, with delivery statuses (`limit`, `before`) |
+//! | `POST /api/v1/conversations/{phone}/read` | marks a thread read |
+//!
+//! SSE rather than WebSocket: the stream goes one way, SSE resumes with a
+//! standard header, passes proxies as plain HTTP and needs no protocol of
+//! our own. Unauthenticated requests get 401 and nothing else.
+
+use std::sync::Arc;
+
+use axum::extract::{Path, Query, Request, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Extension, Json, Router};
+use serde::Deserialize;
+use serde_json::json;
+
+use super::auth::{Access, Credentials, refusal};
+use crate::store::{ConversationCursor, Conversations};
+
+/// What the inbox routes need.
+#[derive(Clone)]
+pub struct InboxState {
+    /// Who may call.
+    pub credentials: Credentials,
+    /// The history.
+    pub conversations: Arc<dyn Conversations>,
+    /// The live events; `None`: `/api/v1/stream` answers 404.
+    #[cfg(feature = "kafka")]
+    pub feed: Option<crate::kafka::InboxFeed>,
+}
+
+/// The inbox routes (see the module docs).
+pub fn routes(state: InboxState) -> Router {
+    let credentials = state.credentials.clone();
+    let router = Router::new()
+        .route("/api/v1/conversations", get(conversations))
+        .route("/api/v1/conversations/{phone}/messages", get(thread))
+        .route("/api/v1/conversations/{phone}/read", post(mark_read));
+    #[cfg(feature = "kafka")]
+    let router = router.route("/api/v1/stream", get(stream::stream));
+    router
+        .layer(middleware::from_fn(move |mut request: Request, next: Next| {
+            let credentials = credentials.clone();
+            async move {
+                match credentials.access_of(request.headers()) {
+                    Ok(access) => {
+                        request.extensions_mut().insert(access);
+                        next.run(request).await
+                    }
+                    Err(error) => refusal(error),
+                }
+            }
+        }))
+        .with_state(state)
+}
+
+fn error(status: StatusCode, code: &str, message: impl Into<String>) -> Response {
+    (status, Json(json!({ "error": code, "message": message.into() }))).into_response()
+}
+
+fn unavailable(error: impl std::fmt::Display) -> Response {
+    self::error(StatusCode::SERVICE_UNAVAILABLE, "unavailable", error.to_string())
+}
+
+/// The organisation a request is about: an organisation's own (asking for
+/// another is refused), or the one an operator names (`None`: all of them).
+fn organisation(access: &Access, asked: Option<&str>) -> Result<Option<String>, Response> {
+    let asked = asked.map(str::trim).filter(|o| !o.is_empty());
+    match (access, asked) {
+        (Access::Operator, asked) => Ok(asked.map(str::to_owned)),
+        (Access::Organisation(own), Some(asked)) if asked != own => {
+            Err(error(StatusCode::FORBIDDEN, "forbidden", "the token is for another organisation"))
+        }
+        (Access::Organisation(own), _) => Ok(Some(own.clone())),
+    }
+}
+
+/// [`organisation`], required: a thread is one organisation's.
+fn one_organisation(access: &Access, asked: Option<&str>) -> Result<String, Response> {
+    organisation(access, asked)?.ok_or_else(|| {
+        error(StatusCode::BAD_REQUEST, "invalid_request", "`organisation` is required with an operator's token")
+    })
+}
+
+/// Page size: 1 to 200, 50 by default.
+fn page_size(limit: Option<u64>) -> Result<u64, Response> {
+    match limit {
+        None => Ok(50),
+        Some(limit @ 1..=200) => Ok(limit),
+        Some(_) => Err(error(StatusCode::BAD_REQUEST, "invalid_request", "`limit` must be between 1 and 200")),
+    }
+}
+
+/// A phone as the history keys it: E.164 with `+`, nothing else.
+fn checked_phone(phone: &str) -> Result<&str, Response> {
+    let digits = phone.strip_prefix('+').unwrap_or("");
+    if (6..=20).contains(&digits.len()) && digits.bytes().all(|b| b.is_ascii_digit()) {
+        Ok(phone)
+    } else {
+        Err(error(
+            StatusCode::BAD_REQUEST,
+            "invalid_request",
+            format!("`{phone}` is not a phone in E.164 form (+15551234567)"),
+        ))
+    }
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ListParams {
+    organisation: Option<String>,
+    limit: Option<u64>,
+    before: Option<String>,
+}
+
+async fn conversations(
+    State(state): State<InboxState>,
+    Extension(access): Extension<Access>,
+    params: Result<Query<ListParams>, axum::extract::rejection::QueryRejection>,
+) -> Response {
+    let Query(params) = match params {
+        Ok(params) => params,
+        Err(rejection) => return error(StatusCode::BAD_REQUEST, "invalid_request", rejection.body_text()),
+    };
+    let tenant = match organisation(&access, params.organisation.as_deref()) {
+        Ok(tenant) => tenant,
+        Err(refused) => return refused,
+    };
+    let limit = match page_size(params.limit) {
+        Ok(limit) => limit,
+        Err(refused) => return refused,
+    };
+    let before = match params.before.as_deref().map(|text| ConversationCursor::decode(text).ok_or(text)) {
+        Some(Err(text)) => {
+            return error(StatusCode::BAD_REQUEST, "invalid_request", format!("`before` is not a cursor: `{text}`"));
+        }
+        Some(Ok(cursor)) => Some(cursor),
+        None => None,
+    };
+    // One more than asked: whether a next page exists.
+    match state.conversations.conversations(tenant.as_deref(), before.as_ref(), limit + 1).await {
+        Ok(mut items) => {
+            let more = items.len() as u64 > limit;
+            items.truncate(limit as usize);
+            let next = items.last().filter(|_| more).map(|last| {
+                ConversationCursor {
+                    at: last.last_message_at,
+                    tenant_id: last.tenant_id.clone(),
+                    phone: last.phone.clone(),
+                }
+                .encode()
+            });
+            Json(json!({ "items": items, "next_before": next })).into_response()
+        }
+        Err(failure) => unavailable(failure),
+    }
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ThreadParams {
+    organisation: Option<String>,
+    limit: Option<u64>,
+    before: Option<i64>,
+}
+
+async fn thread(
+    State(state): State<InboxState>,
+    Extension(access): Extension<Access>,
+    Path(phone): Path<String>,
+    params: Result<Query<ThreadParams>, axum::extract::rejection::QueryRejection>,
+) -> Response {
+    let Query(params) = match params {
+        Ok(params) => params,
+        Err(rejection) => return error(StatusCode::BAD_REQUEST, "invalid_request", rejection.body_text()),
+    };
+    let checked = one_organisation(&access, params.organisation.as_deref())
+        .and_then(|tenant| Ok((tenant, checked_phone(&phone)?, page_size(params.limit)?)));
+    let (tenant, phone, limit) = match checked {
+        Ok(checked) => checked,
+        Err(refused) => return refused,
+    };
+    match state.conversations.thread(&tenant, phone, params.before, limit + 1).await {
+        Ok(mut items) => {
+            let more = items.len() as u64 > limit;
+            items.truncate(limit as usize);
+            let next = items.last().filter(|_| more).map(|last| last.id);
+            Json(json!({ "items": items, "next_before": next })).into_response()
+        }
+        Err(failure) => unavailable(failure),
+    }
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ReadParams {
+    organisation: Option<String>,
+}
+
+async fn mark_read(
+    State(state): State<InboxState>,
+    Extension(access): Extension<Access>,
+    Path(phone): Path<String>,
+    params: Result<Query<ReadParams>, axum::extract::rejection::QueryRejection>,
+) -> Response {
+    let Query(params) = match params {
+        Ok(params) => params,
+        Err(rejection) => return error(StatusCode::BAD_REQUEST, "invalid_request", rejection.body_text()),
+    };
+    let checked = one_organisation(&access, params.organisation.as_deref())
+        .and_then(|tenant| Ok((tenant, checked_phone(&phone)?)));
+    let (tenant, phone) = match checked {
+        Ok(checked) => checked,
+        Err(refused) => return refused,
+    };
+    match state.conversations.mark_read(&tenant, phone).await {
+        Ok(true) => Json(json!({ "unread": 0 })).into_response(),
+        Ok(false) => error(StatusCode::NOT_FOUND, "not_found", format!("no conversation with {phone}")),
+        Err(failure) => unavailable(failure),
+    }
+}
+
+#[cfg(feature = "kafka")]
+mod stream {
+    use std::convert::Infallible;
+    use std::time::Duration;
+
+    use axum::response::sse::{Event, KeepAlive, Sse};
+    use futures_util::StreamExt as _;
+
+    use super::*;
+    use crate::kafka::inbox_feed::{FeedCursor, FeedError};
+
+    /// How long a quiet stream waits before a keep-alive comment (proxies close idle connections).
+    const KEEP_ALIVE: Duration = Duration::from_secs(15);
+
+    #[derive(Debug, Default, Deserialize)]
+    #[serde(deny_unknown_fields)]
+    pub(super) struct StreamParams {
+        organisation: Option<String>,
+        /// For clients that cannot set the header.
+        last_event_id: Option<String>,
+    }
+
+    pub(super) async fn stream(
+        State(state): State<InboxState>,
+        Extension(access): Extension<Access>,
+        headers: HeaderMap,
+        params: Result<Query<StreamParams>, axum::extract::rejection::QueryRejection>,
+    ) -> Response {
+        let Query(params) = match params {
+            Ok(params) => params,
+            Err(rejection) => return error(StatusCode::BAD_REQUEST, "invalid_request", rejection.body_text()),
+        };
+        let Some(feed) = &state.feed else {
+            return error(StatusCode::NOT_FOUND, "not_found", "this server has no live stream");
+        };
+        let tenant = match organisation(&access, params.organisation.as_deref()) {
+            Ok(tenant) => tenant,
+            Err(refused) => return refused,
+        };
+        let header = headers.get("last-event-id").map(|v| v.to_str().map(str::to_owned));
+        let resume = match header.or(params.last_event_id.map(Ok)) {
+            None => None,
+            Some(Err(_)) => return error(StatusCode::BAD_REQUEST, "invalid_request", "Last-Event-ID is not text"),
+            Some(Ok(text)) => match FeedCursor::parse(&text) {
+                Ok(cursor) => Some(cursor),
+                Err(reason) => {
+                    return error(StatusCode::BAD_REQUEST, "invalid_request", format!("Last-Event-ID: {reason}"));
+                }
+            },
+        };
+        let subscription = match feed.open(tenant, resume).await {
+            Ok(subscription) => subscription,
+            Err(full @ FeedError::Full(_)) => {
+                let mut answer = unavailable(full);
+                answer.headers_mut().insert(header::RETRY_AFTER, header::HeaderValue::from_static("5"));
+                return answer;
+            }
+            Err(failure) => return unavailable(failure),
+        };
+        let start = subscription.start.encode();
+        let ready = Event::default()
+            .event("ready")
+            .id(start.clone())
+            .json_data(json!({ "cursor": start, "gap": subscription.gap }));
+        let events = futures_util::stream::unfold(subscription.events, |mut events| async move {
+            let item = events.recv().await?;
+            let event = Event::default().event("message_processed").id(item.cursor.encode()).json_data(&item.event);
+            Some((event, events))
+        });
+        let body = futures_util::stream::once(async move { ready })
+            .chain(events)
+            // Serialising our own events cannot fail; were it to, the event is skipped, the stream goes on.
+            .filter_map(|event| async move { event.ok() })
+            .map(Ok::<_, Infallible>);
+        Sse::new(body).keep_alive(KeepAlive::new().interval(KEEP_ALIVE)).into_response()
+    }
+}
