@@ -193,9 +193,11 @@ async function main() {
     return `visible ${since(t)} ms after the webhook's 200${seen ? ' (WARNING: the row was there before)' : ''}`;
   });
 
-  await step('4. thread shows the inbound message', async () => {
+  await step('4. thread shows the message and its reply', async () => {
     await row.click();
     await page.locator('#thread .message.inbound', { hasText: TEXT }).first().waitFor({ timeout: 10_000 });
+    // The reply was written with the message's completion: the history has it even though WhatsApp refused it.
+    await page.locator('#thread .message.outbound').first().waitFor({ timeout: 10_000 });
   });
 
   await step('5. DLQ row of the failed reply; replay it', async () => {

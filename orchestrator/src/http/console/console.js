@@ -394,13 +394,16 @@ async function openThread(tenant, phone) {
   await Promise.all([fetchMessages(state.thread), markRead(state.thread)]);
 }
 
-const msgKey = (m) => m.message_id || `id:${m.id}`;
+// A reply carries the id of the message it answers: direction (and, for replies, the row id) tells them apart.
+const msgKey = (m) => (m.direction === 'outbound' ? `out:${m.id ?? m.message_id}` : `in:${m.message_id}`);
 
 async function fetchMessages(thread, { older = false } = {}) {
   const path = `/api/v1/conversations/${encodeURIComponent(thread.phone)}/messages`;
   const data = await api(path + qs({ organisation: thread.tenant, limit: 50, before: older ? thread.before : '' }));
   if (state.thread !== thread) return; // the operator opened another conversation meanwhile
   for (const m of data?.items ?? []) thread.msgs.set(msgKey(m), m);
+  const conv = state.convs.get(thread.key);
+  if (conv && thread.msgs.size > (conv.message_count ?? 0)) conv.message_count = thread.msgs.size;
   // The cursor walks back through older pages; a re-read of the newest page must not reset it.
   if (older || !thread.loaded) thread.before = data?.next_before ?? null;
   renderThread(older ? 'keep' : thread.loaded ? 'auto' : 'bottom');
@@ -419,14 +422,15 @@ const refetchSoon = debounce((thread) => { if (state.thread === thread) fetchMes
 /** A stream event for the open thread: an inbound message shows at once; replies and statuses come with the re-read. */
 function threadEvent(ev) {
   const t = state.thread;
-  const known = t.msgs.get(ev.message_id);
   if (ev.kind !== 'status' && ev.direction === 'inbound') {
+    const key = `in:${ev.message_id}`;
+    const known = t.msgs.get(key);
     const status = { dead_lettered: 'dead_lettered', retried: 'retrying' }[ev.kind] ?? known?.status ?? 'received';
-    t.msgs.set(ev.message_id, { created_at: ev.occurred_at, ...known, direction: 'inbound', message_id: ev.message_id,
+    t.msgs.set(key, { created_at: ev.occurred_at, ...known, direction: 'inbound', message_id: ev.message_id,
       text: ev.text ?? known?.text ?? null, intent: ev.intent ?? known?.intent ?? null, status });
     markReadSoon(t);
-  } else if (known && ev.status) {
-    known.status = ev.status;
+  } else if (ev.status) {
+    for (const m of t.msgs.values()) if (m.direction === 'outbound' && m.message_id === ev.message_id) m.status = ev.status;
   }
   renderThreadSoon();
   refetchSoon(t);
