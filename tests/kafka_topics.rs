@@ -1,7 +1,8 @@
 //! `consumer topics create` against a broker that implements CreateTopics.
 //! librdkafka's mock cluster does not, so this test serves the three
 //! requests the admin client makes (ApiVersions, Metadata v1 to find the
-//! controller, CreateTopics v4) and records what it was asked to create.
+//! controller, CreateTopics v4) and records what it was asked to create,
+//! with the retention of `conversation.processed`.
 
 mod common;
 
@@ -12,7 +13,7 @@ use std::time::Duration;
 
 use common::kafka_wire::{Reader, Request, api_versions_answer, parse_request, put_string, read_frame, write_frame};
 use orchestrator::kafka::KafkaConfig;
-use orchestrator::kafka::topics::{TopicCreation, all_topics, create_topics};
+use orchestrator::kafka::topics::{PROCESSED_RETENTION, TopicCreation, all_topics, create_topics};
 
 /// A topic create request: name, partitions, replication factor.
 type Asked = Arc<Mutex<Vec<(String, i32, i16)>>>;
@@ -60,7 +61,15 @@ fn connection(mut stream: TcpStream, port: u16, asked: Asked) {
                     let partitions = reader.i32();
                     let replication = reader.i16();
                     assert_eq!(reader.i32(), 0, "no replica assignment");
-                    assert_eq!(reader.i32(), 0, "no config entries");
+                    let configs: Vec<(String, String)> =
+                        (0..reader.i32()).map(|_| (reader.string(), reader.string())).collect();
+                    // Only the live inbox's events are kept for a bounded time; the rest take the cluster's defaults.
+                    let expected = if name == "conversation.processed" {
+                        vec![("retention.ms".to_owned(), PROCESSED_RETENTION.as_millis().to_string())]
+                    } else {
+                        Vec::new()
+                    };
+                    assert_eq!(configs, expected, "config entries of {name}");
                     asked.lock().unwrap().push((name.clone(), partitions, replication));
                     let error: i16 = match name.as_str() {
                         EXISTING => 36,

@@ -66,57 +66,75 @@ pub fn routes(state: InboxState) -> Router {
         .with_state(state)
 }
 
-fn error(status: StatusCode, code: &str, message: impl Into<String>) -> Response {
-    (status, Json(json!({ "error": code, "message": message.into() }))).into_response()
+/// A request refused, with its status and the reason.
+#[derive(Debug)]
+pub(crate) struct Refused {
+    status: StatusCode,
+    code: &'static str,
+    message: String,
 }
 
-fn unavailable(error: impl std::fmt::Display) -> Response {
-    self::error(StatusCode::SERVICE_UNAVAILABLE, "unavailable", error.to_string())
+impl Refused {
+    fn bad(message: impl Into<String>) -> Self {
+        Self { status: StatusCode::BAD_REQUEST, code: "invalid_request", message: message.into() }
+    }
+
+    fn unavailable(error: impl std::fmt::Display) -> Self {
+        Self { status: StatusCode::SERVICE_UNAVAILABLE, code: "unavailable", message: error.to_string() }
+    }
+}
+
+impl IntoResponse for Refused {
+    fn into_response(self) -> Response {
+        (self.status, Json(json!({ "error": self.code, "message": self.message }))).into_response()
+    }
+}
+
+/// The query, or a 400 naming what is wrong with it.
+fn query<T>(params: Result<Query<T>, axum::extract::rejection::QueryRejection>) -> Result<T, Refused> {
+    params.map(|Query(params)| params).map_err(|rejection| Refused::bad(rejection.body_text()))
 }
 
 /// The organisation a request is about: an organisation's own (asking for
 /// another is refused), or the one an operator names (`None`: all of them).
-fn organisation(access: &Access, asked: Option<&str>) -> Result<Option<String>, Response> {
+fn organisation(access: &Access, asked: Option<&str>) -> Result<Option<String>, Refused> {
     let asked = asked.map(str::trim).filter(|o| !o.is_empty());
     match (access, asked) {
         (Access::Operator, asked) => Ok(asked.map(str::to_owned)),
-        (Access::Organisation(own), Some(asked)) if asked != own => {
-            Err(error(StatusCode::FORBIDDEN, "forbidden", "the token is for another organisation"))
-        }
+        (Access::Organisation(own), Some(asked)) if asked != own => Err(Refused {
+            status: StatusCode::FORBIDDEN,
+            code: "forbidden",
+            message: "the token is for another organisation".to_owned(),
+        }),
         (Access::Organisation(own), _) => Ok(Some(own.clone())),
     }
 }
 
 /// [`organisation`], required: a thread is one organisation's.
-fn one_organisation(access: &Access, asked: Option<&str>) -> Result<String, Response> {
-    organisation(access, asked)?.ok_or_else(|| {
-        error(StatusCode::BAD_REQUEST, "invalid_request", "`organisation` is required with an operator's token")
-    })
+fn one_organisation(access: &Access, asked: Option<&str>) -> Result<String, Refused> {
+    organisation(access, asked)?.ok_or_else(|| Refused::bad("`organisation` is required with an operator's token"))
 }
 
 /// Page size: 1 to 200, 50 by default.
-fn page_size(limit: Option<u64>) -> Result<u64, Response> {
+fn page_size(limit: Option<u64>) -> Result<u64, Refused> {
     match limit {
         None => Ok(50),
         Some(limit @ 1..=200) => Ok(limit),
-        Some(_) => Err(error(StatusCode::BAD_REQUEST, "invalid_request", "`limit` must be between 1 and 200")),
+        Some(_) => Err(Refused::bad("`limit` must be between 1 and 200")),
     }
 }
 
 /// A phone as the history keys it: E.164 with `+`, nothing else.
-fn checked_phone(phone: &str) -> Result<&str, Response> {
+fn checked_phone(phone: &str) -> Result<&str, Refused> {
     let digits = phone.strip_prefix('+').unwrap_or("");
     if (6..=20).contains(&digits.len()) && digits.bytes().all(|b| b.is_ascii_digit()) {
         Ok(phone)
     } else {
-        Err(error(
-            StatusCode::BAD_REQUEST,
-            "invalid_request",
-            format!("`{phone}` is not a phone in E.164 form (+15551234567)"),
-        ))
+        Err(Refused::bad(format!("`{phone}` is not a phone in E.164 form (+15551234567)")))
     }
 }
 
+/// Parameters of the routes' queries.
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct ListParams {
@@ -129,43 +147,30 @@ async fn conversations(
     State(state): State<InboxState>,
     Extension(access): Extension<Access>,
     params: Result<Query<ListParams>, axum::extract::rejection::QueryRejection>,
-) -> Response {
-    let Query(params) = match params {
-        Ok(params) => params,
-        Err(rejection) => return error(StatusCode::BAD_REQUEST, "invalid_request", rejection.body_text()),
-    };
-    let tenant = match organisation(&access, params.organisation.as_deref()) {
-        Ok(tenant) => tenant,
-        Err(refused) => return refused,
-    };
-    let limit = match page_size(params.limit) {
-        Ok(limit) => limit,
-        Err(refused) => return refused,
-    };
-    let before = match params.before.as_deref().map(|text| ConversationCursor::decode(text).ok_or(text)) {
-        Some(Err(text)) => {
-            return error(StatusCode::BAD_REQUEST, "invalid_request", format!("`before` is not a cursor: `{text}`"));
-        }
-        Some(Ok(cursor)) => Some(cursor),
+) -> Result<Response, Refused> {
+    let params = query(params)?;
+    let tenant = organisation(&access, params.organisation.as_deref())?;
+    let limit = page_size(params.limit)?;
+    let before = match params.before.as_deref() {
+        Some(text) => Some(
+            ConversationCursor::decode(text)
+                .ok_or_else(|| Refused::bad(format!("`before` is not a cursor: `{text}`")))?,
+        ),
         None => None,
     };
     // One more than asked: whether a next page exists.
-    match state.conversations.conversations(tenant.as_deref(), before.as_ref(), limit + 1).await {
-        Ok(mut items) => {
-            let more = items.len() as u64 > limit;
-            items.truncate(limit as usize);
-            let next = items.last().filter(|_| more).map(|last| {
-                ConversationCursor {
-                    at: last.last_message_at,
-                    tenant_id: last.tenant_id.clone(),
-                    phone: last.phone.clone(),
-                }
-                .encode()
-            });
-            Json(json!({ "items": items, "next_before": next })).into_response()
-        }
-        Err(failure) => unavailable(failure),
-    }
+    let mut items = state
+        .conversations
+        .conversations(tenant.as_deref(), before.as_ref(), limit + 1)
+        .await
+        .map_err(Refused::unavailable)?;
+    let more = items.len() as u64 > limit;
+    items.truncate(limit as usize);
+    let next = items.last().filter(|_| more).map(|last| {
+        ConversationCursor { at: last.last_message_at, tenant_id: last.tenant_id.clone(), phone: last.phone.clone() }
+            .encode()
+    });
+    Ok(Json(json!({ "items": items, "next_before": next })).into_response())
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -181,26 +186,16 @@ async fn thread(
     Extension(access): Extension<Access>,
     Path(phone): Path<String>,
     params: Result<Query<ThreadParams>, axum::extract::rejection::QueryRejection>,
-) -> Response {
-    let Query(params) = match params {
-        Ok(params) => params,
-        Err(rejection) => return error(StatusCode::BAD_REQUEST, "invalid_request", rejection.body_text()),
-    };
-    let checked = one_organisation(&access, params.organisation.as_deref())
-        .and_then(|tenant| Ok((tenant, checked_phone(&phone)?, page_size(params.limit)?)));
-    let (tenant, phone, limit) = match checked {
-        Ok(checked) => checked,
-        Err(refused) => return refused,
-    };
-    match state.conversations.thread(&tenant, phone, params.before, limit + 1).await {
-        Ok(mut items) => {
-            let more = items.len() as u64 > limit;
-            items.truncate(limit as usize);
-            let next = items.last().filter(|_| more).map(|last| last.id);
-            Json(json!({ "items": items, "next_before": next })).into_response()
-        }
-        Err(failure) => unavailable(failure),
-    }
+) -> Result<Response, Refused> {
+    let params = query(params)?;
+    let tenant = one_organisation(&access, params.organisation.as_deref())?;
+    let (phone, limit) = (checked_phone(&phone)?, page_size(params.limit)?);
+    let mut items =
+        state.conversations.thread(&tenant, phone, params.before, limit + 1).await.map_err(Refused::unavailable)?;
+    let more = items.len() as u64 > limit;
+    items.truncate(limit as usize);
+    let next = items.last().filter(|_| more).map(|last| last.id);
+    Ok(Json(json!({ "items": items, "next_before": next })).into_response())
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -214,21 +209,17 @@ async fn mark_read(
     Extension(access): Extension<Access>,
     Path(phone): Path<String>,
     params: Result<Query<ReadParams>, axum::extract::rejection::QueryRejection>,
-) -> Response {
-    let Query(params) = match params {
-        Ok(params) => params,
-        Err(rejection) => return error(StatusCode::BAD_REQUEST, "invalid_request", rejection.body_text()),
-    };
-    let checked = one_organisation(&access, params.organisation.as_deref())
-        .and_then(|tenant| Ok((tenant, checked_phone(&phone)?)));
-    let (tenant, phone) = match checked {
-        Ok(checked) => checked,
-        Err(refused) => return refused,
-    };
-    match state.conversations.mark_read(&tenant, phone).await {
-        Ok(true) => Json(json!({ "unread": 0 })).into_response(),
-        Ok(false) => error(StatusCode::NOT_FOUND, "not_found", format!("no conversation with {phone}")),
-        Err(failure) => unavailable(failure),
+) -> Result<Response, Refused> {
+    let params = query(params)?;
+    let tenant = one_organisation(&access, params.organisation.as_deref())?;
+    let phone = checked_phone(&phone)?;
+    match state.conversations.mark_read(&tenant, phone).await.map_err(Refused::unavailable)? {
+        true => Ok(Json(json!({ "unread": 0 })).into_response()),
+        false => Err(Refused {
+            status: StatusCode::NOT_FOUND,
+            code: "not_found",
+            message: format!("no conversation with {phone}"),
+        }),
     }
 }
 
@@ -259,37 +250,30 @@ mod stream {
         Extension(access): Extension<Access>,
         headers: HeaderMap,
         params: Result<Query<StreamParams>, axum::extract::rejection::QueryRejection>,
-    ) -> Response {
-        let Query(params) = match params {
-            Ok(params) => params,
-            Err(rejection) => return error(StatusCode::BAD_REQUEST, "invalid_request", rejection.body_text()),
-        };
-        let Some(feed) = &state.feed else {
-            return error(StatusCode::NOT_FOUND, "not_found", "this server has no live stream");
-        };
-        let tenant = match organisation(&access, params.organisation.as_deref()) {
-            Ok(tenant) => tenant,
-            Err(refused) => return refused,
-        };
+    ) -> Result<Response, Refused> {
+        let params = query(params)?;
+        let feed = state.feed.as_ref().ok_or(Refused {
+            status: StatusCode::NOT_FOUND,
+            code: "not_found",
+            message: "this server has no live stream".to_owned(),
+        })?;
+        let tenant = organisation(&access, params.organisation.as_deref())?;
         let header = headers.get("last-event-id").map(|v| v.to_str().map(str::to_owned));
         let resume = match header.or(params.last_event_id.map(Ok)) {
             None => None,
-            Some(Err(_)) => return error(StatusCode::BAD_REQUEST, "invalid_request", "Last-Event-ID is not text"),
-            Some(Ok(text)) => match FeedCursor::parse(&text) {
-                Ok(cursor) => Some(cursor),
-                Err(reason) => {
-                    return error(StatusCode::BAD_REQUEST, "invalid_request", format!("Last-Event-ID: {reason}"));
-                }
-            },
+            Some(Err(_)) => return Err(Refused::bad("Last-Event-ID is not text")),
+            Some(Ok(text)) => {
+                Some(FeedCursor::parse(&text).map_err(|reason| Refused::bad(format!("Last-Event-ID: {reason}")))?)
+            }
         };
         let subscription = match feed.open(tenant, resume).await {
             Ok(subscription) => subscription,
             Err(full @ FeedError::Full(_)) => {
-                let mut answer = unavailable(full);
+                let mut answer = Refused::unavailable(full).into_response();
                 answer.headers_mut().insert(header::RETRY_AFTER, header::HeaderValue::from_static("5"));
-                return answer;
+                return Ok(answer);
             }
-            Err(failure) => return unavailable(failure),
+            Err(failure) => return Err(Refused::unavailable(failure)),
         };
         let start = subscription.start.encode();
         let ready = Event::default()
@@ -306,6 +290,6 @@ mod stream {
             // Serialising our own events cannot fail; were it to, the event is skipped, the stream goes on.
             .filter_map(|event| async move { event.ok() })
             .map(Ok::<_, Infallible>);
-        Sse::new(body).keep_alive(KeepAlive::new().interval(KEEP_ALIVE)).into_response()
+        Ok(Sse::new(body).keep_alive(KeepAlive::new().interval(KEEP_ALIVE)).into_response())
     }
 }

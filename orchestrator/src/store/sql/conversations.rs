@@ -13,6 +13,16 @@ use crate::store::conversations::{Conversation, ConversationCursor, Conversation
 /// Longest `last_preview` kept, in characters.
 const PREVIEW_CHARS: usize = 200;
 
+/// What a batch adds to one conversation: its latest message, and how many
+/// new messages (inbound ones unread).
+struct Touched {
+    latest: i64,
+    direction: String,
+    text: Option<String>,
+    unread: i32,
+    count: i32,
+}
+
 /// Writes `turns` (each in its organisation) in the caller's transaction:
 /// their messages once (a redelivery adds nothing), then one upsert of each
 /// conversation touched, in key order (concurrent batches lock rows in one
@@ -49,20 +59,25 @@ pub(super) async fn write_turns(
             now.into(),
         ]);
     }
-    // Per conversation: (latest id, its direction and text, new inbound, new in all).
-    let mut touched: BTreeMap<(String, String), (i64, String, Option<String>, i32, i32)> = BTreeMap::new();
+    let mut touched: BTreeMap<(String, String), Touched> = BTreeMap::new();
     for row in txn.query_all_raw(stmt(backend, &sql, values)).await? {
         let id: i64 = row.try_get("", "id")?;
         let direction: String = row.try_get("", "direction")?;
         let text: Option<String> = row.try_get("", "text")?;
         let inbound = i32::from(direction == Direction::Inbound.as_str());
         let key = (row.try_get("", "tenant_id")?, row.try_get("", "phone")?);
-        let entry = touched.entry(key).or_insert((id, direction.clone(), text.clone(), 0, 0));
-        if id >= entry.0 {
-            (entry.0, entry.1, entry.2) = (id, direction, text);
+        let entry = touched.entry(key).or_insert(Touched {
+            latest: id,
+            direction: direction.clone(),
+            text: text.clone(),
+            unread: 0,
+            count: 0,
+        });
+        if id >= entry.latest {
+            (entry.latest, entry.direction, entry.text) = (id, direction, text);
         }
-        entry.3 += inbound;
-        entry.4 += 1;
+        entry.unread += inbound;
+        entry.count += 1;
     }
     if touched.is_empty() {
         return Ok(());
@@ -80,7 +95,7 @@ pub(super) async fn write_turns(
             message_count = conversations.message_count + excluded.message_count",
     );
     let mut values: Vec<Value> = Vec::with_capacity(touched.len() * 7);
-    for ((tenant, phone), (_, direction, text, unread, count)) in touched {
+    for ((tenant, phone), Touched { direction, text, unread, count, .. }) in touched {
         let preview = text.map(|t| t.chars().take(PREVIEW_CHARS).collect::<String>());
         values.extend([
             tenant.into(),
