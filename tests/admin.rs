@@ -133,6 +133,7 @@ fn entry(
         error: error.to_owned(),
         attempt_count: 3,
         trace_context: None,
+        conversation: None,
     }
 }
 

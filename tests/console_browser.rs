@@ -16,7 +16,7 @@ mod common;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use axum::Json;
 use axum::extract::State;
@@ -115,14 +115,7 @@ async fn the_console_shows_the_feed_replays_a_dead_letter_and_an_open_breaker_in
         .stdout(Stdio::null())
         .stderr(std::fs::File::create(&log).unwrap());
     let mut child = tokio::process::Command::from(command).kill_on_drop(true).spawn().unwrap();
-    let client = common::http_client();
-    let started = Instant::now();
-    while !client.get(format!("http://{http}/health")).send().await.is_ok_and(|r| r.status() == 200) {
-        let log_text = std::fs::read_to_string(&log).unwrap_or_default();
-        assert!(started.elapsed() < Duration::from_secs(60), "consumer did not start:\n{log_text}");
-        assert!(child.try_wait().unwrap().is_none(), "consumer exited:\n{log_text}");
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    common::wait_until_healthy(&http, &log, &mut child).await;
 
     let screenshot = root.join("target/console-e2e.png");
     let script = tokio::process::Command::new(node)

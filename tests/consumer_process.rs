@@ -149,14 +149,8 @@ async fn with_a_jwt_secret_the_consumer_serves_the_send_api_and_sends_now_and_wh
     command.env("JWT_SECRET", "process-test-secret").env("SCHEDULER_INTERVAL_MS", "200").stdout(Stdio::null());
     command.stderr(std::fs::File::create(&log).unwrap());
     let mut child = tokio::process::Command::from(command).kill_on_drop(true).spawn().unwrap();
+    common::wait_until_healthy(&http, &log, &mut child).await;
     let client = common::http_client();
-    let started = Instant::now();
-    while !client.get(format!("http://{http}/health")).send().await.is_ok_and(|r| r.status() == 200) {
-        let log_text = std::fs::read_to_string(&log).unwrap_or_default();
-        assert!(started.elapsed() < Duration::from_secs(60), "consumer did not start:\n{log_text}");
-        assert!(child.try_wait().unwrap().is_none(), "consumer exited:\n{log_text}");
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
     let token = orchestrator::http::auth::mint_hs256(
         b"process-test-secret",
         "org_id",

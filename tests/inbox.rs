@@ -106,6 +106,28 @@ async fn completions_write_the_thread_once_and_statuses_come_from_the_senders_ro
     }
 }
 
+#[tokio::test]
+async fn a_dead_lettered_message_is_in_its_thread_marked_so() {
+    for t in testing::databases().await {
+        let label = t.label;
+        let store = Arc::new(SqlStore::new(t.db.clone()));
+        let log = CallLog::default();
+        let failing = Scripted::new("crm", &log).always_failing(orchestrator::ActionError::Permanent("refused".into()));
+        let orch = orchestrator(
+            store.clone(),
+            HandlerRegistry::new(Plan(vec![ActionRequest::new("crm", json!({}))])),
+            orchestrator::ExecutorRegistry::new().with(failing),
+        );
+        let outcome = orch.process(from("+15550000031", "wamid.d1", "this will fail")).await.unwrap();
+        assert!(matches!(outcome, Outcome::DeadLettered(_)), "{label}: {outcome:?}");
+        let thread = store.thread("default", "+15550000031", None, 10).await.unwrap();
+        let shown: Vec<(&str, &str, Option<&str>)> =
+            thread.iter().map(|m| (m.direction.as_str(), m.status.as_str(), m.text.as_deref())).collect();
+        assert_eq!(shown, [("inbound", "dead_lettered", Some("this will fail"))], "{label}");
+        assert_eq!(store.conversations(Some("default"), None, 1).await.unwrap()[0].unread, 1, "{label}");
+    }
+}
+
 fn api_message(id: &str, tenant: &str, phone: &str, text: &str) -> NewApiMessage {
     NewApiMessage {
         id: id.to_owned(),

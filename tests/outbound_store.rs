@@ -43,6 +43,7 @@ fn dead_letter(key: &ReplyKey) -> NewDeadLetter {
         error: "permanent (code Some(131047)): outside the window".into(),
         attempt_count: 1,
         trace_context: None,
+        conversation: None,
     }
 }
 

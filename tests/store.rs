@@ -302,6 +302,7 @@ fn dead_letter(message_id: &str, tenant: &str, failure_type: FailureType) -> New
         error: format!("{failure_type} for {message_id}"),
         attempt_count: 3,
         trace_context: None,
+        conversation: None,
     }
 }
 

@@ -349,6 +349,19 @@ pub async fn read(
     read_within(kafka, topic, want, Duration::from_secs(60)).await
 }
 
+/// Waits until the consumer process at `http` answers `/health` with 200;
+/// fails, with its log, when it exits first or takes over a minute.
+pub async fn wait_until_healthy(http: &str, log: &std::path::Path, child: &mut tokio::process::Child) {
+    let client = http_client();
+    let started = std::time::Instant::now();
+    while !client.get(format!("http://{http}/health")).send().await.is_ok_and(|r| r.status() == 200) {
+        let log_text = std::fs::read_to_string(log).unwrap_or_default();
+        assert!(started.elapsed() < Duration::from_secs(60), "consumer did not start:\n{log_text}");
+        assert!(child.try_wait().unwrap().is_none(), "consumer exited:\n{log_text}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
 /// The compiled `consumer` example next to the running test binary
 /// (`<target>/<profile>/deps/<test>` -> `<target>/<profile>/examples/consumer`).
 pub fn consumer_binary() -> std::path::PathBuf {

@@ -535,6 +535,7 @@ impl ReplyWorker {
             error: reason,
             attempt_count: attempts,
             trace_context: crate::telemetry::current_traceparent(),
+            conversation: None,
         };
         let filed = match stored("dead-lettering a reply", || self.outbound.fail_send(lease, code, &entry)).await {
             Err(StoreError::LeaseLost(_)) => {

@@ -156,6 +156,7 @@ impl IngestWorker {
             error: reason,
             attempt_count: 1,
             trace_context: crate::telemetry::current_traceparent(),
+            conversation: None,
         };
         let id = until_ok("filing an edge-function request in the DLQ", || self.store.dead_letter(None, &entry)).await;
         tracing::warn!(dlq_id = id, failure = %failure_type, error = %entry.error, "edge-function request dead-lettered");

@@ -4,10 +4,24 @@
 use chrono::Utc;
 
 use super::{DeadLettered, Orchestrator, Outcome, PipelineError, Provenance};
+use crate::context::Inbound;
 use crate::context::MessageContext;
 use crate::event::{DecodeError, FailureType, MessageFailed};
 use crate::retry::RetryDecision;
-use crate::store::{Lease, NewDeadLetter, SourceInfo, to_chrono};
+use crate::store::{ConversationTurn, Direction, Lease, NewDeadLetter, SourceInfo, ThreadEntry, to_chrono};
+
+/// A dead-lettered message in its conversation's history: the customer
+/// sent it, whatever became of it.
+fn inbound_turn(inbound: &Inbound, message_id: &str) -> ConversationTurn {
+    let entry = ThreadEntry {
+        direction: Direction::Inbound,
+        message_id: message_id.to_owned(),
+        reply_index: 0,
+        text: Some(inbound.preview()),
+        intent: None,
+    };
+    ConversationTurn { phone: inbound.phone().to_owned(), entries: vec![entry] }
+}
 
 impl Orchestrator {
     /// Files bytes that could not be decoded in the dead-letter queue as a
@@ -39,6 +53,7 @@ impl Orchestrator {
             error: reason,
             attempt_count: 1,
             trace_context: crate::telemetry::current_traceparent(),
+            conversation: None,
         };
         let dlq_id = self.store.dead_letter(None, &entry).await?;
         super::observe::rejected(failure_type);
@@ -105,6 +120,7 @@ impl Orchestrator {
             error: reason.clone(),
             attempt_count: attempt,
             trace_context: crate::telemetry::current_traceparent(),
+            conversation: key.map(|_| inbound_turn(origin.inbound, &message_id)),
         };
         let dlq_id = self.store.dead_letter(lease, &entry).await?;
         tracing::warn!(dlq_id, %failure_type, %reason, "message dead-lettered");

@@ -90,7 +90,8 @@ pub struct ThreadMessage {
     pub text: Option<String>,
     /// The intent it was handled with (inbound).
     pub intent: Option<String>,
-    /// Inbound: `received`. Outbound: its `outbound_messages` status
+    /// Inbound: `received`, or `dead_lettered` while its message waits in
+    /// the dead-letter queue. Outbound: its `outbound_messages` status
     /// (`queued`, `sent`, `delivered`, `read`, `failed`, ...), or `pending`
     /// before the sender has taken it.
     pub status: String,

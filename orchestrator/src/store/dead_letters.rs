@@ -38,6 +38,9 @@ pub struct NewDeadLetter {
     pub attempt_count: u32,
     /// The W3C `traceparent` of the attempt that gave up, to continue its trace on replay.
     pub trace_context: Option<String>,
+    /// The customer's message in its conversation's history (in
+    /// `tenant_id`), written with the entry by a store that keeps one.
+    pub conversation: Option<super::ConversationTurn>,
 }
 
 /// Status of a dead-letter entry (`status` column).

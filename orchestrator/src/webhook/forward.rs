@@ -118,6 +118,7 @@ pub async fn file_rejected(
         error: format!("webhook entries skipped: {}", notification.rejected.join("; ")),
         attempt_count: 1,
         trace_context: crate::telemetry::current_traceparent(),
+        conversation: None,
     };
     let id = store.dead_letter(None, &entry).await.map_err(|e| e.to_string())?;
     tracing::warn!(dlq_id = id, skipped = notification.rejected.len(), "webhook entries dead-lettered");

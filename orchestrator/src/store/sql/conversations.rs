@@ -163,13 +163,17 @@ pub(super) async fn thread(
     before: Option<i64>,
     limit: u64,
 ) -> Result<Vec<ThreadMessage>, StoreError> {
-    // The delivery status is the sender's own row's: the thread cannot disagree with it.
+    // The statuses are the pipeline's and the sender's own rows': the thread cannot disagree with them.
     let mut sql = String::from(
-        "SELECT m.id, m.direction, m.message_id, m.text, m.intent, m.created_at, o.status
+        "SELECT m.id, m.direction, m.message_id, m.text, m.intent, m.created_at, o.status,
+                CASE WHEN p.dead_lettered_at IS NOT NULL AND p.status <> 'completed' THEN 'dead_lettered' END
+                  AS processing
          FROM conversation_messages m
          LEFT JOIN outbound_messages o
            ON m.direction = 'outbound' AND o.tenant_id = m.tenant_id AND o.original_message_id = m.message_id
           AND o.reply_index = m.reply_index
+         LEFT JOIN processed_messages p
+           ON m.direction = 'inbound' AND p.tenant_id = m.tenant_id AND p.message_id = m.message_id
          WHERE m.tenant_id = ? AND m.phone = ?",
     );
     let mut values: Vec<Value> = vec![tenant.into(), phone.into()];
@@ -184,7 +188,9 @@ pub(super) async fn thread(
         .map(|row| {
             let direction = Direction::parse(&row.try_get::<String>("", "direction")?);
             let status: Option<String> = row.try_get("", "status")?;
+            let processing: Option<String> = row.try_get("", "processing")?;
             let status = match direction {
+                Direction::Inbound if processing.as_deref() == Some("dead_lettered") => "dead_lettered".to_owned(),
                 Direction::Inbound => "received".to_owned(),
                 Direction::Outbound => status.unwrap_or_else(|| "pending".to_owned()),
             };

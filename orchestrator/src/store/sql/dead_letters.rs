@@ -73,6 +73,13 @@ async fn insert_batch(db: &DatabaseConnection, batch: &[DlqWrite]) -> Result<Vec
         // only grows, so the ids in ascending order are the rows in list
         // order (RETURNING itself promises no order on SQLite).
         ids.sort_unstable();
+        let turns: Vec<(&str, &crate::store::ConversationTurn)> = batch
+            .iter()
+            .zip(&lost)
+            .filter(|(_, lost)| lost.is_none())
+            .filter_map(|(write, _)| Some((write.entry.tenant_id.as_deref()?, write.entry.conversation.as_ref()?)))
+            .collect();
+        super::conversations::write_turns(&txn, &turns, now).await?;
     }
     txn.commit().await?;
     let mut ids = ids.into_iter();
