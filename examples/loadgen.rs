@@ -400,8 +400,10 @@ const LIMIT_BATCH: usize = 500;
 
 /// The database limit: what the database alone takes of the rows an order
 /// message writes today (its claim row inserted completed with its reply,
-/// the order, the sales notification, three lead activities and the lead's
-/// stage in one transaction, then the reply mark in another), generated
+/// the order, the sales notification, three lead activities, the lead's
+/// stage, the message and its reply in the conversation's history and the
+/// conversation's counts in one transaction, then the reply mark in
+/// another), generated
 /// inside the database from a series, `LIMIT_BATCH` messages per
 /// transaction, on as many connections at once as the machine has cores.
 /// No client builds the rows, so the limit is the database's own, not one
@@ -472,6 +474,21 @@ async fn write_limit_batch(db: &DatabaseConnection, run: &str, first: usize, las
             "{series} INSERT INTO leads (tenant_id, lead_id, stage, updated_at) \
              SELECT 'default', {phone}, 'customer', CURRENT_TIMESTAMP FROM s WHERE true \
              ON CONFLICT (tenant_id, lead_id) DO UPDATE SET stage = excluded.stage, updated_at = excluded.updated_at"
+        ),
+        format!(
+            "{series}, d(direction) AS (SELECT 'inbound' UNION ALL SELECT 'outbound') \
+             INSERT INTO conversation_messages (tenant_id, phone, direction, message_id, reply_index, text, intent, \
+             created_at) SELECT 'default', {phone}, direction, {id}, 0, 'I want to order 2 tacos and 1 soda', \
+             'ORDER_REQUEST', CURRENT_TIMESTAMP FROM s, d WHERE true ON CONFLICT DO NOTHING"
+        ),
+        format!(
+            "{series} INSERT INTO conversations (tenant_id, phone, last_message_at, last_direction, last_preview, \
+             unread_count, message_count) SELECT 'default', {phone}, CURRENT_TIMESTAMP, 'outbound', \
+             'Got it! Your order of 2 x tacos, 1 x soda is being prepared.', COUNT(*), 2 * COUNT(*) FROM s \
+             GROUP BY {phone} ON CONFLICT (tenant_id, phone) DO UPDATE SET \
+             last_message_at = excluded.last_message_at, last_direction = excluded.last_direction, \
+             last_preview = excluded.last_preview, unread_count = conversations.unread_count + excluded.unread_count, \
+             message_count = conversations.message_count + excluded.message_count"
         ),
     ];
     let mark = format!(
