@@ -429,7 +429,7 @@ async fn run(settings: &Settings, demo: bool) -> Result<(), Box<dyn std::error::
     tracing::info!(settings = %client.join(" "), "kafka client settings");
 
     let db = database(settings).await?;
-    let raw_store = Arc::new(SqlStore::new(db.clone()));
+    let raw_store = Arc::new(SqlStore::new(db.clone()).with_history(settings.server.conversation_history));
     let orchestrator = Arc::new(
         Orchestrator::builder()
             .handlers(handlers::builtin())

@@ -22,6 +22,7 @@
 //! LOADGEN_MESSAGES=20000 cargo run --release --example loadgen  # fewer
 //! cargo run --release --example loadgen -- --rate 5000          # open loop: 5,000 msg/s offered
 //! cargo run --release --example loadgen -- --orders             # order messages only (two-step sagas)
+//! cargo run --release --example loadgen -- --no-history         # without the inbox's conversation history
 //! cargo run --release --example loadgen -- --noop               # no-op executors, in-memory dedupe
 //! cargo run --release --example loadgen -- --replies            # 20,000 replies, 80/s per number (250 s)
 //! WHATSAPP_MAX_SEND_RATE=2000 cargo run --release --example loadgen -- --replies  # a higher tier's limit
@@ -87,6 +88,9 @@ struct Args {
     /// Only order messages (two-step sagas: `create_order`, `notify_sales`), as the reliability suite sends.
     #[arg(long, conflicts_with = "replies")]
     orders: bool,
+    /// Without the inbox's conversation history (`CONVERSATION_HISTORY=false`).
+    #[arg(long)]
+    no_history: bool,
 }
 
 /// What a message says, and how often (per 100 messages).
@@ -542,7 +546,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         let memory = Arc::new(MemoryStore::new());
         (memory.clone(), memory)
     } else {
-        let sql = Arc::new(SqlStore::new(db.clone()));
+        let sql = Arc::new(SqlStore::new(db.clone()).with_history(!args.no_history));
         (sql.clone(), sql)
     };
     let executors = if args.noop { noop_executors() } else { executors::builtin(&db) };

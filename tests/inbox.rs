@@ -128,6 +128,19 @@ async fn a_dead_lettered_message_is_in_its_thread_marked_so() {
     }
 }
 
+#[tokio::test]
+async fn with_history_off_nothing_is_written_to_the_inbox() {
+    for t in testing::databases().await {
+        let store = Arc::new(SqlStore::new(t.db.clone()).with_history(false));
+        let orch = orchestrator(store.clone(), handlers::builtin(), executors::builtin(store.connection()));
+        let outcome = orch.process(from("+15550000041", "wamid.n1", "2 tacos please")).await.unwrap();
+        assert!(matches!(outcome, Outcome::Completed(_)), "{}: {outcome:?}", t.label);
+        store.insert_api_messages("acme", &[api_message("n1", "acme", "+15550000041", "hi")], None).await.unwrap();
+        assert_eq!(count(&t.db, "conversation_messages", "1 = 1").await, 0, "{}", t.label);
+        assert_eq!(count(&t.db, "conversations", "1 = 1").await, 0, "{}", t.label);
+    }
+}
+
 fn api_message(id: &str, tenant: &str, phone: &str, text: &str) -> NewApiMessage {
     NewApiMessage {
         id: id.to_owned(),

@@ -505,6 +505,10 @@ pub struct ServerSettings {
     /// How often the scheduler looks for due messages (ms).
     #[arg(long, env = "SCHEDULER_INTERVAL_MS", default_value_t = 1000, value_parser = clap::value_parser!(u64).range(1..))]
     pub scheduler_interval_ms: u64,
+    /// Write the inbox's conversation history (off: about three rows fewer per message, and an empty inbox).
+    #[arg(long, env = "CONVERSATION_HISTORY", default_value_t = true, action = ArgAction::Set,
+          value_parser = BoolishValueParser::new())]
+    pub conversation_history: bool,
     /// Live inbox streams (`/api/v1/stream`) this process serves at once; each reads Kafka itself.
     #[arg(long, env = "STREAM_MAX_CONNECTIONS", default_value_t = 256, value_parser = clap::value_parser!(u64).range(1..=100_000))]
     pub stream_max_connections: u64,

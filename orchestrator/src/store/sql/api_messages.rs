@@ -81,6 +81,7 @@ pub(super) async fn insert(
     tenant: &str,
     messages: &[NewApiMessage],
     daily_limit: Option<u64>,
+    history: bool,
 ) -> Result<Inserted, StoreError> {
     let now = Utc::now();
     let txn = db.begin().await?;
@@ -147,7 +148,7 @@ pub(super) async fn insert(
     // The new ones join their conversations' history, in this transaction.
     let turns: Vec<ConversationTurn> = messages
         .iter()
-        .filter(|m| created.contains(&m.id))
+        .filter(|m| history && created.contains(&m.id))
         .map(|m| ConversationTurn {
             phone: m.recipient_phone.clone(),
             entries: vec![ThreadEntry {
