@@ -14,12 +14,13 @@ use super::{
 };
 use crate::breaker::BreakerRegistry;
 use crate::config::PipelineConfig;
-use crate::context::MessageContext;
+use crate::context::{Inbound, MessageContext};
 use crate::event::{FailureType, Priority, ResponseReady};
 use crate::executor_registry::ExecutorRegistry;
 use crate::handler::HandlerError;
 use crate::handler::IntentOutcome;
 use crate::handler_registry::HandlerRegistry;
+use crate::intent::Intent;
 use crate::local::LocalStep;
 use crate::retry::RetryPolicy;
 use crate::saga::{SagaReport, SagaRunner, StepOutcome, count_action};
@@ -101,8 +102,8 @@ impl Orchestrator {
 
     /// The organisation a message belongs to: its intent's, else the one
     /// its metadata names, else the default; `None` when none applies.
-    pub fn tenant_of<'a>(&'a self, incoming: &'a Incoming) -> Option<&'a str> {
-        incoming.intent.tenant_id.as_deref().or(incoming.inbound.tenant_hint()).or(self.default_tenant())
+    pub fn tenant_of<'a>(&'a self, intent: &'a Intent, inbound: &'a Inbound) -> Option<&'a str> {
+        intent.tenant_id.as_deref().or(inbound.tenant_hint()).or(self.default_tenant())
     }
 
     /// The organisation of messages that name none (`None`: such messages are refused).
@@ -119,7 +120,7 @@ impl Orchestrator {
                 .dead_letter(None, &incoming.provenance(), Some(&message_id), 1, FailureType::ValidationError, reason)
                 .await;
         }
-        let Some(tenant_id) = self.tenant_of(&incoming).map(str::to_owned) else {
+        let Some(tenant_id) = self.tenant_of(&incoming.intent, &incoming.inbound).map(str::to_owned) else {
             let reason = "no tenant: neither the intent nor the message names one".to_owned();
             return self
                 .dead_letter(None, &incoming.provenance(), Some(&message_id), 1, FailureType::ValidationError, reason)

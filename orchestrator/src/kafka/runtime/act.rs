@@ -142,13 +142,12 @@ impl Worker {
             Decoded::Inbound(incoming) => Some(incoming.as_ref()),
             _ => None,
         };
-        let tenant = incoming
-            .and_then(|incoming| {
-                // The decoded copy has no intent yet: the one it was processed with names the tenant.
-                intent.tenant_id.as_deref().or(incoming.inbound.tenant_hint())
-            })
-            .or(self.orchestrator.default_tenant())
-            .unwrap_or_default();
+        // The decoded copy has no intent yet: the one it was processed with names the tenant.
+        let tenant = match incoming {
+            Some(incoming) => self.orchestrator.tenant_of(intent, &incoming.inbound),
+            None => self.orchestrator.default_tenant(),
+        }
+        .unwrap_or_default();
         let phone = incoming.map(|i| i.inbound.phone()).or(delivered.key.as_deref()).unwrap_or_default();
         let event = match outcome {
             Outcome::Completed(done) => {
