@@ -783,3 +783,40 @@ async fn a_scheduler_that_dies_holding_messages_leaves_them_to_the_next_after_it
         );
     }
 }
+
+#[tokio::test]
+async fn an_unreadable_stored_message_goes_to_the_dead_letter_queue_once_not_round_after_round() {
+    use orchestrator::store::{DeadLetterQueue, DlqFilter, NewApiMessage, OutboundStatus, Page};
+    for db in testing::databases().await {
+        let label = db.label;
+        let api = Api::default(db).await;
+        let due = Utc::now() - chrono::Duration::seconds(1);
+        let corrupt = NewApiMessage {
+            id: "corrupt-1".into(),
+            tenant_id: "acme".into(),
+            recipient_phone: "+15551234567".into(),
+            phone_number_id: None,
+            payload: "{not a reply".into(),
+            preview: "?".into(),
+            request_hash: "h".into(),
+            scheduled_at: Some(due),
+            dispatch_due_at: due,
+        };
+        api.store.insert_api_messages("acme", &[corrupt], None).await.unwrap();
+        let scheduler = Scheduler::new(api.store.clone(), api.recorder.clone(), SchedulerSettings::default());
+        let round = scheduler.round().await.unwrap();
+        assert_eq!((round.claimed, round.dispatched), (1, 0), "{label}");
+        assert!(api.recorder.replies().is_empty(), "{label}: nothing published");
+        let stored = api.store.api_message("corrupt-1").await.unwrap().unwrap();
+        assert_eq!(stored.status, OutboundStatus::Failed, "{label}");
+        let entries = api.store.list(&DlqFilter::default(), Page { limit: 10, offset: 0 }).await.unwrap();
+        assert_eq!(entries.len(), 1, "{label}: {entries:?}");
+        let entry = &entries[0];
+        assert_eq!((entry.message_id.as_deref(), entry.tenant_id.as_deref()), (Some("corrupt-1"), Some("acme")));
+        assert_eq!(entry.failure_type, orchestrator::event::FailureType::SerializationError, "{label}");
+        assert_eq!(entry.payload, b"{not a reply", "{label}: the bytes as stored");
+        assert!(entry.error.contains("corrupt-1"), "{label}: {}", entry.error);
+        // Out of the scheduler's way: the next round has nothing to claim.
+        assert_eq!(scheduler.round().await.unwrap().claimed, 0, "{label}");
+    }
+}

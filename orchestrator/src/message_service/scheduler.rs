@@ -15,9 +15,9 @@ use std::time::Duration;
 
 use chrono::Utc;
 
-use crate::event::ResponseReady;
+use crate::event::{FailureType, ResponseReady};
 use crate::publish::Publish;
-use crate::store::{ApiMessages, StoreError};
+use crate::store::{ApiMessages, NewDeadLetter, StoreError};
 
 /// How the scheduler runs.
 #[derive(Debug, Clone)]
@@ -87,10 +87,8 @@ impl Scheduler {
         for due in &claim.messages {
             match serde_json::from_str::<ResponseReady>(&due.payload) {
                 Ok(reply) => replies.push((due.id.clone(), reply)),
-                // Written by this service; unreadable means a corrupt row, kept for an operator.
-                Err(error) => {
-                    tracing::error!(%error, id = %due.id, "scheduled message unreadable: left in outbound_messages")
-                }
+                // Written by this service: unreadable means a corrupt row. Retrying cannot mend it: to the DLQ.
+                Err(error) => self.dead_letter(claim.token, &due.id, &due.payload, &error).await?,
             }
         }
         let published = super::publish_replies(self.publisher.as_ref(), replies).await;
@@ -98,5 +96,35 @@ impl Scheduler {
         crate::metrics::metrics().message_service_processed.with_label_values(&["dispatched"]).inc_by(dispatched);
         tracing::debug!(claimed = claim.messages.len(), dispatched, "scheduler round");
         Ok(Round { claimed: claim.messages.len(), dispatched: dispatched as usize })
+    }
+
+    /// Files an unreadable message in the dead-letter queue with its bytes
+    /// and marks it failed, so no round claims it again.
+    async fn dead_letter(
+        &self,
+        claim: i64,
+        id: &str,
+        payload: &str,
+        error: &serde_json::Error,
+    ) -> Result<(), StoreError> {
+        let entry = NewDeadLetter {
+            message_id: Some(id.to_owned()),
+            tenant_id: None,
+            source: None,
+            payload: payload.as_bytes().to_vec(),
+            failure_type: FailureType::SerializationError,
+            error: format!("send API message {id} does not read back as a ResponseReady: {error}"),
+            attempt_count: 1,
+            trace_context: crate::telemetry::current_traceparent(),
+            conversation: None,
+        };
+        if let Some(dlq_id) = self.store.dead_letter_due(claim, id, &entry).await? {
+            crate::metrics::metrics()
+                .dead_lettered
+                .with_label_values(&[FailureType::SerializationError.as_str()])
+                .inc();
+            tracing::error!(dlq_id, %id, %error, "scheduled message unreadable: dead-lettered");
+        }
+        Ok(())
     }
 }

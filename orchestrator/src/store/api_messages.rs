@@ -15,8 +15,8 @@ use std::time::Duration;
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 
-use super::StoreError;
 use super::outbound::OutboundStatus;
+use super::{NewDeadLetter, StoreError};
 
 /// A message the API accepted, to store.
 #[derive(Debug, Clone, PartialEq)]
@@ -192,6 +192,13 @@ pub trait ApiMessages: Send + Sync {
     /// token still holds; without, those the API published itself and no
     /// scheduler holds. Answers how many were marked.
     async fn mark_dispatched(&self, claim: Option<i64>, ids: &[String]) -> Result<u64, StoreError>;
+
+    /// Files a claimed message that cannot be published (its stored
+    /// request does not read back) in the dead-letter queue, in its
+    /// organisation, and marks it `failed` with the entry's error, in one
+    /// transaction, while `claim` still holds it; answers the entry's id
+    /// (`None`: the claim was lost, nothing written).
+    async fn dead_letter_due(&self, claim: i64, id: &str, entry: &NewDeadLetter) -> Result<Option<i64>, StoreError>;
 
     /// One message, whatever its organisation (the caller checks it).
     async fn api_message(&self, id: &str) -> Result<Option<ApiMessage>, StoreError>;

@@ -13,7 +13,7 @@ use crate::store::api_messages::{
     NewApiMessage,
 };
 use crate::store::outbound::OutboundStatus;
-use crate::store::{ConversationTurn, Direction, StoreError, ThreadEntry, to_chrono};
+use crate::store::{ConversationTurn, Direction, NewDeadLetter, StoreError, ThreadEntry, to_chrono};
 
 /// Counter rows per organisation and day: concurrent requests update different rows.
 const USAGE_SHARDS: u64 = 16;
@@ -233,6 +233,39 @@ pub(super) async fn mark_dispatched(
         marked += db.execute_raw(stmt(db.get_database_backend(), &sql, values)).await?.rows_affected();
     }
     Ok(marked)
+}
+
+pub(super) async fn dead_letter_due(
+    db: &DatabaseConnection,
+    claim: i64,
+    id: &str,
+    entry: &NewDeadLetter,
+) -> Result<Option<i64>, StoreError> {
+    let now = Utc::now();
+    let txn = db.begin().await?;
+    let backend = txn.get_database_backend();
+    // Fenced by the claim: failed now, and out of the scheduler's way.
+    let held = txn
+        .query_one_raw(stmt(
+            backend,
+            "UPDATE outbound_messages
+             SET status = 'failed', failed_at = ?, updated_at = ?, error = ?, dispatch_due_at = NULL,
+                 dispatch_lease_until = NULL, dispatch_token = NULL
+             WHERE api_message_id = ? AND dispatch_token = ? RETURNING tenant_id",
+            vec![now.into(), now.into(), entry.error.as_str().into(), id.into(), claim.into()],
+        ))
+        .await?;
+    let Some(row) = held else { return Ok(None) };
+    let entry = NewDeadLetter { tenant_id: Some(row.try_get("", "tenant_id")?), ..entry.clone() };
+    let dlq_id = super::dead_letters::insert_one(&txn, &entry).await?;
+    txn.execute_raw(stmt(
+        backend,
+        "UPDATE outbound_messages SET dead_letter_id = ? WHERE api_message_id = ?",
+        vec![dlq_id.into(), id.into()],
+    ))
+    .await?;
+    txn.commit().await?;
+    Ok(Some(dlq_id))
 }
 
 pub(super) async fn get(db: &impl ConnectionTrait, id: &str) -> Result<Option<ApiMessage>, StoreError> {

@@ -380,6 +380,10 @@ impl super::ApiMessages for SqlStore {
         api_messages::mark_dispatched(&self.db, claim, ids).await
     }
 
+    async fn dead_letter_due(&self, claim: i64, id: &str, entry: &NewDeadLetter) -> Result<Option<i64>, StoreError> {
+        api_messages::dead_letter_due(&self.db, claim, id, entry).await
+    }
+
     async fn api_message(&self, id: &str) -> Result<Option<super::ApiMessage>, StoreError> {
         api_messages::get(&self.db, id).await
     }
