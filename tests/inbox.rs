@@ -361,6 +361,43 @@ async fn the_runtime_streams_completed_and_dead_lettered_messages() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_reply_sender_streams_a_sent_reply() {
+    use orchestrator::event::{ResponseContent, ResponseReady, reply_meta};
+    use orchestrator::kafka::{ReplySettings, ResponseSender};
+    use orchestrator::outbound::DryRunSender;
+    let kafka = EmbeddedKafka::start(4).unwrap();
+    let (url, _db) = serve(&kafka, 8).await;
+    let db = testing::sqlite().await;
+    let store = Arc::new(SqlStore::new(db.db.clone()));
+    let config = common::kafka_config(&kafka, "inbox-sender");
+    let sender = ResponseSender::new(&config, Arc::new(DryRunSender), store, ReplySettings::default()).unwrap();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let task = tokio::spawn(sender.run(async move {
+        let _ = stopped.await;
+    }));
+    let mut stream = Sse::open(&url, &org_token("acme"), None).await;
+    stream.next(Duration::from_secs(10)).await.unwrap();
+    let reply = ResponseReady {
+        original_message_id: "wamid.s1".into(),
+        to_phone: "+15550000051".into(),
+        response_type: orchestrator::event::ResponseType::Text,
+        content: ResponseContent::text("on its way"),
+        generated_at: Utc::now(),
+        priority: Default::default(),
+        metadata: [(reply_meta::TENANT_ID.to_owned(), "acme".to_owned())].into(),
+    };
+    Publisher::new(&config).unwrap().publish(&Envelope::new(EventData::ResponseReady(reply), "test")).await.unwrap();
+    let event = stream.next(Duration::from_secs(30)).await.expect("the sent reply's status");
+    assert_eq!((event.data["kind"].as_str(), event.data["status"].as_str()), (Some("status"), Some("sent")));
+    assert_eq!(
+        (event.data["message_id"].as_str(), event.data["phone"].as_str()),
+        (Some("wamid.s1"), Some("+15550000051"))
+    );
+    let _ = stop.send(());
+    let _ = tokio::time::timeout(Duration::from_secs(60), task).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unauthenticated_gets_401_and_nothing_else_and_bad_input_a_clear_error() {
     let kafka = EmbeddedKafka::start(2).unwrap();
     let (url, _db) = serve(&kafka, 1).await;

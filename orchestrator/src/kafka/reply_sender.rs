@@ -37,7 +37,9 @@ use tracing::Instrument as _;
 use super::intake::{Intake, IntakeSettings, RecordHandler, until_ok};
 use super::received::Received;
 use super::{KafkaConfig, Publisher, headers};
-use crate::event::{Envelope, EventData, FailureType, MessageFailed, ResponseReady, topics};
+use crate::event::{
+    Envelope, EventData, FailureType, MessageFailed, MessageProcessed, ProcessedKind, ResponseReady, topics,
+};
 use crate::outbound::rate::Slot;
 use crate::outbound::{RateSettings, SendError, SendLimits, WhatsAppSender};
 use crate::pipeline::PROCESSED_BY;
@@ -378,7 +380,7 @@ impl ReplyWorker {
                 match stored("recording a sent reply", || self.outbound.record_sent(&lease, sent.wamid.as_deref()))
                     .await
                 {
-                    Ok(()) => {}
+                    Ok(()) => self.announce(&key, &reply.to_phone, "sent", None),
                     // Held too long (a stalled process): another worker may send it again.
                     Err(error) => tracing::error!(%error, reply = %key.dead_letter_id(), "sent reply not recorded"),
                 }
@@ -497,6 +499,14 @@ impl ReplyWorker {
     /// repeats them rather than losing them), then the dead-letter entry and
     /// the reply's `failed` mark in one transaction.
     #[allow(clippy::too_many_arguments)]
+    /// Tells live inboxes that a reply went out, or will not.
+    fn announce(&self, key: &ReplyKey, phone: &str, status: &str, error: Option<String>) {
+        let mut event = MessageProcessed::new(&key.tenant_id, phone, &key.original_message_id, ProcessedKind::Status);
+        event.status = Some(status.to_owned());
+        event.error = error;
+        self.publisher.announce(&Envelope::new(EventData::MessageProcessed(event), PROCESSED_BY));
+    }
+
     async fn dead_letter(
         &self,
         delivery: &Received,
@@ -545,6 +555,9 @@ impl ReplyWorker {
             }
             other => other,
         };
+        if let Some(key) = key {
+            self.announce(key, delivery.key.as_deref().unwrap_or_default(), "failed", Some(entry.error.clone()));
+        }
         match filed {
             Ok(id) => tracing::warn!(dlq_id = id, failure = %failure_type, "reply dead-lettered"),
             Err(error) => tracing::error!(%error, "reply dead-lettered to Kafka only"),
