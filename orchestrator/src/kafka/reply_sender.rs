@@ -494,11 +494,6 @@ impl ReplyWorker {
         .await;
     }
 
-    /// Gives up on a record: its bytes to `<topic>.dlq` and a `MessageFailed`
-    /// to `conversation.failures` first (a crash before the database write
-    /// repeats them rather than losing them), then the dead-letter entry and
-    /// the reply's `failed` mark in one transaction.
-    #[allow(clippy::too_many_arguments)]
     /// Tells live inboxes that a reply went out, or will not.
     fn announce(&self, key: &ReplyKey, phone: &str, status: &str, error: Option<String>) {
         let mut event = MessageProcessed::new(&key.tenant_id, phone, &key.original_message_id, ProcessedKind::Status);
@@ -507,6 +502,11 @@ impl ReplyWorker {
         self.publisher.announce(&Envelope::new(EventData::MessageProcessed(event), PROCESSED_BY));
     }
 
+    /// Gives up on a record: its bytes to `<topic>.dlq` and a `MessageFailed`
+    /// to `conversation.failures` first (a crash before the database write
+    /// repeats them rather than losing them), then the dead-letter entry and
+    /// the reply's `failed` mark in one transaction.
+    #[allow(clippy::too_many_arguments)]
     async fn dead_letter(
         &self,
         delivery: &Received,
