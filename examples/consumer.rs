@@ -552,7 +552,8 @@ async fn run(settings: &Settings, demo: bool) -> Result<(), Box<dyn std::error::
         let (token, jwt) = (credentials.admin_token.clone(), credentials.jwt.clone());
         app = app.merge(http::admin::routes(AdminState { dlq, token, jwt }));
         // The live inbox and the console, for organisations' JWTs and operators.
-        let feed = InboxFeed::new(&kafka, settings.server.stream_max_connections as usize);
+        let feed =
+            InboxFeed::new(&kafka, settings.server.stream_max_connections as usize).with_shutdown(stopped.clone());
         let inbox = InboxState { credentials: credentials.clone(), conversations: raw_store.clone(), feed: Some(feed) };
         app = app.merge(http::inbox::routes(inbox)).merge(http::console::routes(credentials));
         routes.extend(["/admin/dlq", "/api/v1/stream", "/api/v1/conversations", "/console"]);

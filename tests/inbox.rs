@@ -165,25 +165,52 @@ async fn send_api_messages_join_their_conversation_and_conversations_page_latest
             store.insert_api_messages("acme", &[message], None).await.unwrap();
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
+        // One request to three more phones: their conversations share an instant.
+        let batch: Vec<NewApiMessage> =
+            (0..3).map(|i| api_message(&format!("t{i}"), "acme", &format!("+1555000002{i}"), "same instant")).collect();
+        store.insert_api_messages("acme", &batch, None).await.unwrap();
         // A retried request (same id) adds nothing; another organisation's stays apart.
         store.insert_api_messages("acme", &[api_message("m0", "acme", "+15550000011", "hello 0")], None).await.unwrap();
         store.insert_api_messages("beta", &[api_message("b0", "beta", "+15550000011", "beta's")], None).await.unwrap();
-        let first = store.conversations(Some("acme"), None, 2).await.unwrap();
-        assert_eq!(first.iter().map(|c| c.phone.as_str()).collect::<Vec<_>>(), ["+15550000013", "+15550000012"]);
-        let last = &first[1];
-        let cursor = ConversationCursor {
-            at: last.last_message_at,
-            tenant_id: last.tenant_id.clone(),
-            phone: last.phone.clone(),
-        };
-        let cursor = ConversationCursor::decode(&cursor.encode()).expect("the cursor reads back");
-        let rest = store.conversations(Some("acme"), Some(&cursor), 10).await.unwrap();
-        assert_eq!(rest.iter().map(|c| c.phone.as_str()).collect::<Vec<_>>(), ["+15550000011"], "{label}");
-        assert_eq!((rest[0].message_count, rest[0].unread, rest[0].last_direction.as_str()), (1, 0, "outbound"));
+        // Pages of two, each after the last one's cursor (as the API hands it out): every conversation once, latest first.
+        let (mut paged, mut before) = (Vec::new(), None);
+        loop {
+            let page = store.conversations(Some("acme"), before.as_ref(), 2).await.unwrap();
+            let Some(last) = page.last() else { break };
+            let cursor = ConversationCursor {
+                at: last.last_message_at,
+                tenant_id: last.tenant_id.clone(),
+                phone: last.phone.clone(),
+            };
+            before = Some(ConversationCursor::decode(&cursor.encode()).expect("the cursor reads back"));
+            paged.extend(page.into_iter().map(|c| c.phone));
+        }
+        let expected = ["+15550000022", "+15550000021", "+15550000020", "+15550000013", "+15550000012", "+15550000011"];
+        assert_eq!(paged, expected, "{label}: ties included, none twice");
+        let earliest = store.conversations(Some("acme"), None, 10).await.unwrap().pop().unwrap();
+        assert_eq!((earliest.message_count, earliest.unread, earliest.last_direction.as_str()), (1, 0, "outbound"));
         let thread = store.thread("acme", "+15550000011", None, 10).await.unwrap();
         assert_eq!(thread.len(), 1, "{label}");
         assert_eq!((thread[0].status.as_str(), thread[0].text.as_deref()), ("queued", Some("hello 0")), "{label}");
-        assert_eq!(store.conversations(None, None, 10).await.unwrap().len(), 4, "{label}: every organisation's");
+        assert_eq!(store.conversations(None, None, 10).await.unwrap().len(), 7, "{label}: every organisation's");
+    }
+}
+
+#[tokio::test]
+async fn a_phone_without_its_plus_is_the_same_conversation() {
+    for t in testing::databases().await {
+        let label = t.label;
+        let store = Arc::new(SqlStore::new(t.db.clone()));
+        let orch = orchestrator(store.clone(), handlers::builtin(), executors::builtin(store.connection()));
+        // A producer that leaves the + out, and the send API (which keeps it), to one customer.
+        orch.process(from("5215512345678", "wamid.p1", "hola")).await.unwrap();
+        store
+            .insert_api_messages("default", &[api_message("p1", "default", "+5215512345678", "hi")], None)
+            .await
+            .unwrap();
+        let listed = store.conversations(Some("default"), None, 10).await.unwrap();
+        assert_eq!(listed.iter().map(|c| c.phone.as_str()).collect::<Vec<_>>(), ["+5215512345678"], "{label}");
+        assert_eq!(listed[0].message_count, 3, "{label}");
     }
 }
 
@@ -398,6 +425,20 @@ async fn the_reply_sender_streams_a_sent_reply() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stopping_ends_every_open_stream_and_a_missing_topic_is_an_error() {
+    let kafka = EmbeddedKafka::start(2).unwrap();
+    let config = common::kafka_config(&kafka, "inbox-stop");
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let feed = InboxFeed::new(&config, 4).with_shutdown(stopped);
+    let mut open = feed.open(None, None).await.unwrap();
+    stop.send(true).unwrap();
+    let ended = tokio::time::timeout(Duration::from_secs(10), open.events.recv()).await.expect("the stream ended");
+    assert!(ended.is_none(), "{ended:?}");
+    let missing = InboxFeed::of_topic(&config, "conversation.nowhere", 4).open(None, None).await;
+    assert!(matches!(missing, Err(orchestrator::kafka::FeedError::NoTopic(_))), "{missing:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unauthenticated_gets_401_and_nothing_else_and_bad_input_a_clear_error() {
     let kafka = EmbeddedKafka::start(2).unwrap();
     let (url, _db) = serve(&kafka, 1).await;
@@ -431,6 +472,8 @@ async fn unauthenticated_gets_401_and_nothing_else_and_bad_input_a_clear_error()
     let (status, body) = call("/api/v1/conversations/not-a-phone/messages", &acme).await;
     assert_eq!(status, 400, "{body}");
     assert!(body["message"].as_str().unwrap().contains("E.164"), "{body}");
+    let (status, body) = call("/api/v1/conversations/15551234567/messages", &acme).await;
+    assert_eq!((status, body["items"].as_array().map(Vec::len)), (200, Some(0)), "a phone without its +: {body}");
     let (status, body) = call("/api/v1/conversations?limit=0", &acme).await;
     assert_eq!(status, 400, "{body}");
     let (status, body) = call("/api/v1/conversations?before=garbage!", &acme).await;
@@ -481,6 +524,10 @@ async fn only_an_operator_signs_in_to_the_console_and_its_cookie_opens_the_page(
     let cookie = signed_in.headers()["set-cookie"].to_str().unwrap().to_owned();
     assert!(cookie.contains("HttpOnly") && cookie.contains("SameSite=Strict") && cookie.contains("Path=/console"));
     let session = cookie.split(';').next().unwrap().to_owned();
+    assert!(!session.contains(ADMIN), "the cookie carries a signed expiry, not the token: {session}");
+    let forged = session.replace("a.", "a.9").to_owned();
+    let page = client.get(format!("{url}/console")).header("cookie", &forged).send().await.unwrap();
+    assert_eq!(page.status(), 401, "a forged session: {forged}");
     for (path, kind) in
         [("/console", "text/html"), ("/console/console.js", "text/javascript"), ("/console/console.css", "text/css")]
     {

@@ -61,7 +61,8 @@ pub struct MessageProcessed {
 }
 
 impl MessageProcessed {
-    /// An event for `message_id` of `phone` in `tenant_id`, happening now;
+    /// An event for `message_id` of `phone` (given its `+` when it has
+    /// none, as the conversations are keyed) in `tenant_id`, happening now;
     /// the rest is filled in by the caller.
     pub fn new(tenant_id: &str, phone: &str, message_id: &str, kind: ProcessedKind) -> Self {
         let direction = if kind == ProcessedKind::Status {
@@ -71,7 +72,7 @@ impl MessageProcessed {
         };
         Self {
             tenant_id: tenant_id.to_owned(),
-            phone: phone.to_owned(),
+            phone: crate::store::conversation_phone(phone),
             message_id: message_id.to_owned(),
             kind,
             direction,

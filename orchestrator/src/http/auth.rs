@@ -177,7 +177,8 @@ impl Credentials {
         self.admin_token().is_some() || self.jwt.is_some()
     }
 
-    fn admin_token(&self) -> Option<&str> {
+    /// The static admin token, when one is set.
+    pub(crate) fn admin_token(&self) -> Option<&str> {
         self.admin_token.as_deref().filter(|t| !t.trim().is_empty())
     }
 

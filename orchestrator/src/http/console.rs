@@ -13,8 +13,9 @@
 //! | `GET /console`, `/console/console.js`, `/console/console.css` | the console, with the cookie only (401 without) |
 //!
 //! The cookie only opens the page's files (`HttpOnly`, `SameSite=Strict`,
-//! `Path=/console`); the page calls the APIs with the bearer token, so no
-//! API accepts a cookie and none can be called across sites.
+//! `Path=/console`; for the admin token it holds a signed expiry, not the
+//! token); the page calls the APIs with the bearer token, so no API
+//! accepts a cookie and none can be called across sites.
 
 use axum::body::Bytes;
 use axum::extract::State;
@@ -63,7 +64,7 @@ fn guarded(mut response: Response, inline_script: bool) -> Response {
     let policy = if inline_script {
         "default-src 'self'; script-src 'self' 'unsafe-inline'; style-src 'self' 'unsafe-inline'; frame-ancestors 'none'"
     } else {
-        "default-src 'self'; img-src 'self' data:; frame-ancestors 'none'"
+        "default-src 'self'; img-src 'self' data:; style-src 'self' 'unsafe-inline'; frame-ancestors 'none'"
     };
     let headers = response.headers_mut();
     headers.insert(header::CONTENT_SECURITY_POLICY, HeaderValue::from_static(policy));
@@ -99,8 +100,7 @@ async fn login(State(credentials): State<Credentials>, body: Bytes) -> Response 
     if let Err(error) = operator(&credentials, token.trim()) {
         return refusal(error);
     }
-    // Encoded: a token may hold characters a cookie may not.
-    let value = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(token.trim());
+    let value = session_value(&credentials, token.trim(), chrono::Utc::now().timestamp() + i64::from(SESSION_SECONDS));
     let cookie = format!("{COOKIE}={value}; Path=/console; HttpOnly; SameSite=Strict; Max-Age={SESSION_SECONDS}");
     ([(header::SET_COOKIE, cookie)], Json(json!({ "signed_in": true }))).into_response()
 }
@@ -110,15 +110,46 @@ async fn logout() -> Response {
     ([(header::SET_COOKIE, cookie)], Json(json!({ "signed_in": false }))).into_response()
 }
 
-/// The session cookie's token, when the request has one.
-fn session_token(headers: &HeaderMap) -> Option<String> {
+/// A session's cookie value. For the admin token: its expiry, signed with
+/// the token (`a.<expiry>.<signature>`), so the token itself is not in the
+/// cookie and any replica with the same token accepts it. For an admin
+/// JWT: the JWT (`j.<jwt>`), which carries its own expiry.
+fn session_value(credentials: &Credentials, token: &str, expires: i64) -> String {
+    match credentials
+        .admin_token()
+        .filter(|admin| crate::webhook::signature::secrets_match(token.as_bytes(), admin.as_bytes()))
+    {
+        Some(admin) => format!("a.{expires}.{}", session_signature(admin, expires)),
+        None => format!("j.{token}"),
+    }
+}
+
+fn session_signature(admin_token: &str, expires: i64) -> String {
+    let key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, admin_token.as_bytes());
+    let signature = ring::hmac::sign(&key, format!("console-session:{expires}").as_bytes());
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(signature.as_ref())
+}
+
+/// Whether the request's session cookie opens the console.
+fn session(credentials: &Credentials, headers: &HeaderMap) -> Result<(), AuthError> {
     let cookies = headers.get_all(header::COOKIE).into_iter().filter_map(|v| v.to_str().ok());
-    let value = cookies.flat_map(|line| line.split(';')).find_map(|pair| {
-        let (name, value) = pair.trim().split_once('=')?;
-        (name == COOKIE).then_some(value)
-    })?;
-    let raw = base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(value).ok()?;
-    String::from_utf8(raw).ok()
+    let value = cookies
+        .flat_map(|line| line.split(';'))
+        .find_map(|pair| {
+            let (name, value) = pair.trim().split_once('=')?;
+            (name == COOKIE).then_some(value)
+        })
+        .ok_or(AuthError::Missing)?;
+    let invalid = || AuthError::Invalid("not a console session".to_owned());
+    if let Some(jwt) = value.strip_prefix("j.") {
+        return operator(credentials, jwt);
+    }
+    let (expires, signature) = value.strip_prefix("a.").and_then(|rest| rest.split_once('.')).ok_or_else(invalid)?;
+    let expires: i64 = expires.parse().map_err(|_| invalid())?;
+    let admin = credentials.admin_token().ok_or_else(invalid)?;
+    let genuine =
+        crate::webhook::signature::secrets_match(signature.as_bytes(), session_signature(admin, expires).as_bytes());
+    if genuine && expires > chrono::Utc::now().timestamp() { Ok(()) } else { Err(invalid()) }
 }
 
 async fn asset(
@@ -127,9 +158,9 @@ async fn asset(
     body: &'static str,
     kind: &'static str,
 ) -> Response {
-    match session_token(&headers).map(|token| operator(&credentials, &token)) {
-        Some(Ok(())) => guarded(([(header::CONTENT_TYPE, kind)], body).into_response(), false),
-        Some(Err(AuthError::Forbidden(reason))) => refusal(AuthError::Forbidden(reason)),
+    match session(&credentials, &headers) {
+        Ok(()) => guarded(([(header::CONTENT_TYPE, kind)], body).into_response(), false),
+        Err(AuthError::Forbidden(reason)) => refusal(AuthError::Forbidden(reason)),
         // 401 and nothing but where to sign in.
         _ => guarded(
             (

@@ -124,11 +124,11 @@ fn page_size(limit: Option<u64>) -> Result<u64, Refused> {
     }
 }
 
-/// A phone as the history keys it: E.164 with `+`, nothing else.
-fn checked_phone(phone: &str) -> Result<&str, Refused> {
-    let digits = phone.strip_prefix('+').unwrap_or("");
+/// A phone as the history keys it: E.164 with `+` (accepted without it).
+fn checked_phone(phone: &str) -> Result<String, Refused> {
+    let digits = phone.strip_prefix('+').unwrap_or(phone);
     if (6..=20).contains(&digits.len()) && digits.bytes().all(|b| b.is_ascii_digit()) {
-        Ok(phone)
+        Ok(format!("+{digits}"))
     } else {
         Err(Refused::bad(format!("`{phone}` is not a phone in E.164 form (+15551234567)")))
     }
@@ -191,7 +191,7 @@ async fn thread(
     let tenant = one_organisation(&access, params.organisation.as_deref())?;
     let (phone, limit) = (checked_phone(&phone)?, page_size(params.limit)?);
     let mut items =
-        state.conversations.thread(&tenant, phone, params.before, limit + 1).await.map_err(Refused::unavailable)?;
+        state.conversations.thread(&tenant, &phone, params.before, limit + 1).await.map_err(Refused::unavailable)?;
     let more = items.len() as u64 > limit;
     items.truncate(limit as usize);
     let next = items.last().filter(|_| more).map(|last| last.id);
@@ -213,7 +213,7 @@ async fn mark_read(
     let params = query(params)?;
     let tenant = one_organisation(&access, params.organisation.as_deref())?;
     let phone = checked_phone(&phone)?;
-    match state.conversations.mark_read(&tenant, phone).await.map_err(Refused::unavailable)? {
+    match state.conversations.mark_read(&tenant, &phone).await.map_err(Refused::unavailable)? {
         true => Ok(Json(json!({ "unread": 0 })).into_response()),
         false => Err(Refused {
             status: StatusCode::NOT_FOUND,
@@ -261,6 +261,7 @@ mod stream {
         let header = headers.get("last-event-id").map(|v| v.to_str().map(str::to_owned));
         let resume = match header.or(params.last_event_id.map(Ok)) {
             None => None,
+            Some(Ok(text)) if text.trim().is_empty() => None,
             Some(Err(_)) => return Err(Refused::bad("Last-Event-ID is not text")),
             Some(Ok(text)) => {
                 Some(FeedCursor::parse(&text).map_err(|reason| Refused::bad(format!("Last-Event-ID: {reason}")))?)

@@ -15,7 +15,7 @@ use rdkafka::consumer::{BaseConsumer, Consumer, StreamConsumer};
 use rdkafka::error::KafkaError;
 use rdkafka::message::Message;
 use rdkafka::{Offset, TopicPartitionList};
-use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, watch};
 
 use super::KafkaConfig;
 use crate::event::{Envelope, EventData, MessageProcessed, topics};
@@ -73,6 +73,9 @@ pub enum FeedError {
     /// As many streams as allowed are open.
     #[error("{0} live streams are open, the most this process serves")]
     Full(usize),
+    /// The cluster has no such topic (`consumer topics create` makes it).
+    #[error("Kafka topic {0} does not exist: create it with `consumer topics create`")]
+    NoTopic(String),
     /// Kafka did not answer.
     #[error("kafka: {0}")]
     Kafka(#[from] KafkaError),
@@ -85,6 +88,8 @@ pub struct InboxFeed {
     topic: String,
     slots: Arc<Semaphore>,
     max_streams: usize,
+    /// Ends every stream when it turns true (the process is stopping).
+    shutdown: Option<watch::Receiver<bool>>,
 }
 
 impl std::fmt::Debug for InboxFeed {
@@ -107,7 +112,15 @@ impl InboxFeed {
             topic: topic.to_owned(),
             slots: Arc::new(Semaphore::new(max_streams)),
             max_streams,
+            shutdown: None,
         }
+    }
+
+    /// Ends every stream once `shutdown` turns true: an open stream never
+    /// ends by itself, and a server stopping gracefully waits for its responses.
+    pub fn with_shutdown(mut self, shutdown: watch::Receiver<bool>) -> Self {
+        self.shutdown = Some(shutdown);
+        self
     }
 
     /// A stream of the events of `tenant` (`None`: every organisation's),
@@ -129,21 +142,29 @@ impl InboxFeed {
         }
         consumer.assign(&assignment)?;
         let (tx, events) = mpsc::channel(256);
-        tokio::spawn(forward(consumer, tenant, start.clone(), tx, permit));
+        tokio::spawn(forward(consumer, tenant, start.clone(), tx, self.shutdown.clone(), permit));
         crate::metrics::metrics().inbox_streams.inc();
         Ok(FeedSubscription { start, gap, events })
     }
 
     /// Per partition: where the client left off, kept within what the
     /// topic still holds (`gap` when it held less), or its end when new.
-    async fn start_positions(&self, resume: Option<&FeedCursor>) -> Result<(FeedCursor, bool), KafkaError> {
+    async fn start_positions(&self, resume: Option<&FeedCursor>) -> Result<(FeedCursor, bool), FeedError> {
         let consumer: BaseConsumer = self.config.admin_config().create()?;
         let (topic, timeout, resume) = (self.topic.clone(), self.config.timeout, resume.cloned());
         // Blocking librdkafka calls: off the async workers.
         tokio::task::spawn_blocking(move || {
-            let metadata = consumer.fetch_metadata(Some(&topic), timeout)?;
-            let partitions: Vec<i32> =
-                metadata.topics().iter().flat_map(|t| t.partitions().iter().map(|p| p.id())).collect();
+            // Every topic's metadata: naming one may create it, on clusters with auto-creation on.
+            let metadata = consumer.fetch_metadata(None, timeout)?;
+            let partitions: Vec<i32> = metadata
+                .topics()
+                .iter()
+                .filter(|t| t.name() == topic)
+                .flat_map(|t| t.partitions().iter().map(|p| p.id()))
+                .collect();
+            if partitions.is_empty() {
+                return Err(FeedError::NoTopic(topic));
+            }
             let (mut start, mut gap) = (BTreeMap::new(), false);
             for partition in partitions {
                 let (low, high) = consumer.fetch_watermarks(&topic, partition, timeout)?;
@@ -164,7 +185,7 @@ impl InboxFeed {
             Ok((FeedCursor(start), gap))
         })
         .await
-        .unwrap_or(Err(KafkaError::Canceled))
+        .unwrap_or(Err(FeedError::Kafka(KafkaError::Canceled)))
     }
 }
 
@@ -175,11 +196,13 @@ async fn forward(
     tenant: Option<String>,
     mut cursor: FeedCursor,
     tx: mpsc::Sender<FeedItem>,
+    mut shutdown: Option<watch::Receiver<bool>>,
     permit: OwnedSemaphorePermit,
 ) {
     loop {
         let record = tokio::select! {
             _ = tx.closed() => break,
+            _ = stopping(&mut shutdown) => break,
             record = consumer.recv() => record,
         };
         let record = match record {
@@ -210,6 +233,15 @@ async fn forward(
     tokio::task::spawn_blocking(move || drop(consumer));
     crate::metrics::metrics().inbox_streams.dec();
     drop(permit);
+}
+
+/// Resolves once the process stops (never without a shutdown signal).
+async fn stopping(shutdown: &mut Option<watch::Receiver<bool>>) {
+    match shutdown {
+        // A dropped sender means the process is going away too.
+        Some(shutdown) => drop(shutdown.wait_for(|stop| *stop).await),
+        None => std::future::pending().await,
+    }
 }
 
 fn processed(payload: &[u8]) -> Option<MessageProcessed> {

@@ -99,7 +99,18 @@ pub struct ThreadMessage {
     pub created_at: DateTime<Utc>,
 }
 
-/// Where a page of conversations starts: before this (time, phone).
+/// A phone as conversations are keyed by it: E.164 with its `+` (a producer
+/// may leave it out); empty stays empty.
+pub fn conversation_phone(phone: &str) -> String {
+    let phone = phone.trim();
+    match phone.starts_with('+') || phone.is_empty() {
+        true => phone.to_owned(),
+        false => format!("+{phone}"),
+    }
+}
+
+/// Where a page of conversations starts: before this (time, phone); the
+/// time at full precision, since a batch writes many conversations at one instant.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ConversationCursor {
     /// The last conversation's `last_message_at`.
@@ -116,7 +127,7 @@ impl ConversationCursor {
         use base64::Engine as _;
         let raw = format!(
             "{}\n{}\n{}",
-            self.at.to_rfc3339_opts(chrono::SecondsFormat::Micros, true),
+            self.at.to_rfc3339_opts(chrono::SecondsFormat::AutoSi, true),
             self.tenant_id,
             self.phone
         );

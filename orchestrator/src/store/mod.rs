@@ -40,6 +40,7 @@ pub use api_messages::{
 pub use claims::{Claim, Finish, Lease, LocalCompletion, MessageKey, NewActivity, StageChange, StageMove, Store};
 pub use conversations::{
     Conversation, ConversationCursor, ConversationTurn, Conversations, Direction, ThreadEntry, ThreadMessage,
+    conversation_phone,
 };
 pub use dead_letters::{
     DeadLetter, DeadLetterQueue, DlqFilter, DlqStatus, FailureGroup, NewDeadLetter, Page, SourceInfo,

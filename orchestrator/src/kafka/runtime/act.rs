@@ -143,11 +143,9 @@ impl Worker {
             _ => None,
         };
         // The decoded copy has no intent yet: the one it was processed with names the tenant.
-        let tenant = match incoming {
-            Some(incoming) => self.orchestrator.tenant_of(intent, &incoming.inbound),
-            None => self.orchestrator.default_tenant(),
-        }
-        .unwrap_or_default();
+        // Input that names none (undecodable bytes, say) goes to operators only (no tenant).
+        let tenant =
+            incoming.and_then(|incoming| self.orchestrator.tenant_of(intent, &incoming.inbound)).unwrap_or_default();
         let phone = incoming.map(|i| i.inbound.phone()).or(delivered.key.as_deref()).unwrap_or_default();
         let event = match outcome {
             Outcome::Completed(done) => {

@@ -8,7 +8,9 @@ use sea_orm::{ConnectionTrait, DatabaseConnection, Value};
 
 use super::statement::{push_rows, stmt};
 use crate::store::StoreError;
-use crate::store::conversations::{Conversation, ConversationCursor, ConversationTurn, Direction, ThreadMessage};
+use crate::store::conversations::{
+    Conversation, ConversationCursor, ConversationTurn, Direction, ThreadMessage, conversation_phone,
+};
 
 /// Longest `last_preview` kept, in characters.
 const PREVIEW_CHARS: usize = 200;
@@ -26,15 +28,16 @@ struct Touched {
 /// Writes `turns` (each in its organisation) in the caller's transaction:
 /// their messages once (a redelivery adds nothing), then one upsert of each
 /// conversation touched, in key order (concurrent batches lock rows in one
-/// order), counting only the messages new here.
+/// order), counting only the messages new here. A batch that commits after
+/// a later one leaves the later one's latest message in place.
 pub(super) async fn write_turns(
     txn: &impl ConnectionTrait,
     turns: &[(&str, &ConversationTurn)],
     now: DateTime<Utc>,
 ) -> Result<(), StoreError> {
-    let rows: Vec<(&str, &str, &crate::store::conversations::ThreadEntry)> = turns
+    let rows: Vec<(&str, String, &crate::store::conversations::ThreadEntry)> = turns
         .iter()
-        .flat_map(|(tenant, turn)| turn.entries.iter().map(move |e| (*tenant, turn.phone.as_str(), e)))
+        .flat_map(|(tenant, turn)| turn.entries.iter().map(move |e| (*tenant, conversation_phone(&turn.phone), e)))
         .collect();
     if rows.is_empty() {
         return Ok(());
@@ -50,7 +53,7 @@ pub(super) async fn write_turns(
     for (tenant, phone, entry) in &rows {
         values.extend([
             (*tenant).into(),
-            (*phone).into(),
+            phone.as_str().into(),
             entry.direction.as_str().into(),
             entry.message_id.as_str().into(),
             (entry.reply_index as i32).into(),
@@ -89,8 +92,12 @@ pub(super) async fn write_turns(
     push_rows(&mut sql, touched.len(), "(?, ?, ?, ?, ?, ?, ?)");
     sql.push_str(
         " ON CONFLICT (tenant_id, phone) DO UPDATE SET
-            last_message_at = excluded.last_message_at, last_direction = excluded.last_direction,
-            last_preview = excluded.last_preview,
+            last_message_at = CASE WHEN excluded.last_message_at >= conversations.last_message_at
+                              THEN excluded.last_message_at ELSE conversations.last_message_at END,
+            last_direction = CASE WHEN excluded.last_message_at >= conversations.last_message_at
+                             THEN excluded.last_direction ELSE conversations.last_direction END,
+            last_preview = CASE WHEN excluded.last_message_at >= conversations.last_message_at
+                           THEN excluded.last_preview ELSE conversations.last_preview END,
             unread_count = conversations.unread_count + excluded.unread_count,
             message_count = conversations.message_count + excluded.message_count",
     );
