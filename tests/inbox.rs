@@ -177,12 +177,8 @@ async fn send_api_messages_join_their_conversation_and_conversations_page_latest
         loop {
             let page = store.conversations(Some("acme"), before.as_ref(), 2).await.unwrap();
             let Some(last) = page.last() else { break };
-            let cursor = ConversationCursor {
-                at: last.last_message_at,
-                tenant_id: last.tenant_id.clone(),
-                phone: last.phone.clone(),
-            };
-            before = Some(ConversationCursor::decode(&cursor.encode()).expect("the cursor reads back"));
+            let cursor = ConversationCursor::after(last).encode();
+            before = Some(ConversationCursor::decode(&cursor).expect("the cursor reads back"));
             paged.extend(page.into_iter().map(|c| c.phone));
         }
         let expected = ["+15550000022", "+15550000021", "+15550000020", "+15550000013", "+15550000012", "+15550000011"];

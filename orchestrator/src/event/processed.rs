@@ -61,6 +61,15 @@ pub struct MessageProcessed {
 }
 
 impl MessageProcessed {
+    /// A delivery status (`sent`, `delivered`, `read`, `failed`) of the
+    /// message we sent under `message_id` (its `outbound_messages` key).
+    pub fn status(tenant_id: &str, phone: &str, message_id: &str, status: &str, error: Option<String>) -> Self {
+        let mut event = Self::new(tenant_id, phone, message_id, ProcessedKind::Status);
+        event.status = Some(status.to_owned());
+        event.error = error;
+        event
+    }
+
     /// An event for `message_id` of `phone` (given its `+` when it has
     /// none, as the conversations are keyed) in `tenant_id`, happening now;
     /// the rest is filled in by the caller.

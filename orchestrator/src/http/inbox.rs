@@ -27,7 +27,7 @@ use serde::Deserialize;
 use serde_json::json;
 
 use super::auth::{Access, Credentials, refusal};
-use crate::store::{ConversationCursor, Conversations};
+use crate::store::{ConversationCursor, Conversations, conversation_phone};
 
 /// What the inbox routes need.
 #[derive(Clone)]
@@ -124,14 +124,11 @@ fn page_size(limit: Option<u64>) -> Result<u64, Refused> {
     }
 }
 
-/// A phone as the history keys it: E.164 with `+` (accepted without it).
+/// A phone as the history keys it: the pipeline's rule for phones, given
+/// its `+` when it came without.
 fn checked_phone(phone: &str) -> Result<String, Refused> {
-    let digits = phone.strip_prefix('+').unwrap_or(phone);
-    if (6..=20).contains(&digits.len()) && digits.bytes().all(|b| b.is_ascii_digit()) {
-        Ok(format!("+{digits}"))
-    } else {
-        Err(Refused::bad(format!("`{phone}` is not a phone in E.164 form (+15551234567)")))
-    }
+    crate::validate::validate_phone(phone).map_err(Refused::bad)?;
+    Ok(conversation_phone(phone))
 }
 
 /// Parameters of the routes' queries.
@@ -166,10 +163,7 @@ async fn conversations(
         .map_err(Refused::unavailable)?;
     let more = items.len() as u64 > limit;
     items.truncate(limit as usize);
-    let next = items.last().filter(|_| more).map(|last| {
-        ConversationCursor { at: last.last_message_at, tenant_id: last.tenant_id.clone(), phone: last.phone.clone() }
-            .encode()
-    });
+    let next = items.last().filter(|_| more).map(|last| ConversationCursor::after(last).encode());
     Ok(Json(json!({ "items": items, "next_before": next })).into_response())
 }
 

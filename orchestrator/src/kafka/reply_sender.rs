@@ -37,9 +37,7 @@ use tracing::Instrument as _;
 use super::intake::{Intake, IntakeSettings, RecordHandler, until_ok};
 use super::received::Received;
 use super::{KafkaConfig, Publisher, headers};
-use crate::event::{
-    Envelope, EventData, FailureType, MessageFailed, MessageProcessed, ProcessedKind, ResponseReady, topics,
-};
+use crate::event::{Envelope, EventData, FailureType, MessageFailed, MessageProcessed, ResponseReady, topics};
 use crate::outbound::rate::Slot;
 use crate::outbound::{RateSettings, SendError, SendLimits, WhatsAppSender};
 use crate::pipeline::PROCESSED_BY;
@@ -496,9 +494,7 @@ impl ReplyWorker {
 
     /// Tells live inboxes that a reply went out, or will not.
     fn announce(&self, key: &ReplyKey, phone: &str, status: &str, error: Option<String>) {
-        let mut event = MessageProcessed::new(&key.tenant_id, phone, &key.original_message_id, ProcessedKind::Status);
-        event.status = Some(status.to_owned());
-        event.error = error;
+        let event = MessageProcessed::status(&key.tenant_id, phone, &key.original_message_id, status, error);
         self.publisher.announce(&Envelope::new(EventData::MessageProcessed(event), PROCESSED_BY));
     }
 

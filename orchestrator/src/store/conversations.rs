@@ -122,6 +122,11 @@ pub struct ConversationCursor {
 }
 
 impl ConversationCursor {
+    /// The page after `last`, the last conversation of one.
+    pub fn after(last: &Conversation) -> Self {
+        Self { at: last.last_message_at, tenant_id: last.tenant_id.clone(), phone: last.phone.clone() }
+    }
+
     /// The opaque text the API hands out.
     pub fn encode(&self) -> String {
         use base64::Engine as _;

@@ -5,7 +5,7 @@
 
 use std::sync::Arc;
 
-use crate::event::{Envelope, EventData, FailureType, MessageProcessed, ProcessedKind, topics};
+use crate::event::{Envelope, EventData, FailureType, MessageProcessed, topics};
 use crate::publish::Publish;
 use crate::store::{DeliveryStatus, DeliveryStatuses, MovedMessage, NewDeadLetter, SourceInfo, Store};
 use crate::webhook::recent::{RecentMessageIds, Turn};
@@ -146,10 +146,13 @@ pub async fn forward(state: &WebhookState, notification: &Notification) -> Resul
 
 /// A status that moved one of our messages forward, for live inboxes.
 fn status_event(status: &DeliveryStatus, moved: &MovedMessage) -> Envelope {
-    let mut event =
-        MessageProcessed::new(&moved.tenant_id, &status.recipient_phone, &moved.message_id, ProcessedKind::Status);
-    event.status = Some(status.status.clone());
-    event.error = status.error.clone();
+    let mut event = MessageProcessed::status(
+        &moved.tenant_id,
+        &status.recipient_phone,
+        &moved.message_id,
+        &status.status,
+        status.error.clone(),
+    );
     event.occurred_at = status.timestamp;
     Envelope::new(EventData::MessageProcessed(event), crate::pipeline::PROCESSED_BY)
 }
