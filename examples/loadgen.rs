@@ -23,6 +23,7 @@
 //! cargo run --release --example loadgen -- --rate 5000          # open loop: 5,000 msg/s offered
 //! cargo run --release --example loadgen -- --orders             # order messages only (two-step sagas)
 //! cargo run --release --example loadgen -- --no-history         # without the inbox's conversation history
+//! cargo run --release --example loadgen -- --external           # the built-in executors as external ones
 //! cargo run --release --example loadgen -- --noop               # no-op executors, in-memory dedupe
 //! cargo run --release --example loadgen -- --replies            # 20,000 replies, 80/s per number (250 s)
 //! WHATSAPP_MAX_SEND_RATE=2000 cargo run --release --example loadgen -- --replies  # a higher tier's limit
@@ -91,6 +92,11 @@ struct Args {
     /// Without the inbox's conversation history (`CONVERSATION_HISTORY=false`).
     #[arg(long)]
     no_history: bool,
+    /// The built-in executors registered as external ones: each step its own
+    /// write, behind a claim, with saga-log rows (what an executor calling
+    /// another service costs the pipeline).
+    #[arg(long, conflicts_with = "noop")]
+    external: bool,
 }
 
 /// What a message says, and how often (per 100 messages).
@@ -290,6 +296,15 @@ impl ActionExecutor for Noop {
     async fn compensate(&self, _ctx: &ActionContext<'_>, _output: &ActionOutput) -> Result<(), ActionError> {
         Ok(())
     }
+}
+
+/// `--external`: the built-in executors as external ones.
+fn external_executors(db: &DatabaseConnection) -> ExecutorRegistry {
+    ExecutorRegistry::new()
+        .with(executors::CreateOrder::new(db.clone()))
+        .with(executors::NotifySales::new(db.clone()))
+        .with(executors::CreateSupportTicket::new(db.clone()))
+        .with(executors::FlagForReview::new(db.clone()))
 }
 
 fn noop_executors() -> ExecutorRegistry {
@@ -549,7 +564,11 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         let sql = Arc::new(SqlStore::new(db.clone()).with_history(!args.no_history));
         (sql.clone(), sql)
     };
-    let executors = if args.noop { noop_executors() } else { executors::builtin(&db) };
+    let executors = match (args.noop, args.external) {
+        (true, _) => noop_executors(),
+        (false, true) => external_executors(&db),
+        (false, false) => executors::builtin(&db),
+    };
     let orchestrator = Arc::new(
         Orchestrator::builder()
             .handlers(handlers::builtin())

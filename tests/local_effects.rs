@@ -9,6 +9,7 @@ use std::sync::Arc;
 
 use common::*;
 use orchestrator::event::FailureType;
+use orchestrator::store::{MessageKey, SagaLog, StepStatus};
 use orchestrator::testing;
 use orchestrator::{
     ActionContext, ActionError, ActionExecutor, ActionOutput, ActionRequest, ExecutorRegistry, HandlerRegistry,
@@ -63,7 +64,15 @@ async fn a_local_step_before_an_external_one_is_logged_and_the_trailing_run_is_n
         assert!(matches!(outcome, Outcome::Completed(_)), "{}: {outcome:?}", t.label);
         // Step 0 ran on its own before the external step; step 2 joined the completion.
         assert!(count(&t.db, "saga_steps", "message_id = 'wamid.l2' AND step_index = 0").await > 0, "{}", t.label);
-        assert!(count(&t.db, "saga_steps", "message_id = 'wamid.l2' AND step_index = 1").await > 0, "{}", t.label);
+        // The external step's start was logged before it ran, its success by the completion.
+        let steps = store.load_steps(&MessageKey::new("default", "wamid.l2"), 1).await.unwrap();
+        let external: Vec<_> = steps.iter().filter(|s| s.step_index == 1).map(|s| s.status).collect();
+        assert_eq!(external, [StepStatus::Started, StepStatus::Succeeded], "{}", t.label);
+        let output = steps.iter().find(|s| s.status == StepStatus::Succeeded && s.step_index == 1);
+        assert_eq!(
+            output.and_then(|s| s.output.as_ref()).and_then(|o| o.get("key")),
+            Some(&json!("default:wamid.l2:1:1"))
+        );
         assert_eq!(count(&t.db, "saga_steps", "message_id = 'wamid.l2' AND step_index = 2").await, 0, "{}", t.label);
         assert_eq!(count(&t.db, "review_flags", "message_id = 'wamid.l2'").await, 1, "{}", t.label);
     }

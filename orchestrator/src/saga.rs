@@ -9,7 +9,17 @@
 //! A plan's trailing local steps are the exception
 //! ([`run_until_local`](SagaRunner::run_until_local), see [`crate::local`]):
 //! they are checked here and written by the completion, in its
-//! transaction, with no log rows of their own.
+//! transaction, with no log rows of their own. The last external step's
+//! success is written by the completion too: until it commits, that step
+//! reads as started and never finished, so a worker that takes over
+//! executes it again by its idempotency key, as after a crash.
+//!
+//! Every external step logs its start, with the previous step's success
+//! in the same write. The `started` row is what names the step in flight:
+//! a run resumed after its worker died learns from it which step may have
+//! had an effect, and undoes that effect by key if the step then fails or
+//! the handler now plans something else; an idempotency key alone cannot
+//! say which action a dead worker was running.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -126,6 +136,22 @@ pub enum SagaReport {
     },
 }
 
+/// A saga run up to its trailing local steps: what the completion finishes.
+#[derive(Debug)]
+pub struct UntilLocal {
+    /// How the steps before the local run ended.
+    pub report: SagaReport,
+    /// The trailing local run, checked, for the completion to write.
+    pub local: Vec<LocalStep>,
+    /// Saga-log rows not written yet (the last external step's success),
+    /// for the completion's transaction.
+    pub unlogged: Vec<StepRecord>,
+}
+
+/// What [`SagaRunner::run_steps`] answers: the report, the checked local
+/// steps, and the last success not logged yet.
+type StepsRun = (SagaReport, Vec<(u32, Arc<dyn LocalExecutor>)>, Option<StepRecord>);
+
 /// The latest log state of one step.
 #[derive(Debug, Clone, Default)]
 struct StepState {
@@ -171,21 +197,27 @@ impl SagaRunner {
         ctx: &MessageContext,
         actions: &[ActionRequest],
     ) -> Result<SagaReport, StoreError> {
-        Ok(self.run_steps(lease, ctx, actions, actions.len(), false).await?.0)
+        let (report, _, unlogged) = self.run_steps(lease, ctx, actions, actions.len(), false).await?;
+        if let Some(last) = unlogged {
+            self.record(lease, ctx, last).await?;
+        }
+        Ok(report)
     }
 
     /// [`run`](Self::run) up to the trailing local run, which starts at
     /// `local_from` (see [`crate::local`]): its steps are checked, not
     /// executed, and returned for the completion to write. Steps of it that
-    /// an earlier run already logged are resumed from the log instead.
+    /// an earlier run already logged are resumed from the log instead. The
+    /// last external step's success is not logged either: the completion
+    /// writes it ([`Finish::saga_log`](crate::store::Finish::saga_log)).
     pub async fn run_until_local(
         &self,
         lease: &Lease,
         ctx: &Arc<MessageContext>,
         actions: &[ActionRequest],
         local_from: usize,
-    ) -> Result<(SagaReport, Vec<LocalStep>), StoreError> {
-        let (report, checked) = self.run_steps(lease, ctx, actions, local_from, false).await?;
+    ) -> Result<UntilLocal, StoreError> {
+        let (report, checked, unlogged) = self.run_steps(lease, ctx, actions, local_from, false).await?;
         let local = checked
             .into_iter()
             .map(|(step_index, executor)| LocalStep {
@@ -195,30 +227,34 @@ impl SagaRunner {
                 step_index,
             })
             .collect();
-        Ok((report, local))
+        Ok(UntilLocal { report, local, unlogged: unlogged.into_iter().collect() })
     }
 
     /// Records that the trailing local step of `failure` failed in the
-    /// completion transaction (which wrote nothing) and compensates the
-    /// logged steps before it, as for any failed step.
+    /// completion transaction (which wrote nothing), after the rows
+    /// `unlogged` that transaction was to write, and compensates the logged
+    /// steps before it, as for any failed step.
     pub async fn fail_local(
         &self,
         lease: &Lease,
         ctx: &MessageContext,
         actions: &[ActionRequest],
         failure: &LocalFailure,
+        unlogged: &[StepRecord],
     ) -> Result<SagaReport, StoreError> {
         count_action(&failure.action, "failed");
         let mut record = StepRecord::new(failure.step_index, &failure.action, StepStatus::Failed);
         record.error = Some(failure.error.to_string());
         record.retryable = Some(failure.error.is_retryable());
         record.output = Some(json!({ "uncertain": false }));
-        self.record(lease, ctx, record).await?;
+        let rows: Vec<StepRecord> = unlogged.iter().cloned().chain([record]).collect();
+        self.log.record_steps(lease, ctx.run, &rows).await?;
         Ok(self.run_steps(lease, ctx, actions, actions.len(), true).await?.0)
     }
 
     /// Runs the steps before `local_from` and checks those from it on;
-    /// `reload` reads the log even for a fresh claim.
+    /// `reload` reads the log even for a fresh claim. Answers, with a
+    /// success, the last external step's success record, not written yet.
     async fn run_steps(
         &self,
         lease: &Lease,
@@ -226,7 +262,7 @@ impl SagaRunner {
         actions: &[ActionRequest],
         local_from: usize,
         reload: bool,
-    ) -> Result<(SagaReport, Vec<(u32, Arc<dyn LocalExecutor>)>), StoreError> {
+    ) -> Result<StepsRun, StoreError> {
         let mut states = vec![StepState::default(); actions.len()];
         let mut plan_changed = None;
         // Attempt 1 of run 1 is a claim row just inserted: every reuse of a
@@ -265,20 +301,24 @@ impl SagaRunner {
         if let Some(failure) = plan_changed {
             let StepFailure::PlanChanged { step_index, .. } = &failure else { unreachable!() };
             let failed = *step_index as usize;
-            return Ok((self.fail(lease, ctx, actions, &mut states, failed, failure, false).await?, Vec::new()));
+            return Ok((self.fail(lease, ctx, actions, &mut states, failed, failure, false).await?, Vec::new(), None));
         }
 
         // A run that already failed (its worker died while compensating): finish compensating.
         if let Some(failed) = states.iter().position(|s| s.failed) {
             let failure = recorded_failure(&states[failed]);
-            return Ok((self.fail(lease, ctx, actions, &mut states, failed, failure, false).await?, Vec::new()));
+            return Ok((self.fail(lease, ctx, actions, &mut states, failed, failure, false).await?, Vec::new(), None));
         }
         if let Some(last) = states
             .iter()
             .rposition(|s| matches!(s.status, Some(StepStatus::Compensated | StepStatus::CompensationFailed)))
         {
             let failure = StepFailure::Action(ActionError::Retryable("saga interrupted while compensating".into()));
-            return Ok((self.fail(lease, ctx, actions, &mut states, last + 1, failure, false).await?, Vec::new()));
+            return Ok((
+                self.fail(lease, ctx, actions, &mut states, last + 1, failure, false).await?,
+                Vec::new(),
+                None,
+            ));
         }
         // Steps an earlier run logged resume from the log, local or not.
         let local_from = local_from.max(states.iter().rposition(|s| s.status.is_some()).map_or(0, |last| last + 1));
@@ -306,7 +346,7 @@ impl SagaRunner {
                             self.record(lease, ctx, last).await?;
                         }
                         let report = self.fail(lease, ctx, actions, &mut states, index, failure, true).await?;
-                        return Ok((report, Vec::new()));
+                        return Ok((report, Vec::new(), None));
                     }
                 }
             }
@@ -330,14 +370,11 @@ impl SagaRunner {
                     let state = &mut states[index];
                     state.uncertain = interrupted_before || matches!(failure, StepFailure::Timeout(_));
                     let report = self.fail(lease, ctx, actions, &mut states, index, failure, true).await?;
-                    return Ok((report, Vec::new()));
+                    return Ok((report, Vec::new(), None));
                 }
             }
         }
-        if let Some(last) = succeeded {
-            self.record(lease, ctx, last).await?;
-        }
-        Ok((SagaReport::Succeeded { steps }, local))
+        Ok((SagaReport::Succeeded { steps }, local, succeeded))
     }
 
     /// Checks a step of the trailing local run ([`LocalExecutor::check`]).

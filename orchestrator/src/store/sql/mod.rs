@@ -128,6 +128,8 @@ impl SqlStore {
             lead: finish.lead.map(|lead| (lead.lead_id.clone(), lead.stage.clone())),
             local: finish.local,
             conversation: finish.conversation.filter(|_| self.history).cloned(),
+            saga_log: finish.saga_log.to_vec(),
+            run: finish.run,
         };
         let completions = self.coalesced(&self.batches.completions, |db, batch| async move {
             completion::complete_many(&db, batch).await
@@ -184,7 +186,8 @@ impl Store for SqlStore {
         ttl: Duration,
         reply: Option<&serde_json::Value>,
     ) -> Result<(), StoreError> {
-        let finish = Finish { activities, ttl, reply, lead: None, local: Vec::new(), conversation: None };
+        let finish =
+            Finish { activities, ttl, reply, lead: None, local: Vec::new(), conversation: None, saga_log: &[], run: 0 };
         self.submit_completion(lease.clone(), false, finish).await.map(drop)
     }
 
@@ -196,7 +199,16 @@ impl Store for SqlStore {
         reply: Option<&serde_json::Value>,
         lead: &StageMove,
     ) -> Result<StageChange, StoreError> {
-        let finish = Finish { activities, ttl, reply, lead: Some(lead), local: Vec::new(), conversation: None };
+        let finish = Finish {
+            activities,
+            ttl,
+            reply,
+            lead: Some(lead),
+            local: Vec::new(),
+            conversation: None,
+            saga_log: &[],
+            run: 0,
+        };
         let finished = self.submit_completion(lease.clone(), false, finish).await?;
         Ok(StageChange::Moved { from: finished.previous.flatten() })
     }
