@@ -228,9 +228,28 @@ fn cpu_seconds() -> Option<f64> {
     process_cpu_seconds("self")
 }
 
+/// CPU seconds of this process's embedded broker: librdkafka's mock
+/// cluster threads (`rdk:mock`), which a real broker would spend on
+/// another machine (Linux; 0 on an external broker).
+fn embedded_broker_cpu_seconds() -> Option<f64> {
+    let mut seconds = 0.0;
+    for task in std::fs::read_dir("/proc/self/task").ok()?.flatten() {
+        let path = task.path();
+        let is_mock = std::fs::read_to_string(path.join("comm")).is_ok_and(|c| c.starts_with("rdk:mock"));
+        if is_mock {
+            seconds += stat_cpu_seconds(&std::fs::read_to_string(path.join("stat")).ok()?)?;
+        }
+    }
+    Some(seconds)
+}
+
 /// CPU seconds (user + system) of process `pid`, from /proc (Linux).
 fn process_cpu_seconds(pid: &str) -> Option<f64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    stat_cpu_seconds(&std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?)
+}
+
+/// User + system CPU seconds from a `/proc/.../stat` line.
+fn stat_cpu_seconds(stat: &str) -> Option<f64> {
     // Fields after the command name (which may hold spaces) start after ')'.
     let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
     let ticks: f64 = fields.get(11)?.parse::<f64>().ok()? + fields.get(12)?.parse::<f64>().ok()?;
@@ -621,6 +640,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     timeline.replies.store(0, Ordering::Relaxed);
 
     let cpu_before = cpu_seconds();
+    let broker_before = embedded_broker_cpu_seconds();
     let postgres_before = postgres_cpu();
     let counters_before = postgres_counters(&db).await;
     let started = Instant::now();
@@ -632,6 +652,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     }
     let elapsed = started.elapsed();
     let cpu = cpu_before.zip(cpu_seconds()).map(|(b, a)| a - b);
+    let broker = broker_before.zip(embedded_broker_cpu_seconds()).map(|(b, a)| a - b);
     let postgres = postgres_before.zip(postgres_cpu()).map(|(b, a)| postgres_cpu_between(&b, &a));
     let replied = timeline.replies.load(Ordering::Relaxed);
     // Read after the last reply; the reply marks of the last batch may still be on their way.
@@ -666,6 +687,14 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             cpu * 1000.0 / replied.max(1) as f64
         ),
         None => println!("cpu:         n/a"),
+    }
+    if let Some(broker) = broker.filter(|b| *b > 0.0) {
+        let without = cpu.unwrap_or(f64::NAN) - broker;
+        println!(
+            "cpu, broker: the embedded broker's threads {:.3} s of it per 1,000 messages; the rest {:.3} s",
+            broker * 1000.0 / replied.max(1) as f64,
+            without * 1000.0 / replied.max(1) as f64
+        );
     }
     if let Some(postgres) = postgres {
         let ours = cpu.unwrap_or(f64::NAN);
