@@ -215,6 +215,8 @@ async fn concurrent_completions_commit_together_except_the_one_fenced_out() {
         }
         assert_eq!(store.pending_reply(&MessageKey::new("acme", "done-7")).await.unwrap(), None, "{}", t.label);
         assert_eq!(count(&t.db, "processed_messages", "reply_published_at IS NOT NULL").await, 39, "{}", t.label);
+        // A published reply is not kept: the marked row shrinks (and stays in its page on PostgreSQL).
+        assert_eq!(count(&t.db, "processed_messages", "reply IS NOT NULL").await, 0, "{}", t.label);
     }
 }
 

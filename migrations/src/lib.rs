@@ -34,6 +34,7 @@ mod m20250101_000009_dlq_trace_context;
 mod m20250101_000010_outbound_messages;
 mod m20250101_000011_api_messages;
 mod m20250101_000012_conversations;
+mod m20250101_000013_hot_reply_marks;
 
 /// Every migration of the project, in order.
 pub struct Migrator;
@@ -54,6 +55,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20250101_000010_outbound_messages::Migration),
             Box::new(m20250101_000011_api_messages::Migration),
             Box::new(m20250101_000012_conversations::Migration),
+            Box::new(m20250101_000013_hot_reply_marks::Migration),
         ]
     }
 }
