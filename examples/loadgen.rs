@@ -317,15 +317,6 @@ impl ActionExecutor for Noop {
     }
 }
 
-/// `--external`: the built-in executors as external ones.
-fn external_executors(db: &DatabaseConnection) -> ExecutorRegistry {
-    ExecutorRegistry::new()
-        .with(executors::CreateOrder::new(db.clone()))
-        .with(executors::NotifySales::new(db.clone()))
-        .with(executors::CreateSupportTicket::new(db.clone()))
-        .with(executors::FlagForReview::new(db.clone()))
-}
-
 fn noop_executors() -> ExecutorRegistry {
     ["create_order", "notify_sales", "create_support_ticket", "flag_for_review"]
         .into_iter()
@@ -530,7 +521,7 @@ async fn write_limit_batch(db: &DatabaseConnection, run: &str, first: usize, las
         ),
     ];
     let mark = format!(
-        "{series} UPDATE processed_messages SET reply_published_at = CURRENT_TIMESTAMP \
+        "{series} UPDATE processed_messages SET reply_published_at = CURRENT_TIMESTAMP, reply = NULL \
          WHERE tenant_id = 'default' AND message_id IN (SELECT {id} FROM s)"
     );
     for statements in [&completion[..], std::slice::from_ref(&mark)] {
@@ -585,7 +576,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     };
     let executors = match (args.noop, args.external) {
         (true, _) => noop_executors(),
-        (false, true) => external_executors(&db),
+        (false, true) => executors::builtin_external(&db),
         (false, false) => executors::builtin(&db),
     };
     let orchestrator = Arc::new(

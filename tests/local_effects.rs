@@ -64,7 +64,7 @@ async fn a_local_step_before_an_external_one_is_logged_and_the_trailing_run_is_n
         assert!(matches!(outcome, Outcome::Completed(_)), "{}: {outcome:?}", t.label);
         // Step 0 ran on its own before the external step; step 2 joined the completion.
         assert!(count(&t.db, "saga_steps", "message_id = 'wamid.l2' AND step_index = 0").await > 0, "{}", t.label);
-        // The external step's start was logged before it ran, its success by the completion.
+        // The external step logged its start before it ran, then its success.
         let steps = store.load_steps(&MessageKey::new("default", "wamid.l2"), 1).await.unwrap();
         let external: Vec<_> = steps.iter().filter(|s| s.step_index == 1).map(|s| s.status).collect();
         assert_eq!(external, [StepStatus::Started, StepStatus::Succeeded], "{}", t.label);
@@ -279,5 +279,36 @@ async fn an_all_local_message_whose_write_fails_is_claimed_and_counted_as_an_att
         assert_eq!(count(&t.db, "orders", "message_id = 'wamid.u4'").await, 0, "{}", t.label);
         let dead_lettered = "message_id = 'wamid.u4' AND dead_lettered_at IS NOT NULL AND attempt_count = 1";
         assert_eq!(count(&t.db, "processed_messages", dead_lettered).await, 1, "{}", t.label);
+    }
+}
+
+#[tokio::test]
+async fn the_built_in_executors_registered_as_external_ones_are_claimed_and_logged() {
+    for t in testing::databases().await {
+        let store = Arc::new(SqlStore::new(t.db.clone()));
+        let registry = executors::builtin_external(store.connection());
+        assert!(registry.get("create_order").is_some() && registry.local("create_order").is_none(), "{}", t.label);
+        let handlers = HandlerRegistry::new(Plan(vec![
+            order(),
+            ActionRequest::new("notify_sales", json!({ "reason": "new order" })),
+        ]));
+        let orch = orchestrator(store.clone(), handlers, registry);
+        let outcome = orch.process(incoming("wamid.e1", order_intent())).await.unwrap();
+        assert!(matches!(outcome, Outcome::Completed(_)), "{}: {outcome:?}", t.label);
+        // Each step in its own transaction, with its start and success in the saga log.
+        let steps = store.load_steps(&MessageKey::new("default", "wamid.e1"), 1).await.unwrap();
+        let statuses: Vec<_> = steps.iter().map(|s| (s.step_index, s.status)).collect();
+        assert_eq!(
+            statuses,
+            [
+                (0, StepStatus::Started),
+                (0, StepStatus::Succeeded),
+                (1, StepStatus::Started),
+                (1, StepStatus::Succeeded)
+            ],
+            "{}",
+            t.label
+        );
+        assert_eq!(count(&t.db, "orders", "message_id = 'wamid.e1'").await, 1, "{}", t.label);
     }
 }

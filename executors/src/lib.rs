@@ -13,7 +13,9 @@
 //! | `create_support_ticket` | `support_tickets` | status `closed` |
 //! | `flag_for_review` | `review_flags` | status `cleared` |
 
-use orchestrator::ExecutorRegistry;
+use std::sync::Arc;
+
+use orchestrator::{ExecutorRegistry, LocalExecutor};
 use sea_orm::DatabaseConnection;
 
 pub mod create_order;
@@ -39,18 +41,39 @@ pub mod actions {
     pub const FLAG_FOR_REVIEW: &str = "flag_for_review";
 }
 
+/// Every built-in executor, writing to `db`.
+fn all(db: &DatabaseConnection) -> [Arc<dyn LocalExecutor>; 4] {
+    [
+        Arc::new(CreateOrder::new(db.clone())),
+        Arc::new(NotifySales::new(db.clone())),
+        Arc::new(CreateSupportTicket::new(db.clone())),
+        Arc::new(FlagForReview::new(db.clone())),
+    ]
+}
+
 /// Registers every built-in executor on `registry`, writing to `db`, as
 /// local executors: `db` must be the orchestrator's own database, whose
 /// completion transaction their trailing steps join (see [`orchestrator::local`]).
-pub fn register_builtin(registry: ExecutorRegistry, db: &DatabaseConnection) -> ExecutorRegistry {
+pub fn register_builtin(mut registry: ExecutorRegistry, db: &DatabaseConnection) -> ExecutorRegistry {
+    for executor in all(db) {
+        registry.register_local(executor);
+    }
     registry
-        .with_local(CreateOrder::new(db.clone()))
-        .with_local(NotifySales::new(db.clone()))
-        .with_local(CreateSupportTicket::new(db.clone()))
-        .with_local(FlagForReview::new(db.clone()))
 }
 
 /// A registry with every built-in executor.
 pub fn builtin(db: &DatabaseConnection) -> ExecutorRegistry {
     register_builtin(ExecutorRegistry::new(), db)
+}
+
+/// A registry with every built-in executor registered as an external one:
+/// each step in a transaction of its own, claimed and logged in the saga
+/// log like a call to another service. For measuring that path (`loadgen
+/// --external`) and for a `db` that is not the orchestrator's own database.
+pub fn builtin_external(db: &DatabaseConnection) -> ExecutorRegistry {
+    let mut registry = ExecutorRegistry::new();
+    for executor in all(db) {
+        registry.register(executor);
+    }
+    registry
 }

@@ -19,8 +19,11 @@ pub async fn connect(url: &str) -> Result<DatabaseConnection, DbErr> {
 pub async fn connect_with(mut options: ConnectOptions) -> Result<DatabaseConnection, DbErr> {
     let sqlite = options.get_url().starts_with("sqlite:");
     if options.get_max_connections().is_none() {
-        // sea-orm gives SQLite a single connection unless told otherwise.
-        options.max_connections(if sqlite { 8 } else { 16 });
+        // sea-orm gives SQLite a single connection unless told otherwise. On
+        // PostgreSQL the store's coalesced statements alone may hold 18
+        // (nine statements, two writers each), beside the executors' writers,
+        // lease renewals and reads; connections open only when needed.
+        options.max_connections(if sqlite { 8 } else { 32 });
     }
     options.sqlx_logging(false).connect_timeout(Duration::from_secs(10)).acquire_timeout(Duration::from_secs(10));
     if sqlite {

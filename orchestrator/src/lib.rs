@@ -92,7 +92,7 @@ pub use pipeline::{
     PipelineError,
 };
 pub use retry::{RetryDecision, RetryPolicy};
-pub use saga::{SagaReport, SagaRunner, StepFailure, UntilLocal};
+pub use saga::{SagaReport, SagaRunner, StepFailure};
 pub use store::{DeadLetterQueue, MemoryStore, SqlStore, Store, StoreError};
 
 /// `#[async_trait]`, for implementing the crate's async traits.

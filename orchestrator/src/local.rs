@@ -21,8 +21,7 @@
 //! - the trailing local run is checked ([`LocalExecutor::check`]: a bad
 //!   parameter fails the step and compensates the steps before it, before
 //!   anything is written) and then written by the completion, in its
-//!   transaction, batched with other messages' completions, and so is the
-//!   success row of the last external step before it;
+//!   transaction, batched with other messages' completions;
 //! - a plan that is all local costs one transaction and no saga-log row.
 //!
 //! When a trailing local write fails, the transaction rolls back (nothing of

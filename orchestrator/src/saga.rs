@@ -9,17 +9,20 @@
 //! A plan's trailing local steps are the exception
 //! ([`run_until_local`](SagaRunner::run_until_local), see [`crate::local`]):
 //! they are checked here and written by the completion, in its
-//! transaction, with no log rows of their own. The last external step's
-//! success is written by the completion too: until it commits, that step
-//! reads as started and never finished, so a worker that takes over
-//! executes it again by its idempotency key, as after a crash.
+//! transaction, with no log rows of their own.
 //!
-//! Every external step logs its start, with the previous step's success
-//! in the same write. The `started` row is what names the step in flight:
-//! a run resumed after its worker died learns from it which step may have
-//! had an effect, and undoes that effect by key if the step then fails or
-//! the handler now plans something else; an idempotency key alone cannot
-//! say which action a dead worker was running.
+//! Every external step logs its start, with the previous step's success in
+//! the same write, and its own success before the message moves on. The
+//! `started` row is what names the step in flight: a run resumed after its
+//! worker died learns from it which step may have had an effect, and undoes
+//! that effect by key if the step then fails or the handler now plans
+//! something else; an idempotency key alone cannot say which action a dead
+//! worker was running. The last step's success is not deferred to the
+//! completion's transaction either: a completion that fails (a lost lease, a
+//! database error) would turn a known success, undone from its output, into
+//! an unknown outcome that only [`compensate_unknown`] can undo.
+//!
+//! [`compensate_unknown`]: crate::ActionExecutor::compensate_unknown
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -136,22 +139,6 @@ pub enum SagaReport {
     },
 }
 
-/// A saga run up to its trailing local steps: what the completion finishes.
-#[derive(Debug)]
-pub struct UntilLocal {
-    /// How the steps before the local run ended.
-    pub report: SagaReport,
-    /// The trailing local run, checked, for the completion to write.
-    pub local: Vec<LocalStep>,
-    /// Saga-log rows not written yet (the last external step's success),
-    /// for the completion's transaction.
-    pub unlogged: Vec<StepRecord>,
-}
-
-/// What [`SagaRunner::run_steps`] answers: the report, the checked local
-/// steps, and the last success not logged yet.
-type StepsRun = (SagaReport, Vec<(u32, Arc<dyn LocalExecutor>)>, Option<StepRecord>);
-
 /// The latest log state of one step.
 #[derive(Debug, Clone, Default)]
 struct StepState {
@@ -197,27 +184,21 @@ impl SagaRunner {
         ctx: &MessageContext,
         actions: &[ActionRequest],
     ) -> Result<SagaReport, StoreError> {
-        let (report, _, unlogged) = self.run_steps(lease, ctx, actions, actions.len(), false).await?;
-        if let Some(last) = unlogged {
-            self.record(lease, ctx, last).await?;
-        }
-        Ok(report)
+        Ok(self.run_steps(lease, ctx, actions, actions.len(), false).await?.0)
     }
 
     /// [`run`](Self::run) up to the trailing local run, which starts at
     /// `local_from` (see [`crate::local`]): its steps are checked, not
     /// executed, and returned for the completion to write. Steps of it that
-    /// an earlier run already logged are resumed from the log instead. The
-    /// last external step's success is not logged either: the completion
-    /// writes it ([`Finish::saga_log`](crate::store::Finish::saga_log)).
+    /// an earlier run already logged are resumed from the log instead.
     pub async fn run_until_local(
         &self,
         lease: &Lease,
         ctx: &Arc<MessageContext>,
         actions: &[ActionRequest],
         local_from: usize,
-    ) -> Result<UntilLocal, StoreError> {
-        let (report, checked, unlogged) = self.run_steps(lease, ctx, actions, local_from, false).await?;
+    ) -> Result<(SagaReport, Vec<LocalStep>), StoreError> {
+        let (report, checked) = self.run_steps(lease, ctx, actions, local_from, false).await?;
         let local = checked
             .into_iter()
             .map(|(step_index, executor)| LocalStep {
@@ -227,34 +208,30 @@ impl SagaRunner {
                 step_index,
             })
             .collect();
-        Ok(UntilLocal { report, local, unlogged: unlogged.into_iter().collect() })
+        Ok((report, local))
     }
 
     /// Records that the trailing local step of `failure` failed in the
-    /// completion transaction (which wrote nothing), after the rows
-    /// `unlogged` that transaction was to write, and compensates the logged
-    /// steps before it, as for any failed step.
+    /// completion transaction (which wrote nothing) and compensates the
+    /// logged steps before it, as for any failed step.
     pub async fn fail_local(
         &self,
         lease: &Lease,
         ctx: &MessageContext,
         actions: &[ActionRequest],
         failure: &LocalFailure,
-        unlogged: &[StepRecord],
     ) -> Result<SagaReport, StoreError> {
         count_action(&failure.action, "failed");
         let mut record = StepRecord::new(failure.step_index, &failure.action, StepStatus::Failed);
         record.error = Some(failure.error.to_string());
         record.retryable = Some(failure.error.is_retryable());
         record.output = Some(json!({ "uncertain": false }));
-        let rows: Vec<StepRecord> = unlogged.iter().cloned().chain([record]).collect();
-        self.log.record_steps(lease, ctx.run, &rows).await?;
+        self.record(lease, ctx, record).await?;
         Ok(self.run_steps(lease, ctx, actions, actions.len(), true).await?.0)
     }
 
     /// Runs the steps before `local_from` and checks those from it on;
-    /// `reload` reads the log even for a fresh claim. Answers, with a
-    /// success, the last external step's success record, not written yet.
+    /// `reload` reads the log even for a fresh claim.
     async fn run_steps(
         &self,
         lease: &Lease,
@@ -262,7 +239,7 @@ impl SagaRunner {
         actions: &[ActionRequest],
         local_from: usize,
         reload: bool,
-    ) -> Result<StepsRun, StoreError> {
+    ) -> Result<(SagaReport, Vec<(u32, Arc<dyn LocalExecutor>)>), StoreError> {
         let mut states = vec![StepState::default(); actions.len()];
         let mut plan_changed = None;
         // Attempt 1 of run 1 is a claim row just inserted: every reuse of a
@@ -301,24 +278,20 @@ impl SagaRunner {
         if let Some(failure) = plan_changed {
             let StepFailure::PlanChanged { step_index, .. } = &failure else { unreachable!() };
             let failed = *step_index as usize;
-            return Ok((self.fail(lease, ctx, actions, &mut states, failed, failure, false).await?, Vec::new(), None));
+            return Ok((self.fail(lease, ctx, actions, &mut states, failed, failure, false).await?, Vec::new()));
         }
 
         // A run that already failed (its worker died while compensating): finish compensating.
         if let Some(failed) = states.iter().position(|s| s.failed) {
             let failure = recorded_failure(&states[failed]);
-            return Ok((self.fail(lease, ctx, actions, &mut states, failed, failure, false).await?, Vec::new(), None));
+            return Ok((self.fail(lease, ctx, actions, &mut states, failed, failure, false).await?, Vec::new()));
         }
         if let Some(last) = states
             .iter()
             .rposition(|s| matches!(s.status, Some(StepStatus::Compensated | StepStatus::CompensationFailed)))
         {
             let failure = StepFailure::Action(ActionError::Retryable("saga interrupted while compensating".into()));
-            return Ok((
-                self.fail(lease, ctx, actions, &mut states, last + 1, failure, false).await?,
-                Vec::new(),
-                None,
-            ));
+            return Ok((self.fail(lease, ctx, actions, &mut states, last + 1, failure, false).await?, Vec::new()));
         }
         // Steps an earlier run logged resume from the log, local or not.
         let local_from = local_from.max(states.iter().rposition(|s| s.status.is_some()).map_or(0, |last| last + 1));
@@ -346,7 +319,7 @@ impl SagaRunner {
                             self.record(lease, ctx, last).await?;
                         }
                         let report = self.fail(lease, ctx, actions, &mut states, index, failure, true).await?;
-                        return Ok((report, Vec::new(), None));
+                        return Ok((report, Vec::new()));
                     }
                 }
             }
@@ -370,11 +343,14 @@ impl SagaRunner {
                     let state = &mut states[index];
                     state.uncertain = interrupted_before || matches!(failure, StepFailure::Timeout(_));
                     let report = self.fail(lease, ctx, actions, &mut states, index, failure, true).await?;
-                    return Ok((report, Vec::new(), None));
+                    return Ok((report, Vec::new()));
                 }
             }
         }
-        Ok((SagaReport::Succeeded { steps }, local, succeeded))
+        if let Some(last) = succeeded {
+            self.record(lease, ctx, last).await?;
+        }
+        Ok((SagaReport::Succeeded { steps }, local))
     }
 
     /// Checks a step of the trailing local run ([`LocalExecutor::check`]).

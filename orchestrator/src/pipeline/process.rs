@@ -23,10 +23,10 @@ use crate::handler_registry::HandlerRegistry;
 use crate::intent::Intent;
 use crate::local::LocalStep;
 use crate::retry::RetryPolicy;
-use crate::saga::{SagaReport, SagaRunner, StepOutcome, UntilLocal, count_action};
+use crate::saga::{SagaReport, SagaRunner, StepOutcome, count_action};
 use crate::store::{
-    Claim, ConversationTurn, DATABASE_BREAKER, Direction, Finish, GuardedStore, Lease, MessageKey, StageMove,
-    StepRecord, Store, ThreadEntry, to_chrono,
+    Claim, ConversationTurn, DATABASE_BREAKER, Direction, Finish, GuardedStore, Lease, MessageKey, StageMove, Store,
+    ThreadEntry, to_chrono,
 };
 use crate::validate::validate;
 
@@ -249,19 +249,17 @@ impl Orchestrator {
             true => self.executors.local_tail(&outcome.actions),
             false => outcome.actions.len(),
         };
-        let UntilLocal { report, local, unlogged } =
-            self.saga.run_until_local(lease, &ctx, &outcome.actions, local_from).await?;
+        let (report, local) = self.saga.run_until_local(lease, &ctx, &outcome.actions, local_from).await?;
         finishing.store(true, Ordering::Release);
         let report = match report {
             SagaReport::Succeeded { steps } => {
-                let ran = Ran { steps, local, unlogged: &unlogged, run };
-                match self.succeed(Ok(lease), &ctx, handler_name, &outcome, ran).await {
+                match self.succeed(Ok(lease), &ctx, handler_name, &outcome, steps, local).await {
                     Ok(Some(completed)) => return Ok(Outcome::Completed(completed)),
                     // Only an unclaimed completion answers nothing.
                     Ok(None) => return Err(crate::store::StoreError::LeaseLost(key.message_id.clone()).into()),
                     // The completion rolled back: nothing of the message was kept.
                     Err(crate::store::StoreError::Local(failure)) => {
-                        self.saga.fail_local(lease, &ctx, &outcome.actions, &failure, &unlogged).await?
+                        self.saga.fail_local(lease, &ctx, &outcome.actions, &failure).await?
                     }
                     Err(error) => return Err(error.into()),
                 }
@@ -314,9 +312,9 @@ impl Orchestrator {
         ctx: &MessageContext,
         handler: String,
         outcome: &IntentOutcome,
-        ran: Ran<'_>,
+        mut steps: Vec<StepOutcome>,
+        local: Vec<LocalStep>,
     ) -> Result<Option<Completed>, crate::store::StoreError> {
-        let Ran { mut steps, local, unlogged, run } = ran;
         let activities = activities(ctx, &handler, outcome, &steps);
         let response = outcome.response.clone().map(|reply| ResponseReady {
             original_message_id: ctx.message_id.clone(),
@@ -340,8 +338,6 @@ impl Orchestrator {
             lead: lead.as_ref(),
             local,
             conversation: Some(&turn),
-            saga_log: unlogged,
-            run,
         };
         let (key, written) = match claim {
             Ok(lease) => (&lease.key, self.store.complete_local(lease, finish).await?),
@@ -358,18 +354,6 @@ impl Orchestrator {
             lead.zip(written.stage).map(|(lead, change)| Box::new(LeadStage { stage: lead.stage, change }));
         Ok(Some(Completed { key: key.clone(), handler, steps, escalated: outcome.escalate, response, lead_stage }))
     }
-}
-
-/// What a message's saga left for its completion to write.
-pub(super) struct Ran<'a> {
-    /// The external steps, executed or resumed.
-    pub(super) steps: Vec<StepOutcome>,
-    /// The trailing local run.
-    pub(super) local: Vec<LocalStep>,
-    /// Saga-log rows of `run` not written yet.
-    pub(super) unlogged: &'a [StepRecord],
-    /// The run they belong to.
-    pub(super) run: u32,
 }
 
 /// The message and its reply as the inbox's history shows them.

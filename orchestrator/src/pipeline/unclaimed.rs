@@ -9,7 +9,6 @@
 
 use std::sync::Arc;
 
-use super::process::Ran;
 use super::{Completed, Incoming, Orchestrator, PipelineError};
 use crate::context::MessageContext;
 use crate::handler::{HandlerError, IntentOutcome};
@@ -77,8 +76,7 @@ impl Orchestrator {
         };
         let completed = match (&decided, local) {
             (Some(Decided { handler, outcome: Ok(outcome) }), Some(local)) => {
-                let ran = Ran { steps: Vec::new(), local, unlogged: &[], run: 1 };
-                match self.succeed(Err(key), &ctx, handler.clone(), outcome, ran).await {
+                match self.succeed(Err(key), &ctx, handler.clone(), outcome, Vec::new(), local).await {
                     Ok(completed) => completed,
                     Err(StoreError::Local(_)) => None,
                     Err(error) => return Err(error.into()),

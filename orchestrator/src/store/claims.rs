@@ -7,7 +7,7 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use serde_json::Value;
 
-use super::{NewDeadLetter, SagaLog, StepRecord, StoreError};
+use super::{NewDeadLetter, SagaLog, StoreError};
 use crate::executor::ActionOutput;
 use crate::local::LocalStep;
 
@@ -121,13 +121,6 @@ pub struct Finish<'a> {
     /// The message and its reply in the inbox's history, written in the
     /// same transaction by a store that keeps one (the SQL store).
     pub conversation: Option<&'a super::ConversationTurn>,
-    /// Saga-log rows of run `run` not written yet (the last external step's
-    /// success), appended with the completion: one round trip less than
-    /// logging them first, and a completion that fails leaves the step to be
-    /// executed again by key, as a crash before its log row would.
-    pub saga_log: &'a [StepRecord],
-    /// The run `saga_log` belongs to.
-    pub run: u32,
 }
 
 /// What a completion with a trailing local run wrote.
@@ -207,11 +200,10 @@ pub trait Store: SagaLog + Send + Sync {
     /// cannot ([`runs_local_effects`](Store::runs_local_effects) is false)
     /// refuse a non-empty run with [`StoreError::Unsupported`].
     async fn complete_local(&self, lease: &Lease, finish: Finish<'_>) -> Result<LocalCompletion, StoreError> {
-        let Finish { activities, ttl, reply, lead, local, conversation: _, saga_log, run } = finish;
+        let Finish { activities, ttl, reply, lead, local, conversation: _ } = finish;
         if !local.is_empty() {
             return Err(StoreError::Unsupported("local executors need a SQL store"));
         }
-        self.record_steps(lease, run, saga_log).await?;
         let stage = match lead {
             Some(lead) => Some(self.complete_moving_lead(lease, activities, ttl, reply, lead).await?),
             None => {

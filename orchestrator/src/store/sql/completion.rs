@@ -11,7 +11,7 @@ use super::claims::{HeldKey, LeadMove, move_leads, returned_keys};
 use super::statement::{push_rows, stmt};
 use crate::executor::{ActionContext, ActionError, ActionOutput};
 use crate::local::{LocalExecutor, LocalFailure, LocalStep};
-use crate::store::{ConversationTurn, Lease, LocalCompletion, NewActivity, StageChange, StepRecord, StoreError};
+use crate::store::{ConversationTurn, Lease, LocalCompletion, NewActivity, StageChange, StoreError};
 
 /// One completion to write while `lease` is held, or, when `unclaimed`,
 /// of a message never claimed: its row is inserted completed unless one exists.
@@ -28,10 +28,6 @@ pub(super) struct Completion {
     pub(super) local: Vec<LocalStep>,
     /// The message and its reply in the inbox's history.
     pub(super) conversation: Option<ConversationTurn>,
-    /// Saga-log rows of run `run` still to write (see [`crate::store::Finish`]).
-    pub(super) saga_log: Vec<StepRecord>,
-    /// The run of `saga_log`.
-    pub(super) run: u32,
 }
 
 /// Per completion, the stage its lead was in before its move (`None` for a
@@ -56,14 +52,13 @@ impl Finished {
 /// Completes many messages in one transaction: one fenced `UPDATE ... FROM
 /// (VALUES ...)` for the claims and one `INSERT ... ON CONFLICT DO NOTHING`
 /// for the unclaimed; then, for those whose lease was still held or whose
-/// row was new, one `INSERT` for their saga-log rows still to write, their
-/// local steps (one call per action for the whole batch), one `INSERT` for
-/// the lead activities, one `INSERT` and one upsert for the inbox's
-/// history, and one read and one upsert for the lead moves. A message
-/// fenced out (or, unclaimed, found stored already) gets `LeaseLost` and
-/// leaves nothing behind; the others commit together. When a local step
-/// fails, the batch rolls back and each message is written alone, so only
-/// the failing one fails.
+/// row was new, their local steps (one call per action for the whole
+/// batch), one `INSERT` for the lead activities, one `INSERT` and one
+/// upsert for the inbox's history, and one read and one upsert for the lead
+/// moves. A message fenced out (or, unclaimed, found stored
+/// already) gets `LeaseLost` and leaves nothing behind; the others commit
+/// together. When a local step fails, the batch rolls back and each message
+/// is written alone, so only the failing one fails.
 pub(super) async fn complete_many(
     db: &DatabaseConnection,
     batch: Vec<Completion>,
@@ -95,13 +90,6 @@ async fn complete_batch(
     let mut held = mark_completed(&txn, batch, now).await?;
     held.extend(insert_completed(&txn, batch, now).await?);
     let written: Vec<bool> = batch.iter().map(|c| held.contains(&HeldKey::of(&c.lease))).collect();
-    let steps: Vec<_> = batch
-        .iter()
-        .zip(&written)
-        .filter(|(_, written)| **written)
-        .flat_map(|(c, _)| c.saga_log.iter().map(move |step| (&c.lease.key, c.run, step)))
-        .collect();
-    super::saga_log::insert_held(&txn, &steps).await?;
     let mut outputs = run_local(&txn, batch, &written).await?;
     insert_activities(&txn, batch, &written, &outputs, now).await?;
     let turns: Vec<(&str, &ConversationTurn)> = batch

@@ -66,10 +66,11 @@ struct Batches {
 /// Writer tasks per coalesced write on PostgreSQL. Two: one batch is
 /// written while the next fills, so a statement's round trip no longer
 /// idles the pipeline (`loadgen`: 1.35x the messages/s of one writer; with
-/// four, smaller batches cost more than the overlap gains). Concurrent
-/// batches lock shared rows in key order, as concurrent replicas do.
-/// SQLite keeps one: it has one writer anyway, and a second transaction
-/// would only wait for the lock.
+/// four, smaller batches cost more than the overlap gains). Two batches of
+/// one statement rarely share a row (a key's messages are processed one at
+/// a time); should they deadlock, both fail and their messages are retried,
+/// as with concurrent replicas. SQLite keeps one: it has one writer anyway,
+/// and a second transaction would only wait for the lock.
 const PG_BATCH_WRITERS: usize = 2;
 
 /// Rows per batched statement (11 parameters each, far below SQLite's and PostgreSQL's limits).
@@ -138,8 +139,6 @@ impl SqlStore {
             lead: finish.lead.map(|lead| (lead.lead_id.clone(), lead.stage.clone())),
             local: finish.local,
             conversation: finish.conversation.filter(|_| self.history).cloned(),
-            saga_log: finish.saga_log.to_vec(),
-            run: finish.run,
         };
         let completions = self.coalesced(&self.batches.completions, |db, batch| async move {
             completion::complete_many(&db, batch).await
@@ -196,8 +195,7 @@ impl Store for SqlStore {
         ttl: Duration,
         reply: Option<&serde_json::Value>,
     ) -> Result<(), StoreError> {
-        let finish =
-            Finish { activities, ttl, reply, lead: None, local: Vec::new(), conversation: None, saga_log: &[], run: 0 };
+        let finish = Finish { activities, ttl, reply, lead: None, local: Vec::new(), conversation: None };
         self.submit_completion(lease.clone(), false, finish).await.map(drop)
     }
 
@@ -209,16 +207,7 @@ impl Store for SqlStore {
         reply: Option<&serde_json::Value>,
         lead: &StageMove,
     ) -> Result<StageChange, StoreError> {
-        let finish = Finish {
-            activities,
-            ttl,
-            reply,
-            lead: Some(lead),
-            local: Vec::new(),
-            conversation: None,
-            saga_log: &[],
-            run: 0,
-        };
+        let finish = Finish { activities, ttl, reply, lead: Some(lead), local: Vec::new(), conversation: None };
         let finished = self.submit_completion(lease.clone(), false, finish).await?;
         Ok(StageChange::Moved { from: finished.previous.flatten() })
     }

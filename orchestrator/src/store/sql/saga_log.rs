@@ -1,7 +1,7 @@
 //! `saga_steps`: the append-only saga log.
 
 use chrono::{DateTime, Utc};
-use sea_orm::{ConnectionTrait, Value};
+use sea_orm::ConnectionTrait;
 
 use super::corrupt;
 use super::statement::{push_rows, stmt};
@@ -38,42 +38,6 @@ pub(super) async fn load_steps(
         .collect()
 }
 
-/// The columns of a saga-log row, in [`row_values`]' order.
-const COLUMNS: &str = "tenant_id, message_id, run, step_index, action, status, output, error, retryable, created_at";
-const VALUE_COLUMNS: &str = "column1, column2, column3, column4, column5, column6, column7, column8, column9, column10";
-
-/// One saga-log row's values, in [`COLUMNS`]' order.
-fn row_values(key: &MessageKey, run: u32, step: &StepRecord) -> [Value; 10] {
-    [
-        key.tenant_id.as_str().into(),
-        key.message_id.as_str().into(),
-        (run as i32).into(),
-        (step.step_index as i32).into(),
-        step.action.as_str().into(),
-        step.status.as_str().into(),
-        step.output.clone().into(),
-        step.error.clone().into(),
-        step.retryable.into(),
-        step.at.into(),
-    ]
-}
-
-/// Appends saga-log rows in a transaction that already holds their
-/// messages' leases (the completion's): no lease check of their own.
-pub(super) async fn insert_held(
-    txn: &impl ConnectionTrait,
-    rows: &[(&MessageKey, u32, &StepRecord)],
-) -> Result<(), StoreError> {
-    if rows.is_empty() {
-        return Ok(());
-    }
-    let mut sql = format!("INSERT INTO saga_steps ({COLUMNS}) VALUES ");
-    push_rows(&mut sql, rows.len(), "(?, ?, ?, ?, ?, ?, ?, ?, ?, ?)");
-    let values: Vec<Value> = rows.iter().flat_map(|(key, run, step)| row_values(key, *run, step)).collect();
-    txn.execute_raw(stmt(txn.get_database_backend(), &sql, values)).await?;
-    Ok(())
-}
-
 /// Saga-log rows of one message to append, in order, while `token` holds its lease.
 pub(super) struct StepWrite {
     pub(super) key: MessageKey,
@@ -108,12 +72,26 @@ pub(super) async fn record_steps(db: &impl ConnectionTrait, writes: Vec<StepWrit
 
 /// [`record_steps`] for writes of distinct messages.
 async fn record_distinct(db: &impl ConnectionTrait, writes: &[StepWrite]) -> Vec<Result<(), StoreError>> {
-    let mut sql = format!("INSERT INTO saga_steps ({COLUMNS}) SELECT {VALUE_COLUMNS} FROM (VALUES ");
+    let mut sql = String::from(
+        "INSERT INTO saga_steps (tenant_id, message_id, run, step_index, action, status, output, error, retryable, created_at)
+         SELECT column1, column2, column3, column4, column5, column6, column7, column8, column9, column10 FROM (VALUES ",
+    );
     let mut values = Vec::with_capacity(writes.len() * 11);
     push_rows(&mut sql, writes.iter().map(|write| write.steps.len()).sum(), "(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)");
     for (write, step) in writes.iter().flat_map(|write| write.steps.iter().map(move |step| (write, step))) {
-        values.extend(row_values(&write.key, write.run, step));
-        values.push(write.token.into());
+        values.extend([
+            write.key.tenant_id.as_str().into(),
+            write.key.message_id.as_str().into(),
+            (write.run as i32).into(),
+            (step.step_index as i32).into(),
+            step.action.as_str().into(),
+            step.status.as_str().into(),
+            step.output.clone().into(),
+            step.error.clone().into(),
+            step.retryable.into(),
+            step.at.into(),
+            write.token.into(),
+        ]);
     }
     // Inserted only while the lease is held: a worker that lost its lease
     // stops at its next step instead of interleaving with the new holder.
