@@ -65,11 +65,11 @@ struct Batches {
 
 /// Writer tasks per coalesced write on PostgreSQL. Two: one batch is
 /// written while the next fills, so a statement's round trip no longer
-/// idles the pipeline (`loadgen`: 1.35x the messages/s of one writer; with
-/// four, smaller batches cost more than the overlap gains). Two batches of
-/// one statement rarely share a row (a key's messages are processed one at
-/// a time); should they deadlock, both fail and their messages are retried,
-/// as with concurrent replicas. SQLite keeps one: it has one writer anyway,
+/// idles the pipeline (`loadgen`: about 1.3x the messages/s of one writer;
+/// with four, smaller batches cost more than the overlap gains). Two
+/// batches of one statement rarely share a row (a key's messages are
+/// processed one at a time); should two deadlock, PostgreSQL fails one and
+/// its messages are retried, as with concurrent replicas. SQLite keeps one: it has one writer anyway,
 /// and a second transaction would only wait for the lock.
 const PG_BATCH_WRITERS: usize = 2;
 
