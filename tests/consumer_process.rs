@@ -52,18 +52,7 @@ async fn sigterm_ends_the_consumer_within_its_grace_period_with_the_broker_gone(
     let mut child = tokio::process::Command::from(command).kill_on_drop(true).spawn().unwrap();
 
     // Up and consuming: /health answers and the consumer joined its group.
-    let client = common::http_client();
-    let started = Instant::now();
-    loop {
-        let healthy = client.get(format!("http://{http}/health")).send().await.is_ok_and(|r| r.status() == 200);
-        let log_text = std::fs::read_to_string(&log).unwrap_or_default();
-        if healthy && log_text.contains("partitions assigned") {
-            break;
-        }
-        assert!(started.elapsed() < Duration::from_secs(60), "consumer did not start:\n{log_text}");
-        assert!(child.try_wait().unwrap().is_none(), "consumer exited:\n{log_text}");
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    common::wait_until_consuming(&http, &log, &mut child, 1).await;
 
     // The broker goes away, then the operator stops the consumer.
     drop(kafka);

@@ -362,6 +362,24 @@ pub async fn wait_until_healthy(http: &str, log: &std::path::Path, child: &mut t
     }
 }
 
+/// [`wait_until_healthy`], then until `groups` consumer groups got their
+/// partitions (the log's `partitions assigned` lines): `/health` answers
+/// before the group join, which the embedded broker delays by seconds, and
+/// a message sent before it waits that long.
+pub async fn wait_until_consuming(http: &str, log: &std::path::Path, child: &mut tokio::process::Child, groups: usize) {
+    wait_until_healthy(http, log, child).await;
+    let started = std::time::Instant::now();
+    loop {
+        let log_text = std::fs::read_to_string(log).unwrap_or_default();
+        if log_text.matches("partitions assigned").count() >= groups {
+            return;
+        }
+        assert!(started.elapsed() < Duration::from_secs(60), "consumer did not join its groups:\n{log_text}");
+        assert!(child.try_wait().unwrap().is_none(), "consumer exited:\n{log_text}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 /// The compiled `consumer` example next to the running test binary
 /// (`<target>/<profile>/deps/<test>` -> `<target>/<profile>/examples/consumer`).
 pub fn consumer_binary() -> std::path::PathBuf {
