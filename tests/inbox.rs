@@ -535,3 +535,28 @@ async fn only_an_operator_signs_in_to_the_console_and_its_cookie_opens_the_page(
     let api = client.get(format!("{url}/api/v1/conversations")).header("cookie", &session).send().await.unwrap();
     assert_eq!(api.status(), 401);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_resume_from_offsets_kafka_no_longer_keeps_starts_at_the_oldest_kept_and_says_gap() {
+    use rdkafka::producer::{FutureProducer, FutureRecord};
+    let kafka = EmbeddedKafka::start(2).unwrap();
+    // One partition filled past what the embedded broker keeps (5 MiB): its oldest offsets vanish, as retention does.
+    kafka.cluster().create_topic("inbox.gap", 1, 1).unwrap();
+    let config = common::kafka_config(&kafka, "inbox-gap");
+    let producer: FutureProducer = config.producer_config().set("compression.type", "none").create().unwrap();
+    let payload: Vec<u8> = (0..64 * 1024u32).map(|i| (i.wrapping_mul(2_654_435_761) >> 24) as u8).collect();
+    for _ in 0..120 {
+        let record = FutureRecord::<(), [u8]>::to("inbox.gap").payload(&payload[..]);
+        producer.send(record, Duration::from_secs(10)).await.map_err(|(error, _)| error).unwrap();
+    }
+    let feed = InboxFeed::of_topic(&config, "inbox.gap", 4);
+    let resumed = feed.open(None, Some(orchestrator::kafka::FeedCursor::parse("0:0").unwrap())).await.unwrap();
+    assert!(resumed.gap, "offset 0 is gone: the client must hear that it missed events");
+    let oldest = resumed.start.0[&0];
+    assert!(oldest > 0 && oldest < 120, "starts at the oldest offset kept, not {oldest}");
+    // A resume within what is kept is no gap and starts where it left off.
+    let within = orchestrator::kafka::FeedCursor(std::collections::BTreeMap::from([(0, oldest + 1)]));
+    let resumed = feed.open(None, Some(within)).await.unwrap();
+    assert!(!resumed.gap);
+    assert_eq!(resumed.start.0[&0], oldest + 1);
+}
