@@ -256,6 +256,11 @@ pub fn metrics() -> &'static Metrics {
     METRICS.get_or_init(Metrics::new)
 }
 
+/// Counts one entry filed in the dead-letter queue (`dead_lettered_total`), by its failure type.
+pub fn count_dead_letter(failure_type: crate::event::FailureType) {
+    metrics().dead_lettered.with_label_values(&[failure_type.as_str()]).inc();
+}
+
 /// A label value from outside (an intent name, a business id): kept when it
 /// is a short identifier, else `other`, so a misbehaving producer cannot
 /// create unbounded series.

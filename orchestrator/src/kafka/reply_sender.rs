@@ -559,6 +559,6 @@ impl ReplyWorker {
             Err(error) => tracing::error!(%error, "reply dead-lettered to Kafka only"),
         }
         bump(&self.stats.dead_lettered, "dead_lettered");
-        crate::metrics::metrics().dead_lettered.with_label_values(&[failure_type.as_str()]).inc();
+        crate::metrics::count_dead_letter(failure_type);
     }
 }

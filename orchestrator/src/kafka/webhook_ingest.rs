@@ -160,7 +160,7 @@ impl IngestWorker {
         };
         let id = until_ok("filing an edge-function request in the DLQ", || self.store.dead_letter(None, &entry)).await;
         tracing::warn!(dlq_id = id, failure = %failure_type, error = %entry.error, "edge-function request dead-lettered");
-        crate::metrics::metrics().dead_lettered.with_label_values(&[failure_type.as_str()]).inc();
+        crate::metrics::count_dead_letter(failure_type);
     }
 }
 

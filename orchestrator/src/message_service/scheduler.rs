@@ -119,10 +119,7 @@ impl Scheduler {
             conversation: None,
         };
         if let Some(dlq_id) = self.store.dead_letter_due(claim, id, &entry).await? {
-            crate::metrics::metrics()
-                .dead_lettered
-                .with_label_values(&[FailureType::SerializationError.as_str()])
-                .inc();
+            crate::metrics::count_dead_letter(FailureType::SerializationError);
             tracing::error!(dlq_id, %id, %error, "scheduled message unreadable: dead-lettered");
         }
         Ok(())

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use super::{Outcome, PipelineError};
 use crate::event::FailureType;
-use crate::metrics::{label, metrics};
+use crate::metrics::{count_dead_letter, label, metrics};
 use crate::store::StageChange;
 
 /// Records a processed message: its duration, its intent (unless it was a
@@ -20,7 +20,7 @@ pub(super) fn processed(intent: &str, confidence: f64, elapsed: Duration, outcom
             metrics.duplicates.inc();
             return;
         }
-        Ok(Outcome::DeadLettered(dead)) => metrics.dead_lettered.with_label_values(&[dead.failure_type.as_str()]).inc(),
+        Ok(Outcome::DeadLettered(dead)) => count_dead_letter(dead.failure_type),
         Ok(Outcome::Completed(done)) => {
             if let Some(lead) = &done.lead_stage {
                 stage_change(&lead.change, &lead.stage);
@@ -34,7 +34,7 @@ pub(super) fn processed(intent: &str, confidence: f64, elapsed: Duration, outcom
 
 /// Records input filed in the DLQ without being processed (undecodable, not consumed).
 pub(super) fn rejected(failure_type: FailureType) {
-    metrics().dead_lettered.with_label_values(&[failure_type.as_str()]).inc();
+    count_dead_letter(failure_type);
 }
 
 /// Counts a lead's change of stage (a failure to record it is logged: it

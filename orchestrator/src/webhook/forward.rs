@@ -122,7 +122,7 @@ pub async fn file_rejected(
     };
     let id = store.dead_letter(None, &entry).await.map_err(|e| e.to_string())?;
     tracing::warn!(dlq_id = id, skipped = notification.rejected.len(), "webhook entries dead-lettered");
-    crate::metrics::metrics().dead_lettered.with_label_values(&[FailureType::ValidationError.as_str()]).inc();
+    crate::metrics::count_dead_letter(FailureType::ValidationError);
     Ok(())
 }
 
